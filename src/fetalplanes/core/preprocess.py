@@ -1,0 +1,58 @@
+"""The one preprocessing: PIL image -> normalized float32 CHW array (numpy only).
+
+Training, evaluation, ONNX export, the torch-free runtime and the web service all call
+this function, so a model always sees inputs prepared exactly as in training.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from fetalplanes.core.spec import Preprocessing
+
+
+def to_gray(image: Image.Image) -> Image.Image:
+    """Grayscale 8-bit view of any loaded image (ultrasound B-mode is grayscale)."""
+    if image.mode == "L":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("L")
+
+
+def resize_gray(image: Image.Image, size: int) -> np.ndarray:
+    """Grayscale uint8 array of shape (size, size); antialiased bilinear resize."""
+    gray = to_gray(image)
+    if gray.size != (size, size):
+        gray = gray.resize((size, size), Image.BILINEAR)
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def normalize(gray: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """uint8 (H, W) -> float32 (3, H, W) normalized with the spec's mean/std."""
+    x = gray.astype(np.float32) / 255.0
+    mean = np.asarray(pre.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(pre.std, dtype=np.float32)[:, None, None]
+    return (np.broadcast_to(x, (3, *x.shape)) - mean) / std
+
+
+def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
+    """One image -> float32 array (3, S, S)."""
+    return np.ascontiguousarray(normalize(resize_gray(image, pre.image_size), pre), dtype=np.float32)
+
+
+def preprocess_batch(images: Sequence[Image.Image], pre: Preprocessing) -> np.ndarray:
+    """Images -> float32 array (N, 3, S, S)."""
+    if not images:
+        return np.zeros((0, 3, pre.image_size, pre.image_size), dtype=np.float32)
+    return np.stack([preprocess(im, pre) for im in images])

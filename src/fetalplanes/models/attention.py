@@ -1,0 +1,105 @@
+"""Attention blocks that refine a backbone's last feature map (B, C, H, W) -> same shape.
+
+All blocks are written with plain convolutions, matmuls and softmax so they export to ONNX
+and quantize cleanly; each keeps the input shape so the block's output is the natural
+Grad-CAM target layer for every backbone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention (Hu et al. 2018): global context re-weights channels."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(8, channels // reduction)
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.mean(dim=(2, 3), keepdim=True)
+        w = torch.sigmoid(self.fc2(torch.relu(self.fc1(w))))
+        return x * w
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al. 2018): channel then spatial attention.
+
+    The spatial gate is what lets the head focus on the anatomy (skull, femur, stomach) rather
+    than on the whole fan, which is why it is the default refinement here.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+        super().__init__()
+        hidden = max(8, channels // reduction)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+        self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.mlp(x.mean(dim=(2, 3), keepdim=True))
+        mx = self.mlp(x.amax(dim=(2, 3), keepdim=True))
+        x = x * torch.sigmoid(avg + mx)
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial(pooled))
+
+
+class SpatialMHSA(nn.Module):
+    """Multi-head self-attention over the H*W spatial tokens of a feature map.
+
+    Written with explicit matmul/softmax (no fused SDPA) so the ONNX graph uses standard ops.
+    A depthwise 3x3 convolution gives size-agnostic positional information, and a zero-init
+    residual gate makes the block start as the identity, so fine-tuning begins from the
+    pretrained backbone's features.
+    """
+
+    def __init__(self, channels: int, heads: int = 4, dim: int = 256) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention dim {dim} must be divisible by heads {heads}")
+        self.heads, self.head_dim = heads, dim // heads
+        self.pos = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.qkv = nn.Conv2d(channels, 3 * dim, 1)
+        self.proj = nn.Conv2d(dim, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        y = x + self.pos(x)
+        q, k, v = self.qkv(y).reshape(b, 3, self.heads, self.head_dim, h * w).unbind(1)
+        attn = torch.matmul(q.transpose(-2, -1), k) * (1.0 / math.sqrt(self.head_dim))
+        attn = torch.softmax(attn, dim=-1)  # (b, heads, hw, hw)
+        out = torch.matmul(v, attn.transpose(-2, -1))  # (b, heads, head_dim, hw)
+        out = self.proj(out.reshape(b, self.heads * self.head_dim, h, w))
+        return x + self.gamma * out
+
+
+class NoAttention(nn.Identity):
+    """The ablation: backbone features go straight to pooling (kept as a module so it is
+    still a hookable CAM target layer)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+
+
+ATTENTIONS: dict[str, Callable[..., nn.Module]] = {
+    "cbam": CBAM,
+    "se": SqueezeExcite,
+    "mhsa": SpatialMHSA,
+    "none": NoAttention,
+}
+
+
+def create_attention(kind: str, channels: int, **kwargs: object) -> nn.Module:
+    """Build an attention block by name, listing the valid names on error."""
+    try:
+        factory = ATTENTIONS[kind]
+    except KeyError:
+        raise ValueError(f"unknown attention {kind!r}; choose one of {sorted(ATTENTIONS)}") from None
+    return factory(channels, **kwargs)

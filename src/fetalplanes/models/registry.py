@@ -1,0 +1,114 @@
+"""The one model registry: ``create_model(name, num_classes, pretrained=...)``.
+
+Variants are rows of ``MODEL_PRESETS`` (plain config), never copied classes; a name that is
+not a preset is taken as a timm backbone name with the default attention and head.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from fetalplanes.core.spec import Preprocessing
+
+
+class ModelConfig(BaseModel):
+    """Architecture choices the paper leaves open, each configurable (see README, Design)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = "tf_efficientnet_lite0"
+    attention: str = "cbam"
+    attention_kwargs: dict[str, Any] = {}
+    head_hidden: list[int] = [512, 256]
+    dropout: float = 0.3
+    pretrained: str = "none"
+    finetune: Literal["full", "frozen", "last_k"] = "full"
+    finetune_k: int = 2
+
+    @field_validator("attention")
+    @classmethod
+    def _known_attention(cls, v: str) -> str:
+        from fetalplanes.models.attention import ATTENTIONS
+
+        if v not in ATTENTIONS:
+            raise ValueError(f"unknown attention {v!r}; choose one of {sorted(ATTENTIONS)}")
+        return v
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout_range(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {v}")
+        return v
+
+
+_PAPER_HEAD = {"attention": "cbam", "head_hidden": [512, 256], "dropout": 0.3}
+_LINEAR = {"attention": "none", "head_hidden": [], "dropout": 0.2}
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "paper_b0": {"backbone": "efficientnet_b0", "pretrained": "timm", **_PAPER_HEAD},
+    "paper_v2b0": {"backbone": "tf_efficientnetv2_b0", "pretrained": "timm", **_PAPER_HEAD},
+    "paper_lite0": {"backbone": "tf_efficientnet_lite0", "pretrained": "lite0-pypi", **_PAPER_HEAD},
+    "baseline_b0_linear": {"backbone": "efficientnet_b0", "pretrained": "timm", **_LINEAR},
+    "baseline_lite0_linear": {"backbone": "tf_efficientnet_lite0", "pretrained": "lite0-pypi", **_LINEAR},
+    "densenet169": {"backbone": "densenet169", "pretrained": "timm", **_LINEAR},
+    "mobilenetv3": {"backbone": "mobilenetv3_large_100", "pretrained": "timm", **_LINEAR},
+}
+
+
+def list_models() -> list[str]:
+    return sorted(MODEL_PRESETS)
+
+
+def resolve_config(name: str, pretrained: bool | str | os.PathLike[str] | None = None, **overrides: Any) -> ModelConfig:
+    """Preset row (or a bare timm backbone name) + overrides -> validated ModelConfig.
+
+    ``pretrained``: None keeps the row's source, False -> 'none', True -> the row's
+    source (or 'timm' for a bare backbone), a string -> that source or file.
+    """
+    if name in MODEL_PRESETS:
+        row = dict(MODEL_PRESETS[name])
+    else:
+        row = {"backbone": name, "pretrained": "timm"}
+    row.update(overrides)
+    if pretrained is False:
+        row["pretrained"] = "none"
+    elif pretrained is not None and pretrained is not True:
+        row["pretrained"] = os.fspath(pretrained)
+    return ModelConfig(**row)
+
+
+def create_model(
+    name: str, num_classes: int, pretrained: bool | str | os.PathLike[str] | None = False, **overrides: Any
+):
+    """Build a PlaneClassifier from a preset name or a timm backbone name."""
+    return build_model(resolve_config(name, pretrained, **overrides), num_classes)
+
+
+def build_model(cfg: ModelConfig, num_classes: int):
+    """ModelConfig -> PlaneClassifier (with its fine-tuning mode applied)."""
+    from fetalplanes.models.attention import create_attention
+    from fetalplanes.models.backbones import create_backbone
+    from fetalplanes.models.classifier import PlaneClassifier
+    from fetalplanes.models.heads import MLPHead
+
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    backbone = create_backbone(cfg.backbone, cfg.pretrained)
+    channels = int(backbone.num_features)
+    attention = create_attention(cfg.attention, channels, **cfg.attention_kwargs)
+    head = MLPHead(channels, num_classes, cfg.head_hidden, cfg.dropout)
+    model = PlaneClassifier(backbone, attention, head, cfg.model_dump())
+    model.set_finetune(cfg.finetune, cfg.finetune_k)
+    return model
+
+
+def default_preprocessing(model, image_size: int = 224) -> Preprocessing:
+    """The backbone's own normalization (e.g. Lite0 uses mean=std=0.5), at ``image_size``."""
+    cfg = getattr(model.backbone, "pretrained_cfg", {}) or {}
+    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    return Preprocessing(image_size=image_size, mean=mean, std=std)
