@@ -1,0 +1,52 @@
+"""The ``fetalplanes`` command line: thin Typer wiring over library calls.
+
+Each sub-module registers its commands; heavy libraries (torch, timm, onnxruntime) are only
+imported inside the command that needs them, so ``fetalplanes --help`` stays fast and the
+torch-free runtime install can still run its commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import typer
+
+COMMAND_MODULES = ("data", "train")
+
+app = typer.Typer(
+    name="fetalplanes",
+    help="Classify maternal-fetal ultrasound images into standard planes (FETAL_PLANES_DB).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=verbose)],
+        force=True,
+    )
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"fetalplanes.cli.{name}").register(app)
+
+
+def main() -> None:
+    """Console entry point: expected user errors print one clear line, not a traceback."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _register()
+    from fetalplanes.cli.common import run_app
+
+    run_app(app)

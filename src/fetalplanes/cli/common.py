@@ -1,0 +1,36 @@
+"""Shared CLI helpers: turning expected errors into one readable line and exit code 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Errors a user can fix (bad path, bad config, bad file): show the message, not a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, KeyError, PermissionError)
+
+
+def run_app(app: typer.Typer) -> None:
+    try:
+        app(standalone_mode=False)
+    except SystemExit as exc:
+        raise
+    except USER_ERRORS as exc:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise

@@ -1,0 +1,1 @@
+"""Evaluation: metrics with patient-level bootstrap intervals, breakdowns, reports, batch inference."""

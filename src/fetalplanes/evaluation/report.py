@@ -1,0 +1,140 @@
+"""``evaluate``: checkpoint + data -> metrics.json, predictions.csv, confusion_matrix.png, report.md."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fetalplanes.core import atomic
+from fetalplanes.core.postprocess import softmax
+from fetalplanes.core.spec import ModelSpec
+from fetalplanes.data.records import DatasetIndex, Sample
+from fetalplanes.evaluation.metrics import evaluate_arrays
+
+log = logging.getLogger(__name__)
+
+BREAKDOWN_COLUMNS = ("US_Machine", "Operator", "us_machine", "operator")
+
+
+def select_split(index: DatasetIndex, spec: ModelSpec, split: str) -> list[Sample]:
+    """The samples of ``split`` ('test', 'val', 'train' or 'all'), re-deriving the run's split.
+
+    Sources without any split column (folders, plain CSV lists) are external test sets:
+    'test' then means every image.
+    """
+    if split == "all":
+        return list(index.samples)
+    has_split = all("official_split" in s.meta for s in index.samples)
+    if not has_split and split == "test":
+        log.info("%s has no split column: evaluating all %d images as a test set", index.root, len(index))
+        return list(index.samples)
+    from fetalplanes.data.splits import make_splits
+
+    info = spec.training.get("splits", {})
+    splits = make_splits(
+        index,
+        info.get("scheme", "official"),
+        info.get("val_fraction", 0.15),
+        info.get("seed", spec.training.get("seed", 0)),
+        info.get("fold", 0),
+        info.get("n_folds", 5),
+    )
+    return splits.by_name(split)
+
+
+def confusion_png(cm: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=35, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def predictions_csv(samples: Sequence[Sample], probs: np.ndarray, class_names: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["image", "patient", "true", "predicted", "confidence", *class_names])
+    for s, p in zip(samples, probs):
+        true = class_names[s.label] if s.label >= 0 else ""
+        w.writerow([s.path.name, s.patient or "", true, class_names[int(p.argmax())], f"{p.max():.4f}", *(f"{v:.4f}" for v in p)])
+    return buf.getvalue()
+
+
+def _fmt_ci(m: dict[str, Any], key: str) -> str:
+    ci = m["ci95"][key]
+    return f"{m[key]:.4f} (95 % CI {ci['low']:.4f}-{ci['high']:.4f})"
+
+
+def render_report(m: dict[str, Any], spec: ModelSpec) -> str:
+    lines = [
+        f"# Evaluation of `{spec.name}` ({spec.task})",
+        "",
+        f"- data: `{m['data']}` ({m['data_kind']}), split **{m['split']}**, n = {m['n']} images",
+        f"- top-1: {_fmt_ci(m, 'top1')}",
+        f"- top-2: {m['top2']:.4f}",
+        f"- macro-F1: {_fmt_ci(m, 'f1_macro')}",
+        f"- weighted-F1: {m['f1_weighted']:.4f}",
+        f"- intervals: {m['ci95']['n_boot']} bootstrap resamples of {m['ci95']['n_units']} {m['ci95']['unit']}s",
+        "",
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for c, v in m["per_class"].items():
+        lines.append(f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
+    for col, groups in m.get("breakdown", {}).items():
+        lines += ["", f"## By {col}", "", "| value | n | top-1 | macro-F1 |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['n']} | {v['top1']:.3f} | {v['f1_macro']:.3f} |" for k, v in groups.items()]
+    lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
+    return "\n".join(lines)
+
+
+def evaluate(checkpoint: str | Path, data: str | Path, out_dir: str | Path, split: str = "test",
+             batch_size: int = 32, n_boot: int = 1000) -> dict[str, Any]:
+    """Evaluate a checkpoint on one split of a dataset and write the report files."""
+    from fetalplanes.data.sources import load_source
+    from fetalplanes.evaluation.predict import predict_logits
+    from fetalplanes.training.checkpoint import load_checkpoint
+
+    model, spec = load_checkpoint(checkpoint)
+    index = load_source(data, spec.task, spec.class_names)
+    samples = select_split(index, spec, split)
+    if not samples:
+        raise ValueError(f"{data}: split {split!r} is empty")
+    probs = softmax(predict_logits(model, spec, samples, batch_size), spec.temperature)
+    y = np.array([s.label for s in samples])
+    meta = {c: [s.meta[c] for s in samples] for c in BREAKDOWN_COLUMNS if all(c in s.meta for s in samples)}
+    patients = [s.patient for s in samples]
+    m = evaluate_arrays(y, probs, spec.class_names, patients, meta, n_boot)
+    m.update(split=split, data=str(data), data_kind=index.kind, checkpoint=str(checkpoint), model=spec.name,
+             temperature=spec.temperature, class_names=list(spec.class_names))
+    out = Path(out_dir)
+    atomic.write_json(out / "metrics.json", m)
+    atomic.write_text(out / "predictions.csv", predictions_csv(samples, probs, spec.class_names))
+    atomic.write_bytes(out / "confusion_matrix.png", confusion_png(m["confusion_matrix"], spec.class_names, f"{spec.name} - {split}"))
+    atomic.write_text(out / "report.md", render_report(m, spec))
+    return m

@@ -1,0 +1,1 @@
+"""Training with PyTorch Lightning: typed config, module, data module, callbacks, fit, checkpoints."""

@@ -1,0 +1,61 @@
+"""Training callbacks: per-epoch reseeding (resume-exact), throughput, atomic checkpoint IO."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from fetalplanes.core.atomic import atomic_path
+
+
+class EpochSeed(L.Callback):
+    """Reseed torch at each epoch start from (seed, epoch): dropout masks then do not depend
+    on how many epochs this process has run, so a resumed run matches an unbroken one."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        s = np.random.SeedSequence([self.seed, trainer.current_epoch, trainer.global_rank]).generate_state(1)[0]
+        torch.manual_seed(int(s))
+
+
+class Throughput(L.Callback):
+    """Training images per second (wall clock of train batches, data loading included)."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.seconds = 0.0
+        self._t0 = 0.0
+        self.history: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0, self._n = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._n += len(batch[1])
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dt = time.perf_counter() - self._t0
+        self.images += self._n
+        self.seconds += dt
+        if dt > 0:
+            self.history.append(self._n / dt)
+            pl_module.log("train/img_per_s", self._n / dt)
+
+    @property
+    def img_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temp file and renamed, so SIGKILL never leaves a torn file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)

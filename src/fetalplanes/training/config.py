@@ -1,0 +1,124 @@
+"""Typed training configuration, loaded from YAML presets in ``configs/`` plus overrides.
+
+The resolved config is written to ``RUN/config.yaml`` and into every checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from fetalplanes.models.registry import ModelConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["planes", "brain"] = "planes"
+    image_size: int = 224
+    split: Literal["official", "patient-kfold", "image-8020"] = "official"
+    val_fraction: float = 0.15
+    fold: int = 0
+    n_folds: int = 5
+    balance: Literal["loss", "sampler", "none"] = "loss"
+    augment: float = 1.0
+    cache_images: bool = True
+    num_workers: int = 2
+    skip_bad: bool = False
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = 1e-3
+    backbone_lr_mult: float = 0.2
+    weight_decay: float = 0.02
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    batch_size: int = 32
+    max_epochs: int = 30
+
+    @field_validator("lr", "batch_size", "max_epochs")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"must be > 0, got {v}")
+        return v
+
+
+class TrainerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    deterministic: bool = False
+    seed: int = 42
+    patience: int = 8
+    channels_last: bool = True
+    log_every_n_steps: int = 10
+    progress: bool = True
+    limit_train_batches: float | int = 1.0
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "custom"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(config: str | Path) -> Path:
+    """A YAML path, or a preset name from ``configs/`` (e.g. ``paper_lite0``)."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    preset = CONFIG_DIR / f"{config}.yaml"
+    if preset.is_file():
+        return preset
+    raise FileNotFoundError(f"config {config!r} not found; give a YAML path or one of the presets {list_presets()}")
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def load_config(config: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Load a preset/YAML and apply ``{"optim.lr": 3e-4, ...}`` overrides (None values skipped)."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if config is not None:
+        path = resolve_config_path(config)
+        source = str(path)
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a YAML mapping at the top level")
+        raw.setdefault("name", path.stem)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+    try:
+        return TrainConfig(**raw)
+    except ValidationError as err:
+        raise ValueError(f"invalid config ({source}): {err}") from None
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
