@@ -8,12 +8,13 @@ torch-free runtime install can still run its commands.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 
 import typer
 
-COMMAND_MODULES = ("data", "train")
+COMMAND_MODULES = ("data", "train", "explain", "deploy", "bench", "serve", "reproduce")
 
 app = typer.Typer(
     name="fetalplanes",
@@ -40,6 +41,8 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug lo
 
 def _register() -> None:
     for name in COMMAND_MODULES:
+        if importlib.util.find_spec(f"fetalplanes.cli.{name}") is None:
+            continue  # a command group not present in this checkout
         importlib.import_module(f"fetalplanes.cli.{name}").register(app)
 
 

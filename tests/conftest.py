@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny synthetic FETAL_PLANES_DB-format data, tiny trained checkpoints,
+and the path to the real sample images in ../shared/data (tests skip when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Never reach for a model hub from tests: offline failures would otherwise hang ~1 minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real FETAL_PLANES_DB and HC18 samples); skips when absent."""
+    if not (SHARED_DATA / "fetal_planes_db").is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic FETAL_PLANES_DB-format set (8 images per class)."""
+    from fetalplanes.data.synth import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("synth") / "db", per_class=8, seed=1, image_size=(160, 128))
+
+
+def train_tiny(data: Path, out: Path, **overrides) -> Path:
+    """Train a small model quickly (64 px, 1 epoch by default); returns best.ckpt."""
+    from fetalplanes.training.config import load_config
+    from fetalplanes.training.fit import fit
+
+    base = {
+        "data.image_size": 64,
+        "data.num_workers": 0,
+        "optim.max_epochs": 1,
+        "optim.batch_size": 16,
+        "trainer.progress": False,
+        "trainer.seed": 0,
+        "data.augment": 0.0,
+    }
+    base.update(overrides)
+    return fit(data, load_config("demo", base), out).best_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Lite0 + CBAM + MLP checkpoint trained for one epoch at 64 px (seconds)."""
+    return train_tiny(synth_data, tmp_path_factory.mktemp("tiny_run"))
