@@ -54,3 +54,9 @@ def train_tiny(data: Path, out: Path, **overrides) -> Path:
 def tiny_checkpoint(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Lite0 + CBAM + MLP checkpoint trained for one epoch at 64 px (seconds)."""
     return train_tiny(synth_data, tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def shared_data_optional() -> Path | None:
+    """../shared/data when present, else None (for tests that add real-image checks)."""
+    return SHARED_DATA if (SHARED_DATA / "fetal_planes_db").is_dir() else None

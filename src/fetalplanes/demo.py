@@ -16,7 +16,7 @@ from fetalplanes.core import atomic
 log = logging.getLogger(__name__)
 
 
-def run_demo(out_dir: str | Path, per_class: int = 40, seed: int = 0, max_epochs: int | None = None,
+def run_demo(out_dir: str | Path, per_class: int = 50, seed: int = 0, max_epochs: int | None = None,
              progress: bool = True) -> dict[str, Any]:
     from fetalplanes.data.synth import synthesize
     from fetalplanes.evaluation.report import evaluate
@@ -27,7 +27,8 @@ def run_demo(out_dir: str | Path, per_class: int = 40, seed: int = 0, max_epochs
     data = out / "data"
     if not (data / "FETAL_PLANES_DB_data.csv").is_file():
         log.info("synthesizing %d phantom images per class into %s", per_class, data)
-        synthesize(data, per_class=per_class, seed=seed)
+        # One fake patient per ~6 images: enough patients for a patient-level validation split.
+        synthesize(data, per_class=per_class, seed=seed, n_patients=per_class)
     cfg = load_config("demo", {"optim.max_epochs": max_epochs, "trainer.seed": seed, "trainer.progress": progress})
     run = out / "run"
     last = run / "checkpoints" / "last.ckpt"

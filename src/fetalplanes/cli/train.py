@@ -108,7 +108,7 @@ def predict(
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out"),
-    per_class: int = typer.Option(40, "--per-class"),
+    per_class: int = typer.Option(50, "--per-class"),
     seed: int = typer.Option(0, "--seed"),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs"),
 ) -> None:

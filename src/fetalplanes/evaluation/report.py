@@ -30,15 +30,18 @@ def select_split(index: DatasetIndex, spec: ModelSpec, split: str) -> list[Sampl
     if split == "all":
         return list(index.samples)
     has_split = all("official_split" in s.meta for s in index.samples)
-    if not has_split and split == "test":
+    info = spec.training.get("splits", {})
+    scheme = info.get("scheme", "official")
+    if split == "test" and not has_split:
         log.info("%s has no split column: evaluating all %d images as a test set", index.root, len(index))
         return list(index.samples)
+    if split == "test" and scheme == "official":
+        return [s for s in index.samples if s.meta["official_split"] == "test"]
     from fetalplanes.data.splits import make_splits
 
-    info = spec.training.get("splits", {})
     splits = make_splits(
         index,
-        info.get("scheme", "official"),
+        scheme,
         info.get("val_fraction", 0.15),
         info.get("seed", spec.training.get("seed", 0)),
         info.get("fold", 0),

@@ -63,8 +63,16 @@ def build_spec(cfg: TrainConfig, class_names: tuple[str, ...], data_summary: dic
     )
 
 
-def _trainer(cfg: TrainConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+def _log_version(run_dir: Path, resume: bool) -> str:
+    # Lightning's CSV logger deletes an existing metrics.csv: a resumed run logs beside it.
+    if not resume:
+        return ""
+    return f"resume{len(list((run_dir / 'logs').glob('resume*'))) + 1}"
+
+
+def _trainer(cfg: TrainConfig, run_dir: Path, callbacks: list[L.Callback], resume: bool = False) -> L.Trainer:
     t = cfg.trainer
+    version = _log_version(run_dir, resume)
     precision = t.precision
     if precision == "auto":
         precision = "16-mixed" if torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda") else "32-true"
@@ -77,7 +85,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.
         precision=precision,
         deterministic=t.deterministic,
         callbacks=callbacks,
-        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="tb")],
+        logger=[CSVLogger(run_dir, name="logs", version=version), TensorBoardLogger(run_dir, name="logs", version=f"tb{version}")],
         default_root_dir=run_dir,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
@@ -124,7 +132,7 @@ def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = 
         EpochSeed(cfg.trainer.seed),
         throughput,
     ]
-    trainer = _trainer(cfg, run_dir, callbacks)
+    trainer = _trainer(cfg, run_dir, callbacks, resume)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     result = {
@@ -137,6 +145,10 @@ def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = 
         **summary,
     }
     if trainer.is_global_zero:
+        if cfg.trainer.calibrate and (ckpt_dir / "best.ckpt").is_file():
+            from fetalplanes.evaluation.calibration import calibrate_checkpoint
+
+            result["calibration"] = calibrate_checkpoint(ckpt_dir / "best.ckpt", dm.val_ds.samples, run_dir)
         atomic.write_json(run_dir / "train_summary.json", result)
         log.info("best checkpoint %s (val macro-F1 %s)", ckpt_cb.best_model_path, result["best_val_f1_macro"])
     return FitResult(run_dir, ckpt_dir / "best.ckpt", last, result)

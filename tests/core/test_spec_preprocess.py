@@ -1,0 +1,98 @@
+"""ModelSpec round-trips and validation; the shared numpy preprocessing and post-processing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fetalplanes.core.classes import PLANES, classes_for_task
+from fetalplanes.core.postprocess import decide, softmax
+from fetalplanes.core.preprocess import preprocess, preprocess_batch, to_gray
+from fetalplanes.core.spec import ModelSpec, Preprocessing
+
+
+def make_spec(**kw) -> ModelSpec:
+    base = dict(name="t", task="planes", class_names=PLANES, architecture={"backbone": "x"})
+    base.update(kw)
+    return ModelSpec(**base)
+
+
+def test_spec_json_round_trip():
+    spec = make_spec(preprocessing=Preprocessing(image_size=96, mean=(0.5,) * 3, std=(0.5,) * 3), temperature=1.7)
+    again = ModelSpec.from_json(spec.to_json())
+    assert again == spec
+    assert again.num_classes == 6
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"class_names": ()}, "class_names"),
+        ({"class_names": ("a", "a")}, "duplicates"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"abstain_threshold": 1.5}, "abstain_threshold"),
+    ],
+)
+def test_spec_rejects_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        make_spec(**bad)
+
+
+def test_spec_from_dict_lists_unknown_fields():
+    d = make_spec().to_dict()
+    d["colour"] = 1
+    with pytest.raises(ValueError, match="unknown model spec field.*colour.*valid fields"):
+        ModelSpec.from_dict(d)
+
+
+def test_unknown_task_lists_choices():
+    with pytest.raises(ValueError, match="choose one of"):
+        classes_for_task("heart")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16", "P"])
+def test_preprocess_shape_dtype_and_normalization(mode):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (50, 70), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    if mode == "I;16":
+        img = Image.fromarray((arr.astype(np.uint16) * 257))
+    elif mode != "L":
+        img = img.convert(mode)
+    pre = Preprocessing(image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    x = preprocess(img, pre)
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32
+    assert np.allclose(x[0], x[1]) and np.allclose(x[1], x[2])  # gray replicated
+    assert -2.0 - 1e-6 <= x.min() and x.max() <= 2.0 + 1e-6  # (0-0.5)/0.25 .. (1-0.5)/0.25
+
+
+def test_to_gray_16bit_uses_full_range():
+    arr = np.array([[1000, 2000], [3000, 4000]], dtype=np.uint16)
+    g = np.asarray(to_gray(Image.fromarray(arr)))
+    assert g.min() == 0 and g.max() == 255
+
+
+def test_preprocess_batch_stacks():
+    pre = Preprocessing(image_size=16)
+    imgs = [Image.new("L", (20, 10), c) for c in (0, 128, 255)]
+    x = preprocess_batch(imgs, pre)
+    assert x.shape == (3, 3, 16, 16)
+    assert x[0].mean() < x[1].mean() < x[2].mean()
+    assert preprocess_batch([], pre).shape == (0, 3, 16, 16)
+
+
+def test_softmax_temperature_flattens():
+    logits = np.array([[2.0, 0.0, -1.0]])
+    p1, p3 = softmax(logits, 1.0), softmax(logits, 3.0)
+    assert np.allclose(p1.sum(), 1) and np.allclose(p3.sum(), 1)
+    assert p3.max() < p1.max()
+
+
+def test_decide_topk_and_abstain():
+    probs = np.array([[0.1, 0.6, 0.3], [0.4, 0.35, 0.25]])
+    preds = decide(probs, ["a", "b", "c"], k=2, abstain_threshold=0.5)
+    assert preds[0].label == "b" and [c for c, _ in preds[0].topk] == ["b", "c"] and not preds[0].abstain
+    assert preds[1].label == "a" and preds[1].abstain
+    with pytest.raises(ValueError, match="class names"):
+        decide(probs, ["a", "b"])
