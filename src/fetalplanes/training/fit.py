@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,25 @@ def _trainer(cfg: TrainConfig, run_dir: Path, callbacks: list[L.Callback], resum
         use_distributed_sampler=False,
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress,
+        enable_model_summary=t.progress,
         limit_train_batches=t.limit_train_batches,
         num_sanity_val_steps=0,
     )
 
 
+def _quiet_lightning() -> None:
+    # Lightning logs tips and device banners at INFO through its own handlers; keep the
+    # console for our messages and the progress bar.
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.fabric.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
 def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> FitResult:
     """Train ``cfg`` on the dataset at ``data``; writes the run into ``out_dir``."""
+    _quiet_lightning()
     run_dir = Path(out_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
