@@ -20,8 +20,9 @@ import logging
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -126,13 +127,28 @@ def images_from_dir(data: str | Path, class_names: Sequence[str] | None = None, 
 # ------------------------------------------------------------------ export + parity
 
 
+@contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Silence libraries' INFO chatter (per-pass / per-tensor lines) for the duration of a call
+    ('' is the root logger, which onnxruntime.quantization logs to)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _to_onnx(model: "torch.nn.Module", image_size: int, opset: int, exporter: str) -> "onnx.ModelProto":
     import onnx
     import torch
 
     example = (torch.zeros(2, 3, image_size, image_size),)
-    common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
-    with warnings.catch_warnings(), torch.no_grad():
+    common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset, verbose=False)
+    with warnings.catch_warnings(), torch.no_grad(), quiet_loggers("onnx_ir", "onnxscript", "torch.onnx"):
         warnings.simplefilter("ignore")  # exporter chatter (deprecations, tracer notes)
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1, max=4096)
