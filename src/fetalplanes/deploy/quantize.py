@@ -79,17 +79,20 @@ def calibration_samples(
 ) -> tuple[list[Path], list[Path], np.ndarray]:
     """(calibration paths, hold-out paths, hold-out labels as spec class indices or -1).
 
-    Only the dataset's training images are used (train + validation of the official split,
-    or the patient-grouped training folds when it has none): test images never tune the model.
+    With an official split (FETAL_PLANES_DB) only its training images are used, so test
+    images never tune the model; a source without one (class folders, a CSV list) is taken
+    to be the training images the user chose.
     """
     from fetalplanes.data.sources import load_source
-    from fetalplanes.data.splits import make_splits
 
     index = load_source(data, task=spec.task)
-    if not index.samples:
-        raise ValueError(f"{data}: no images found for calibration")
-    splits = make_splits(index, "official", seed=seed)
-    train = splits.train + splits.val
+    if any("official_split" in s.meta for s in index.samples):
+        train = [s for s in index.samples if s.meta.get("official_split") == "train"]
+    else:
+        log.info("%s has no official split: calibrating on all of its images", data)
+        train = list(index.samples)
+    if not train:
+        raise ValueError(f"{data}: no training images found for calibration")
     to_spec = {i: (spec.class_names.index(c) if c in spec.class_names else -1) for i, c in enumerate(index.class_names)}
     labels = [to_spec.get(s.label, -1) for s in train]
     n_hold = min(n_holdout, max(1, int(round(holdout_fraction * len(train)))))
