@@ -66,6 +66,8 @@ class TrainerConfig(BaseModel):
     log_every_n_steps: int = 10
     progress: bool = True
     limit_train_batches: float | int = 1.0
+    # After training: temperature scaling + abstain threshold on the validation split (evaluation.calibration).
+    calibrate: bool = True
 
 
 class TrainConfig(BaseModel):

@@ -96,7 +96,7 @@ def versions() -> dict[str, str]:
 
     return {
         "fetalplanes": fetalplanes.__version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: TorchVersion breaks weights_only loading (resume)
         "timm": timm.__version__,
         "lightning": L.__version__,
         "python": platform.python_version(),

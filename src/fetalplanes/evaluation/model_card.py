@@ -1,0 +1,252 @@
+"""Model cards: a Hugging Face-style ``MODEL_CARD.md`` written next to a trained checkpoint.
+
+The card is built only from what the run recorded: the checkpoint's ModelSpec (architecture,
+preprocessing, data and split summary, temperature, abstain threshold), the evaluation
+``metrics.json`` (with bootstrap intervals, per-class and per-machine results) and, when
+present, ``calibration.json`` and the cost measurements of ``reproduce``. It states the
+intended use and limits, and that the model is not a medical device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fetalplanes.core import atomic
+
+log = logging.getLogger(__name__)
+
+CARD_NAME = "MODEL_CARD.md"
+PAPER = "Sivasubramanian et al. 2024, arXiv:2410.17396"
+DATASET_PAPER = "Burgos-Artizzu et al., Sci. Rep. 10, 10200 (2020); Zenodo record 3904280 (CC BY 4.0)"
+
+
+def is_synthetic(root: str | Path | None) -> bool:
+    """True for the phantom sets written by ``fetalplanes.data.synth`` (they leave markers)."""
+    if not root:
+        return False
+    root = Path(root)
+    return (root / "SYNTHETIC.md").is_file() or (root / "synth_manifest.json").is_file()
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and v == v else "n/a"
+
+
+def _front_matter(spec: Any, metrics: dict[str, Any], synthetic: bool, split: dict[str, Any]) -> str:
+    dataset = "synthetic FETAL_PLANES_DB-format phantoms" if synthetic else "FETAL_PLANES_DB"
+    arch = spec.architecture
+    results = [
+        {"type": "accuracy", "name": "Top-1 accuracy", "value": round(float(metrics["top1"]), 4)},
+        {"type": "top_k_accuracy", "name": "Top-2 accuracy", "value": round(float(metrics["top2"]), 4), "args": {"k": 2}},
+        {"type": "f1", "name": "Macro F1", "value": round(float(metrics["f1_macro"]), 4), "args": {"average": "macro"}},
+        {"type": "f1", "name": "Weighted F1", "value": round(float(metrics["f1_weighted"]), 4),
+         "args": {"average": "weighted"}},
+    ]
+    meta = {
+        "license": "apache-2.0",
+        "library_name": "fetalplanes",
+        "pipeline_tag": "image-classification",
+        "tags": ["image-classification", "medical-imaging", "ultrasound", "obstetrics", "fetal-ultrasound", "pytorch",
+                 "timm", str(arch.get("backbone", "")), f"attention-{arch.get('attention', 'none')}"]
+                + (["synthetic-data"] if synthetic else []),
+        "datasets": [dataset],
+        "metrics": ["accuracy", "top_k_accuracy", "f1"],
+        "model-index": [{
+            "name": spec.name,
+            "results": [{
+                "task": {"type": "image-classification", "name": f"Fetal ultrasound {spec.task} classification"},
+                "dataset": {"name": dataset, "type": "fetal_planes_db", "split": f"{split.get('scheme', '?')}/test"},
+                "metrics": results,
+            }],
+        }],
+    }
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _metric_lines(m: dict[str, Any]) -> list[str]:
+    ci = m.get("ci95", {})
+
+    def with_ci(key: str) -> str:
+        c = ci.get(key)
+        return f"{_fmt(m[key])} (95 % CI {_fmt(c['low'])}-{_fmt(c['high'])})" if c else _fmt(m[key])
+
+    unit = f"{ci.get('n_boot', '?')} bootstrap resamples of {ci.get('n_units', '?')} {ci.get('unit', '?')}s" if ci else "none"
+    return [
+        f"| Top-1 accuracy | {with_ci('top1')} |",
+        f"| Top-2 accuracy | {_fmt(m['top2'])} |",
+        f"| Macro F1 | {with_ci('f1_macro')} |",
+        f"| Weighted F1 | {_fmt(m['f1_weighted'])} |",
+        f"| Test images | {m.get('n', '?')} |",
+        "",
+        f"Intervals: {unit} (percentile bootstrap; patients are resampled when patient ids are known).",
+    ]
+
+
+def _per_class(m: dict[str, Any]) -> list[str]:
+    lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for c, v in m.get("per_class", {}).items():
+        lines.append(f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
+    return lines
+
+
+def _breakdowns(m: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for col, groups in m.get("breakdown", {}).items():
+        lines += ["", f"**By {col}**", "", "| value | n | top-1 | macro-F1 |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['n']} | {v['top1']:.3f} | {v['f1_macro']:.3f} |" for k, v in groups.items()]
+    return lines or ["", "No per-machine / per-operator columns in this data source."]
+
+
+def _calibration(spec: Any, cal: dict[str, Any] | None) -> list[str]:
+    lines = [f"- Temperature stored in the model: **{spec.temperature:.4f}**; abstain threshold on calibrated "
+             f"confidence: **{spec.abstain_threshold:.4f}** (predictions below it are flagged, not hidden)."]
+    if not cal:
+        return lines + ["- No calibration record found (run `fetalplanes calibrate`)."]
+    for part in ("val", "test"):
+        s = cal.get(part)
+        if s:
+            lines.append(f"- {part}: n = {s['n']}, ECE {_fmt(s['ece_before'])} -> {_fmt(s['ece_after'])}, "
+                         f"NLL {_fmt(s['nll_before'])} -> {_fmt(s['nll_after'])}, coverage at threshold "
+                         f"{_fmt(s['coverage_at_threshold'], 3)} with accuracy {_fmt(s['accuracy_retained'], 3)}")
+    rule = cal.get("abstain_rule", {})
+    lines.append(f"- Threshold rule: `{rule.get('rule')}` (target accuracy {rule.get('target_accuracy')}, "
+                 f"min coverage {rule.get('min_coverage')}, target reached: {rule.get('target_reached')}); "
+                 "T and the threshold were fit on the validation split.")
+    return lines
+
+
+def render_card(spec: Any, metrics: dict[str, Any], calibration: dict[str, Any] | None = None,
+                costs: dict[str, Any] | None = None, notes: list[str] | None = None) -> str:
+    """The Markdown text of a model card (front matter + sections)."""
+    data = spec.training.get("data", {})
+    split = spec.training.get("splits", {})
+    synthetic = is_synthetic(data.get("root"))
+    arch, pre = spec.architecture, spec.preprocessing
+    head = "linear" if not arch.get("head_hidden") else f"MLP {arch.get('head_hidden')}"
+    lines = [_front_matter(spec, metrics, synthetic, split), f"# {spec.name}: fetal ultrasound {spec.task} classifier", ""]
+    if synthetic:
+        lines += ["> **Trained and evaluated on SYNTHETIC phantom images.** These numbers test the software only and",
+                  "> say nothing about performance on real ultrasound.", ""]
+    if split.get("leaky"):
+        lines += [f"> **LEAKY split ({split.get('scheme')})**: images of the same patient are in both training and",
+                  "> test sets, so these numbers overstate accuracy on new patients. Use an `official` or",
+                  "> `patient-kfold` model for any claim.", ""]
+    lines += [
+        "## Model details",
+        "",
+        f"- Architecture: `{arch.get('backbone')}` backbone -> `{arch.get('attention')}` attention -> global average "
+        f"pooling -> {head} head (dropout {arch.get('dropout')}); backbone fine-tuning: `{arch.get('finetune')}`; "
+        f"initialisation: `{arch.get('pretrained')}`.",
+        f"- Classes ({spec.num_classes}, output order): {', '.join(spec.class_names)}.",
+        f"- Input: {pre.image_size}x{pre.image_size} grayscale replicated to 3 channels, resize `{pre.resize}`, "
+        f"mean {list(pre.mean)}, std {list(pre.std)} (`fetalplanes.core.preprocess`).",
+        f"- Package version {spec.version}; follows {PAPER}.",
+    ]
+    if costs:
+        lines.append(f"- Parameters: {costs.get('params_total', 0):,} total, {costs.get('params_trainable', 0):,} "
+                     f"trainable; {_fmt(costs.get('gflops'), 3)} GFLOPs at {costs.get('image_size')} px; CPU latency "
+                     f"{_fmt(costs.get('cpu_latency_ms'), 1)} ms (batch 1, {costs.get('threads')} threads, median).")
+    lines += [
+        "",
+        "## Intended use",
+        "",
+        "Research and education: sorting or pre-labelling maternal-fetal ultrasound frames into standard planes, "
+        "studying attention models, and benchmarking. Outputs are suggestions for a trained sonographer to review.",
+        "",
+        "**Not a medical device.** Not cleared or approved by any regulator, not validated prospectively, and not for "
+        "diagnosis, screening decisions or any clinical use without a qualified professional's review.",
+        "",
+        "## Training data",
+        "",
+        f"- Source: {'SYNTHETIC phantoms (fetalplanes.data.synth)' if synthetic else DATASET_PAPER}; "
+        f"`{data.get('kind', '?')}` at `{data.get('root', '?')}`.",
+        f"- {data.get('n_images', '?')} images, {data.get('n_patients') or 'unknown'} patients; class counts "
+        f"{data.get('class_counts', {})}.",
+        f"- Split `{split.get('scheme', '?')}`{' (LEAKY)' if split.get('leaky') else ''}: "
+        f"train {split.get('train', {}).get('images', '?')}, val {split.get('val', {}).get('images', '?')}, "
+        f"test {split.get('test', {}).get('images', '?')} images; seed {split.get('seed', spec.training.get('seed'))}.",
+        "",
+        "## Evaluation (test split)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *_metric_lines(metrics),
+        "",
+        "### Per class",
+        "",
+        *_per_class(metrics),
+        "",
+        "### Per machine and operator",
+        *_breakdowns(metrics),
+        "",
+        "## Calibration",
+        "",
+        *_calibration(spec, calibration),
+        "",
+        "## Limitations",
+        "",
+        "- One hospital network's data (two Barcelona centres), a few scanner makes and operators: expect lower "
+        "accuracy on other machines, populations and acquisition protocols; check the per-machine table.",
+        "- Single frames only; no video context. Unusual or non-standard planes fall into `Other` or get low confidence.",
+        "- Test metrics come from one split; intervals cover test-sample variability, not training variability.",
+        "- Grayscale input assumption; colour Doppler overlays are out of distribution.",
+        *(f"- {n}" for n in (notes or [])),
+        "",
+        "## How to use",
+        "",
+        "```bash",
+        "fetalplanes predict IMAGE.png --checkpoint best.ckpt",
+        "fetalplanes evaluate --checkpoint best.ckpt --data FETAL_PLANES_DB --out eval/",
+        "```",
+        "",
+        "## Citation",
+        "",
+        f"- Model: {PAPER}.",
+        f"- Data: {DATASET_PAPER}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(checkpoint: str | Path, metrics: dict[str, Any] | str | Path,
+                     calibration: dict[str, Any] | str | Path | None = None, costs: dict[str, Any] | None = None,
+                     out: str | Path | None = None, notes: list[str] | None = None) -> Path:
+    """Write ``MODEL_CARD.md`` next to ``checkpoint`` (or to ``out``); returns its path.
+
+    ``metrics`` / ``calibration`` may be dicts or JSON files; without ``calibration`` a
+    ``calibration.json`` in the run directory (the checkpoint's grandparent) is used if present.
+    """
+    from fetalplanes.core.spec import ModelSpec
+    from fetalplanes.training.checkpoint import CKPT_KEY, read_checkpoint
+
+    checkpoint = Path(checkpoint)
+    spec = ModelSpec.from_dict(read_checkpoint(checkpoint)[CKPT_KEY]["spec"])
+    metrics = _load_json(metrics, "metrics")
+    for key in ("top1", "top2", "f1_macro", "f1_weighted"):
+        if key not in metrics:
+            raise ValueError(f"metrics: field {key!r} missing; expected the metrics.json of `fetalplanes evaluate`")
+    if calibration is None:
+        found = checkpoint.resolve().parent.parent / "calibration.json"
+        calibration = found if found.is_file() else None
+    cal = _load_json(calibration, "calibration") if calibration is not None else None
+    path = Path(out) if out is not None else checkpoint.parent / CARD_NAME
+    atomic.write_text(path, render_card(spec, metrics, cal, costs, notes))
+    log.info("model card written to %s", path)
+    return path
+
+
+def _load_json(obj: dict[str, Any] | str | Path, what: str) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return obj
+    path = Path(obj)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None

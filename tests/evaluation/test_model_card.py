@@ -1,0 +1,64 @@
+"""MODEL_CARD.md: HF front matter, metrics with intervals, per-class/machine tables, warnings."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fetalplanes.evaluation.model_card import render_card, write_model_card
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_checkpoint: Path, synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    from fetalplanes.evaluation.report import evaluate
+
+    run = tmp_path_factory.mktemp("card")
+    ckpt = run / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_checkpoint, ckpt)
+    return ckpt, evaluate(ckpt, synth_data, run / "eval", n_boot=50)
+
+
+def _front(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_card_written_next_to_checkpoint(evaluated: tuple[Path, dict]) -> None:
+    ckpt, metrics = evaluated
+    path = write_model_card(ckpt, ckpt.parent.parent / "eval" / "metrics.json",
+                            costs={"params_total": 10, "params_trainable": 5, "gflops": 0.1, "image_size": 64,
+                                   "cpu_latency_ms": 3.0, "threads": 2})
+    assert path == ckpt.parent / "MODEL_CARD.md"
+    text = path.read_text()
+    meta = _front(text)
+    assert {"license", "tags", "datasets", "metrics", "model-index"} <= set(meta)
+    values = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert values["Top-1 accuracy"] == pytest.approx(metrics["top1"], abs=1e-4)
+    assert values["Macro F1"] == pytest.approx(metrics["f1_macro"], abs=1e-4)
+    assert "Not a medical device" in text
+    assert "SYNTHETIC" in text and "synthetic-data" in meta["tags"]  # the fixture data are phantoms
+    assert f"{metrics['ci95']['top1']['low']:.4f}" in text
+    for name in metrics["per_class"]:
+        assert f"| {name} |" in text
+    assert "By US_Machine" in text
+
+
+def test_leaky_split_is_flagged(evaluated: tuple[Path, dict]) -> None:
+    from fetalplanes.training.checkpoint import load_checkpoint
+
+    ckpt, metrics = evaluated
+    _, spec = load_checkpoint(ckpt)
+    training = {**spec.training, "splits": {**spec.training["splits"], "scheme": "image-8020", "leaky": True}}
+    text = render_card(spec.replace(training=training), metrics)
+    assert "LEAKY split (image-8020)" in text
+    assert "LEAKY" not in render_card(spec, metrics)
+
+
+def test_card_rejects_metrics_without_fields(evaluated: tuple[Path, dict], tmp_path: Path) -> None:
+    ckpt, _ = evaluated
+    with pytest.raises(ValueError, match="top2"):
+        write_model_card(ckpt, {"top1": 0.5}, out=tmp_path / "card.md")
