@@ -56,6 +56,7 @@ def test_parity_metadata_and_dynamic_batch(attention: str, tmp_path: Path) -> No
     assert json.loads(meta["mean"]) == pytest.approx(list(spec.preprocessing.mean))
     assert json.loads(meta["std"]) == pytest.approx(list(spec.preprocessing.std))
     assert meta["task"] == "planes" and meta["name"] == spec.name
+    assert json.loads(meta["export_parity"])["max_abs_logit_diff"] == report["max_abs_logit_diff"]
 
     # A batch size never seen at export time (dynamic axis) still matches PyTorch.
     pred = OnnxPredictor(out)
@@ -71,7 +72,7 @@ def test_parity_metadata_and_dynamic_batch(attention: str, tmp_path: Path) -> No
 
 
 @pytest.fixture(scope="module")
-def cbam_proto() -> bytes:
+def cbam_proto():
     """A CBAM model's ONNX graph, exported once for the failure tests."""
     model, spec = _model_and_spec("cbam")
     return ex._to_onnx(model, spec.preprocessing.image_size, ex.DEFAULT_OPSET, "dynamo")

@@ -103,12 +103,13 @@ def builtin_images(class_names: Sequence[str] | None = None, per_class: int = _B
     return images
 
 
-def images_from_dir(data: str | Path, class_names: Sequence[str] | None = None, limit: int = 12) -> list[Image.Image]:
+def images_from_dir(data: str | Path, task: str = "planes", limit: int = 12) -> list[Image.Image]:
     """Up to ``limit`` images from a dataset folder, spread over its classes (for parity)."""
     from fetalplanes.core.io import load_image
     from fetalplanes.data.sources import load_source
 
-    index = load_source(data, class_names=class_names)
+    # Labels are irrelevant for parity, so no class list is imposed on the source.
+    index = load_source(data, task=task)
     if not index.samples:
         raise ValueError(f"{data}: no images found to verify the export on")
     by_class: dict[int, list[Path]] = {}
@@ -216,10 +217,15 @@ def export_onnx(
     exporter: str = "dynamo",
     tolerance: float = FP32_TOLERANCE,
 ) -> dict[str, Any]:
-    """Export ``model`` (eval, NCHW, CPU) to ``out_path`` after verifying parity with ORT.
+    """Export ``model`` to ``out_path`` after verifying parity with ONNX Runtime.
+
+    The model is put in eval mode on the CPU in float32 (in place) and exported NCHW with a
+    dynamic batch axis; ``exporter`` "dynamo" (torch.export, the cleaner graph) falls back
+    to "torchscript" when the model cannot be captured.
 
     ``verify_images`` are real images (preprocessed here with the spec); when None a built-in
-    set of rendered phantoms is used. Returns the parity report (also stored nowhere else);
+    set of rendered phantoms is used. Returns the parity report (a summary of it is also
+    stored in the metadata under ``export_parity``);
     raises :class:`ParityError` and writes nothing when parity fails.
     """
     if exporter not in EXPORTERS:
@@ -231,7 +237,14 @@ def export_onnx(
         images = list(images) * 2  # parity must also be checked at a batch > 1
     inputs = preprocess_batch(images, spec.preprocessing)
     t0 = time.perf_counter()
-    proto = _to_onnx(model, spec.preprocessing.image_size, opset, exporter)
+    try:
+        proto = _to_onnx(model, spec.preprocessing.image_size, opset, exporter)
+    except Exception as err:  # torch.export cannot capture every model; the tracer can
+        if exporter != "dynamo":
+            raise
+        log.warning("dynamo export failed (%s: %s); retrying with the TorchScript exporter", type(err).__name__, err)
+        exporter = "torchscript"
+        proto = _to_onnx(model, spec.preprocessing.image_size, opset, exporter)
     set_metadata(proto, spec)
     data = proto.SerializeToString()
     report = check_parity(model, data, inputs, tolerance)
@@ -243,6 +256,10 @@ def export_onnx(
             f"{report['max_abs_logit_diff']:.3g}, tolerance {tolerance:g}; {report['argmax_mismatches']} argmax "
             f"mismatch(es) on {report['n_images']} images)"
         )
+    # Metadata does not touch the graph, so the verified parity still holds for these bytes.
+    keep = ("max_abs_logit_diff", "n_images", "tolerance", "exporter", "opset", "verify_source")
+    set_metadata(proto, spec, {"export_parity": json.dumps({k: report[k] for k in keep})})
+    data = proto.SerializeToString()
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(data)
     report.update(path=str(out_path), size_bytes=len(data))
@@ -265,7 +282,7 @@ def export_checkpoint(
     from fetalplanes.training.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(ckpt_path)
-    images = images_from_dir(calibration, spec.class_names, n_verify) if calibration else None
+    images = images_from_dir(calibration, spec.task, n_verify) if calibration else None
     report = export_onnx(model, spec, out_path, verify_images=images, opset=opset, exporter=exporter, tolerance=tolerance)
     report["checkpoint"] = str(ckpt_path)
     return report

@@ -55,10 +55,18 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError("onnxruntime is not installed; install the runtime with `pip install fetalplanes[runtime]`") from None
+    return onnxruntime
+
+
 def session_options(threads: int | None = None) -> Any:
     """ORT options for small-batch CPU inference: all graph optimizations, one intra-op
     thread per core, sequential execution (the graph is a chain: inter-op threads idle)."""
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -74,8 +82,7 @@ class OnnxPredictor:
     def __init__(
         self, model_path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[Any] | None = None
     ) -> None:
-        import onnxruntime as ort
-
+        ort = _onnxruntime()
         self.path = Path(model_path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: ONNX model file not found")
