@@ -1,0 +1,71 @@
+"""`fetalplanes serve`: run the web service and clinician page with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fetalplanes.cli.common import console
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(
+    model: Path = typer.Option(..., "--model", help="Exported model.onnx (torch-free) or a training checkpoint .ckpt (adds heat maps)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; 0.0.0.0 exposes the service to the network."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (each loads the model)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body in MB (a batch's files together)."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most images per /v1/predict/batch request."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Largest image (width*height) accepted; guards against decompression bombs."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="FETALPLANES_API_KEY", show_envvar=True,
+        help="Require this key in the X-API-Key header on /v1/* (prefer the environment variable: command lines are visible to other users).",
+    ),
+    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", help="Allow cross-origin calls from this origin (repeatable); CORS is off by default."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Inference threads per worker."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical | error | warning | info | debug"),
+) -> None:
+    """Serve the model over HTTP: JSON API under /v1, the web page at /, the schema at /openapi.json."""
+    import uvicorn
+
+    from fetalplanes.serve.app import DEFAULT_MAX_PIXELS, ServeSettings, build_app
+    from fetalplanes.serve.backends import check_model_path, load_backend
+
+    settings = ServeSettings(
+        model_path=model,
+        max_upload_mb=max_upload_mb,
+        api_key=api_key or None,
+        cors_origins=tuple(cors_origin or ()),
+        max_batch=max_batch,
+        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        threads=threads,
+    )
+    if host not in LOOPBACK and not settings.api_key:
+        logger.warning("listening on %s without an API key: anyone on the network can use the service", host)
+    console.print(f"fetalplanes: http://{_display_host(host)}:{port}/  (Ctrl+C to stop)")
+    if workers == 1:
+        # Loaded here so a bad model file is reported as one clear line, before uvicorn starts.
+        app = build_app(settings, load_backend(settings.model_path, settings.threads))
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        return
+    check_model_path(settings.model_path)  # fail fast, before spawning workers
+    # Worker processes import the app by name, so the settings travel as environment variables.
+    os.environ.update(settings.to_env())
+    uvicorn.run(
+        "fetalplanes.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level
+    )
+
+
+def _display_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

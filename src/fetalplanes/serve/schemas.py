@@ -1,0 +1,106 @@
+"""Pydantic response models of the web service, so the OpenAPI schema is fully typed."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: one human-readable sentence."""
+
+    detail: str = Field(description="What went wrong and what is expected instead.")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    kind: Literal["checkpoint", "onnx"] = Field(description="checkpoint (PyTorch) or onnx (ONNX Runtime).")
+
+
+class ClassProbability(BaseModel):
+    label: str
+    probability: float = Field(ge=0.0, le=1.0)
+
+
+class ImageInfo(BaseModel):
+    width: int
+    height: int
+    format: str = Field(description="Detected from the content: png, jpeg, bmp, tiff or dicom.")
+    mode: str = Field(description="Decoded pixel mode (L, I;16, RGB, ...).")
+
+
+class Explanation(BaseModel):
+    available: bool
+    method: Optional[str] = Field(default=None, description="CAM method, e.g. gradcam.")
+    overlay_png_base64: Optional[str] = Field(
+        default=None, description="Heat map blended over the image, PNG, same size as the upload."
+    )
+    detail: Optional[str] = Field(default=None, description="Why no heat map was produced.")
+
+
+class PredictResponse(BaseModel):
+    filename: Optional[str] = Field(default=None, description="The upload's name, for display only.")
+    plane: str = Field(description="Predicted standard plane (top-1 class).")
+    confidence: float = Field(ge=0.0, le=1.0, description="Calibrated (temperature-scaled) probability of `plane`.")
+    abstain: bool = Field(description="True when confidence is below the model's abstain threshold: review manually.")
+    abstain_threshold: float = Field(ge=0.0, le=1.0)
+    topk: list[ClassProbability]
+    probabilities: dict[str, float]
+    model: ModelRef
+    image: ImageInfo
+    explanation: Optional[Explanation] = Field(default=None, description="Present when ?explain=true.")
+    preview_png_base64: Optional[str] = Field(
+        default=None, description="The decoded image as PNG (when ?preview=true), e.g. to display DICOM."
+    )
+
+
+class BatchItem(BaseModel):
+    filename: Optional[str] = None
+    status: int = Field(description="200 for a result, else the status a single upload would have got.")
+    result: Optional[PredictResponse] = None
+    error: Optional[str] = None
+
+
+class BatchResponse(BaseModel):
+    count: int
+    failed: int
+    items: list[BatchItem]
+
+
+class PreprocessingInfo(BaseModel):
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    channels: int
+    resize: str
+
+
+class ServiceLimits(BaseModel):
+    max_upload_bytes: int = Field(description="Largest request body (all files of a batch together).")
+    max_batch: int
+    max_pixels: int
+    accepted_formats: list[str]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    kind: Literal["checkpoint", "onnx"]
+    task: str
+    class_names: list[str]
+    preprocessing: PreprocessingInfo
+    temperature: float
+    abstain_threshold: float
+    explain_available: bool
+    explain_detail: Optional[str] = None
+    metrics: dict[str, Any] = Field(default_factory=dict, description="From the model spec and metrics.json.")
+    model_card: Optional[str] = Field(default=None, description="MODEL_CARD.md next to the model (Markdown).")
+    limits: ServiceLimits
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    model: str
+    version: str

@@ -1,0 +1,236 @@
+"""The service's synchronous work: check and decode uploads, predict, explain, describe the model.
+
+Called from the request handlers through a thread pool, so CPU-bound decoding and inference
+never block the event loop. Every refusal is an :class:`UploadError` carrying the HTTP
+status (415 unsupported type, 422 unreadable image) and a sentence naming the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from PIL import Image
+
+from fetalplanes.core.io import ImageLoadError, load_image, sniff_format
+from fetalplanes.core.postprocess import Prediction
+from fetalplanes.core.preprocess import to_gray
+from fetalplanes.serve.backends import CAM_METHOD, Backend, ExplainUnavailable
+from fetalplanes.serve.schemas import (
+    BatchItem,
+    BatchResponse,
+    ClassProbability,
+    Explanation,
+    ImageInfo,
+    ModelInfo,
+    ModelRef,
+    PredictResponse,
+    PreprocessingInfo,
+    ServiceLimits,
+)
+from fetalplanes.serve.uploads import Upload, UploadError
+
+if TYPE_CHECKING:
+    from fetalplanes.serve.app import ServeSettings
+
+__all__ = ["ACCEPTED_FORMATS", "Service", "read_model_card"]
+
+logger = logging.getLogger(__name__)
+
+ACCEPTED_FORMATS: tuple[str, ...] = ("png", "jpeg", "bmp", "tiff", "dicom")
+ACCEPTED_TEXT = "a PNG, JPEG, BMP, TIFF or DICOM image"
+MAX_SIDE_FILE_BYTES = 1024 * 1024  # metrics.json / MODEL_CARD.md larger than this are not served
+
+
+class Service:
+    """A loaded backend plus the service limits; one per app."""
+
+    def __init__(self, backend: Backend, settings: "ServeSettings") -> None:
+        self.backend = backend
+        self.spec = backend.spec
+        self.settings = settings
+        self._metrics, self._card = read_model_card(backend.path, self.spec.metrics)
+        self._model_ref = ModelRef(name=self.spec.name, version=self.spec.version, kind=backend.kind)
+
+    # ------------------------------------------------------------------ uploads
+
+    def decode(self, upload: Upload) -> tuple[Image.Image, str]:
+        """The decoded image and its detected format, or UploadError 415/422."""
+        name = upload.filename or "upload"
+        if not upload.data:
+            raise UploadError(422, f"{name}: empty file (0 bytes); expected {ACCEPTED_TEXT}")
+        fmt = sniff_format(bytes(upload.data[:132]))
+        if fmt not in ACCEPTED_FORMATS:
+            found = f"a {fmt.upper()} image" if fmt else "not a recognised image format"
+            raise UploadError(415, f"{name}: unsupported file type ({found}); expected {ACCEPTED_TEXT}")
+        try:
+            image = load_image(bytes(upload.data), name=name, max_pixels=self.settings.max_pixels)
+        except ImageLoadError as err:
+            raise UploadError(422, str(err)) from None
+        return image, fmt
+
+    def analyse(self, upload: Upload, top_k: int, explain: bool, preview: bool) -> PredictResponse:
+        image, fmt = self.decode(upload)
+        prediction = self.backend.predict([image], top_k)[0]
+        return self._response(upload, image, fmt, prediction, explain, preview)
+
+    def analyse_batch(self, uploads: list[Upload], top_k: int, explain: bool, preview: bool) -> BatchResponse:
+        """Per-item results: one bad file does not spoil the others' answers."""
+        items: list[BatchItem] = []
+        decoded: list[tuple[int, Upload, Image.Image, str]] = []
+        for upload in uploads:
+            try:
+                image, fmt = self.decode(upload)
+            except UploadError as err:
+                items.append(BatchItem(filename=upload.filename, status=err.status, error=err.detail))
+                continue
+            items.append(BatchItem(filename=upload.filename, status=200))
+            decoded.append((len(items) - 1, upload, image, fmt))
+        predictions = self.backend.predict([d[2] for d in decoded], top_k)
+        for (index, upload, image, fmt), prediction in zip(decoded, predictions):
+            items[index].result = self._response(upload, image, fmt, prediction, explain, preview)
+        failed = sum(item.status != 200 for item in items)
+        return BatchResponse(count=len(items), failed=failed, items=items)
+
+    def _response(
+        self, upload: Upload, image: Image.Image, fmt: str, prediction: Prediction, explain: bool, preview: bool
+    ) -> PredictResponse:
+        return PredictResponse(
+            filename=upload.filename,
+            plane=prediction.label,
+            confidence=prediction.confidence,
+            abstain=prediction.abstain,
+            abstain_threshold=self.spec.abstain_threshold,
+            topk=[ClassProbability(label=c, probability=p) for c, p in prediction.topk],
+            probabilities=prediction.probabilities,
+            model=self._model_ref,
+            image=ImageInfo(width=image.width, height=image.height, format=fmt, mode=image.mode),
+            explanation=self._explain(image) if explain else None,
+            preview_png_base64=_b64(_png(_displayable(image))) if preview else None,
+        )
+
+    def _explain(self, image: Image.Image) -> Explanation:
+        try:
+            png = self.backend.explain_png(image)
+        except ExplainUnavailable as err:
+            return Explanation(available=False, detail=str(err))
+        return Explanation(available=True, method=CAM_METHOD, overlay_png_base64=_b64(png))
+
+    # ------------------------------------------------------------------ model
+
+    def model_info(self) -> ModelInfo:
+        spec, pre, limits = self.spec, self.spec.preprocessing, self.settings
+        reason = self.backend.explain_unavailable_reason
+        return ModelInfo(
+            name=spec.name,
+            version=spec.version,
+            kind=self.backend.kind,
+            task=spec.task,
+            class_names=list(spec.class_names),
+            preprocessing=PreprocessingInfo(
+                image_size=pre.image_size, mean=list(pre.mean), std=list(pre.std), channels=pre.channels, resize=pre.resize
+            ),
+            temperature=spec.temperature,
+            abstain_threshold=spec.abstain_threshold,
+            explain_available=reason is None,
+            explain_detail=reason,
+            metrics=self._metrics,
+            model_card=self._card,
+            limits=ServiceLimits(
+                max_upload_bytes=limits.max_upload_bytes,
+                max_batch=limits.max_batch,
+                max_pixels=limits.max_pixels,
+                accepted_formats=list(ACCEPTED_FORMATS),
+            ),
+        )
+
+
+def read_model_card(model_path: Path, spec_metrics: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """(metrics, MODEL_CARD.md text) from files next to the model, if present.
+
+    Metrics are the spec's, updated by ``<model>.metrics.json`` or ``metrics.json`` in the
+    model's folder, plus the results listed in the card's front matter (``model_card``).
+    Non-finite numbers become null so the JSON answer stays valid.
+    """
+    metrics = dict(spec_metrics)
+    for candidate in (model_path.with_suffix(".metrics.json"), model_path.parent / "metrics.json"):
+        text = _small_text(candidate)
+        if text is None:
+            continue
+        try:
+            loaded = json.loads(text)
+        except ValueError as err:
+            logger.warning("%s: ignoring unreadable metrics file (%s)", candidate, err)
+            continue
+        if isinstance(loaded, dict):
+            metrics.update(loaded)
+            break
+    card = _small_text(model_path.parent / "MODEL_CARD.md")
+    if card:
+        results = _card_results(card)
+        if results:
+            metrics["model_card"] = results
+    return _finite(metrics), card
+
+
+def _card_results(card: str) -> list[dict[str, Any]]:
+    """The metrics of a model card's YAML front matter (Hugging Face ``model-index``)."""
+    if not card.startswith("---"):
+        return []
+    try:
+        meta = yaml.safe_load(card.split("---", 2)[1])
+        out = []
+        for entry in meta.get("model-index", []):
+            for result in entry.get("results", []):
+                dataset = result.get("dataset", {})
+                for metric in result.get("metrics", []):
+                    out.append({"name": metric.get("name"), "value": metric.get("value"),
+                                "dataset": dataset.get("name"), "split": dataset.get("split")})
+        return out
+    except (yaml.YAMLError, AttributeError, IndexError, TypeError) as err:
+        logger.warning("ignoring unreadable model card front matter (%s)", err)
+        return []
+
+
+def _small_text(path: Path) -> str | None:
+    try:
+        if not path.is_file():
+            return None
+        if path.stat().st_size > MAX_SIDE_FILE_BYTES:
+            logger.warning("%s: larger than %d bytes, not served", path, MAX_SIDE_FILE_BYTES)
+            return None
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        logger.warning("%s: cannot read (%s)", path, err)
+        return None
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _displayable(image: Image.Image) -> Image.Image:
+    """An 8-bit image a browser shows as the model saw it (16-bit gray rescaled like preprocessing)."""
+    return to_gray(image) if image.mode in ("I;16", "I") else image
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = BytesIO()
+    image.save(buf, format="PNG", compress_level=1)  # speed over size: sent once, never stored
+    return buf.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,370 @@
+"""API tests of the web service with FastAPI's TestClient: answers, limits and every error code.
+
+One torch backend (the tiny checkpoint) is loaded per module and shared by apps built with
+different settings, so each test costs milliseconds, not a model load.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import tempfile
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from PIL import Image
+from serve_helpers import dicom_bytes, encode, png_with_claimed_size
+
+from fetalplanes.serve.app import ServeSettings, create_app
+from fetalplanes.serve.backends import TorchBackend, load_backend
+from fetalplanes.serve.service import read_model_card
+
+KEY = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_checkpoint: Path) -> TorchBackend:
+    return TorchBackend(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def client(backend: TorchBackend) -> TestClient:
+    return TestClient(create_app(backend.path, backend=backend))
+
+
+def make_client(backend: TorchBackend, **settings) -> TestClient:
+    return TestClient(create_app(backend.path, backend=backend, **settings))
+
+
+@pytest.fixture(scope="module")
+def phantom(synth_data: Path) -> Path:
+    return sorted((synth_data / "Images").glob("*.png"))[0]
+
+
+def post_one(client: TestClient, name: str, data: bytes, query: str = "", **kwargs):
+    return client.post(f"/v1/predict{query}", files={"file": (name, data, "application/octet-stream")}, **kwargs)
+
+
+def check_prediction(body: dict, class_names: tuple[str, ...], size: tuple[int, int]) -> None:
+    assert body["plane"] in class_names
+    assert body["topk"][0]["label"] == body["plane"]
+    assert body["confidence"] == pytest.approx(body["topk"][0]["probability"])
+    probs = [t["probability"] for t in body["topk"]]
+    assert probs == sorted(probs, reverse=True) and len(probs) == 2
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert set(body["probabilities"]) == set(class_names)
+    assert body["abstain"] == (body["confidence"] < body["abstain_threshold"])
+    assert (body["image"]["width"], body["image"]["height"]) == size
+    assert body["explanation"] is None and body["preview_png_base64"] is None
+
+
+# ------------------------------------------------------------------ happy paths
+
+
+def test_png_prediction_matches_offline_inference(client, backend, phantom, tiny_checkpoint) -> None:
+    from fetalplanes.evaluation.predict import predict_files
+
+    response = post_one(client, phantom.name, phantom.read_bytes())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    check_prediction(body, backend.spec.class_names, Image.open(phantom).size)
+    assert body["model"] == {"name": backend.spec.name, "version": backend.spec.version, "kind": "checkpoint"}
+    # The service must agree with the offline CLI path (same preprocessing, same calibration).
+    [(_, offline)], _spec = predict_files(tiny_checkpoint, [phantom])
+    for name, p in offline.probabilities.items():
+        assert body["probabilities"][name] == pytest.approx(p, abs=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "DICOM"])
+def test_jpeg_and_dicom(client, backend, phantom, fmt: str) -> None:
+    gray = Image.open(phantom).convert("L")
+    data = dicom_bytes(np.asarray(gray)) if fmt == "DICOM" else encode(gray.convert("RGB"), "JPEG")
+    body = post_one(client, "scan.dcm" if fmt == "DICOM" else "scan.jpg", data).json()
+    check_prediction(body, backend.spec.class_names, gray.size)
+    assert body["image"]["format"] == fmt.lower()
+
+
+def test_format_comes_from_content_not_name(client, phantom) -> None:
+    body = post_one(client, "misnamed.dcm", phantom.read_bytes()).json()
+    assert body["image"]["format"] == "png"
+
+
+def test_top_k_and_preview(client, backend, phantom) -> None:
+    n = backend.spec.num_classes
+    body = post_one(client, "a.png", phantom.read_bytes(), f"?top_k={n}&preview=true").json()
+    assert [t["label"] for t in body["topk"]] == sorted(body["probabilities"], key=body["probabilities"].get, reverse=True)
+    preview = Image.open(BytesIO(base64.b64decode(body["preview_png_base64"])))
+    assert preview.format == "PNG" and preview.size == Image.open(phantom).size
+    assert np.array_equal(np.asarray(preview.convert("L")), np.asarray(Image.open(phantom).convert("L")))
+
+
+def test_batch_reports_each_item(client, backend, phantom) -> None:
+    good = phantom.read_bytes()
+    files = [("files", ("a.png", good, "image/png")), ("files", ("notes.txt", b"just text", "text/plain")),
+             ("files", ("b.png", good[: len(good) // 2], "image/png")), ("files", ("c.png", good, "image/png"))]
+    response = client.post("/v1/predict/batch", files=files)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["count"], body["failed"]) == (4, 2)
+    assert [item["status"] for item in body["items"]] == [200, 415, 422, 200]
+    assert [item["filename"] for item in body["items"]] == ["a.png", "notes.txt", "b.png", "c.png"]
+    assert body["items"][0]["result"]["probabilities"] == body["items"][3]["result"]["probabilities"]
+    single = post_one(client, "a.png", good).json()
+    assert body["items"][0]["result"]["probabilities"] == pytest.approx(single["probabilities"], abs=1e-5)
+
+
+def test_model_info(client, backend) -> None:
+    body = client.get("/v1/model").json()
+    spec = backend.spec
+    assert body["class_names"] == list(spec.class_names)
+    assert body["preprocessing"]["image_size"] == spec.preprocessing.image_size
+    assert (body["temperature"], body["abstain_threshold"]) == (spec.temperature, spec.abstain_threshold)
+    assert (body["name"], body["kind"]) == (spec.name, "checkpoint")
+    assert body["limits"]["max_upload_bytes"] == 20 * 1024 * 1024
+    assert body["explain_available"] == (body["explain_detail"] is None)
+
+
+def test_model_card_and_metrics_files(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    (tmp_path / "metrics.json").write_text(json.dumps({"top1": 0.9, "ece": float("nan"), "ci": {"low": 0.8}}))
+    front = {"model-index": [{"name": "m", "results": [{"dataset": {"name": "FETAL_PLANES_DB", "split": "official/test"},
+                                                          "metrics": [{"name": "Top-1 accuracy", "value": 0.91}]}]}]}
+    (tmp_path / "MODEL_CARD.md").write_text("---\n" + yaml.safe_dump(front) + "---\n# Model card\nTop-1 0.91")
+    metrics, card = read_model_card(model, {"val_f1": 0.5})
+    card_results = [{"name": "Top-1 accuracy", "value": 0.91, "dataset": "FETAL_PLANES_DB", "split": "official/test"}]
+    assert metrics == {"val_f1": 0.5, "top1": 0.9, "ece": None, "ci": {"low": 0.8}, "model_card": card_results}
+    assert "# Model card" in card
+    (tmp_path / "model.metrics.json").write_text(json.dumps({"top1": 0.7}))
+    assert read_model_card(model, {})[0]["top1"] == 0.7  # the model's own file wins
+    (tmp_path / "MODEL_CARD.md").write_text("---\n: not [yaml\n---\n# card")
+    assert read_model_card(model, {})[0] == {"top1": 0.7}  # a broken front matter is ignored
+    assert read_model_card(tmp_path / "other" / "m.onnx", {}) == ({}, None)
+
+
+def test_health_and_openapi(client, backend) -> None:
+    assert client.get("/health").json() == {"status": "ok", "model": backend.spec.name, "version": backend.spec.version}
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/predict", "/v1/predict/batch", "/v1/model", "/health"} <= set(schema["paths"])
+    predict = schema["paths"]["/v1/predict"]["post"]
+    assert "multipart/form-data" in predict["requestBody"]["content"]
+    assert {"200", "413", "415", "422"} <= set(predict["responses"])
+    assert {"PredictResponse", "BatchResponse", "ModelInfo", "ErrorResponse"} <= set(schema["components"]["schemas"])
+    assert client.get("/docs").status_code == 404  # FastAPI's docs page would load scripts from a CDN
+
+
+def test_page_and_assets_are_self_contained(client) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "Research use only" in page.text and "not a medical device" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        response = client.get(asset)
+        assert response.status_code == 200
+        assert "http://" not in response.text and "https://" not in response.text, asset
+    assert "https://" not in page.text and "http://" not in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+
+
+# ------------------------------------------------------------------ explanations
+
+
+def test_explain_checkpoint_gives_overlay_of_upload_size(client, backend, phantom) -> None:
+    if backend.explain_unavailable_reason:
+        pytest.skip(backend.explain_unavailable_reason)
+    response = post_one(client, "a.png", phantom.read_bytes(), "?explain=true")
+    assert response.status_code == 200, response.text
+    explanation = response.json()["explanation"]
+    assert explanation["available"] and explanation["method"] == "gradcam"
+    overlay = Image.open(BytesIO(base64.b64decode(explanation["overlay_png_base64"])))
+    assert overlay.format == "PNG" and overlay.size == Image.open(phantom).size
+
+
+def test_explain_onnx_is_clearly_unavailable(backend, phantom, onnx_model: Path) -> None:
+    onnx_client = TestClient(create_app(onnx_model))
+    body = post_one(onnx_client, "a.png", phantom.read_bytes(), "?explain=true").json()
+    assert body["model"]["kind"] == "onnx"
+    assert body["explanation"]["available"] is False and body["explanation"]["overlay_png_base64"] is None
+    assert "not available" in body["explanation"]["detail"] and "ONNX" in body["explanation"]["detail"]
+    info = onnx_client.get("/v1/model").json()
+    assert info["explain_available"] is False and "ONNX" in info["explain_detail"]
+    # Same model, same preprocessing: ONNX Runtime and torch agree.
+    torch_body = post_one(TestClient(create_app(backend.path, backend=backend)), "a.png", phantom.read_bytes()).json()
+    for name, p in torch_body["probabilities"].items():
+        assert body["probabilities"][name] == pytest.approx(p, abs=1e-4)
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_api_key(backend, phantom) -> None:
+    secured = make_client(backend, api_key=KEY)
+    data = phantom.read_bytes()
+    assert post_one(secured, "a.png", data).status_code == 401
+    assert post_one(secured, "a.png", data, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert secured.get("/v1/model").status_code == 401
+    assert "X-API-Key" in secured.get("/v1/model").json()["detail"]
+    assert post_one(secured, "a.png", data, headers={"X-API-Key": KEY}).status_code == 200
+    assert secured.get("/v1/model", headers={"X-API-Key": KEY}).status_code == 200
+    assert secured.get("/health").status_code == 200 and secured.get("/").status_code == 200
+    schema = secured.get("/openapi.json").json()
+    assert "APIKeyHeader" in schema["components"]["securitySchemes"]
+
+
+def test_settings_from_environment(tmp_path: Path) -> None:
+    env = {"FETALPLANES_MODEL": str(tmp_path / "m.onnx"), "FETALPLANES_API_KEY": KEY,
+           "FETALPLANES_CORS_ORIGINS": "https://a.example, https://b.example", "FETALPLANES_MAX_UPLOAD_MB": "5"}
+    settings = ServeSettings.from_env(env)
+    assert settings.api_key == KEY and settings.max_upload_bytes == 5 * 1024 * 1024
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert ServeSettings.from_env(settings.to_env()) == settings
+    with pytest.raises(ValueError, match="FETALPLANES_MODEL"):
+        ServeSettings.from_env({})
+    with pytest.raises(ValueError, match="FETALPLANES_"):
+        ServeSettings.from_env({**env, "FETALPLANES_MAX_BATCH": "many"})
+
+
+def test_too_large_is_413_even_without_content_length(backend) -> None:
+    small = make_client(backend, max_upload_mb=0.05)  # ~51 KB
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400), dtype=np.uint8)
+    big = encode(Image.fromarray(noise), "PNG")
+    assert len(big) > 120_000
+    response = post_one(small, "big.png", big)
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+    # A chunked body has no Content-Length: the limit is enforced while streaming.
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()
+    chunks = (body[i:i + 8192] for i in range(0, len(body), 8192))
+    response = small.post("/v1/predict", content=chunks, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 413
+
+
+def test_too_many_files_is_422(backend, phantom) -> None:
+    limited = make_client(backend, max_batch=2)
+    files = [("files", (f"{i}.png", phantom.read_bytes(), "image/png")) for i in range(3)]
+    response = limited.post("/v1/predict/batch", files=files)
+    assert response.status_code == 422 and "at most 2" in response.json()["detail"]
+    assert limited.post("/v1/predict/batch", files=files[:2]).status_code == 200
+    response = limited.post("/v1/predict", files=[("file", f[1]) for f in files[:2]])
+    assert response.status_code == 422 and "at most 1" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "name, data, content_type",
+    [
+        ("notes.txt", b"patient notes, not an image", None),
+        ("anim.gif", encode(Image.new("L", (8, 8)), "GIF"), None),
+        ("random.bin", bytes(range(256)) * 4, None),
+        ("form.json", b'{"a": 1}', "application/json"),
+    ],
+)
+def test_unsupported_type_is_415(client, name: str, data: bytes, content_type: str | None) -> None:
+    if content_type:
+        response = client.post("/v1/predict", content=data, headers={"Content-Type": content_type})
+    else:
+        response = post_one(client, name, data)
+    assert response.status_code == 415
+    assert "expected" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [("truncated", "truncated"), ("empty", "empty"), ("bomb", "decompression bomb"), ("bad-dicom", "DICOM")],
+)
+def test_corrupt_image_is_422_with_reason(client, phantom, case: str, needle: str) -> None:
+    data = {
+        "truncated": phantom.read_bytes()[:300],
+        "empty": b"",
+        "bomb": png_with_claimed_size(60_000, 60_000),
+        "bad-dicom": b"\x00" * 128 + b"DICM" + b"\xff" * 64,
+    }[case]
+    response = post_one(client, f"{case}.png", data)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert needle in detail and f"{case}.png" in detail
+
+
+def test_max_pixels_setting(backend, phantom) -> None:
+    strict = make_client(backend, max_pixels=1000)
+    response = post_one(strict, "a.png", phantom.read_bytes())
+    assert response.status_code == 422 and "1,000" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "headers, body, needle",
+    [
+        ({"Content-Type": "multipart/form-data"}, b"x", "boundary"),
+        ({"Content-Type": "multipart/form-data; boundary=zz"}, b"--zz\r\nnot a header line\r\n\r\n", "multipart"),
+        ({"Content-Type": "multipart/form-data; boundary=zz"}, b"--zz--\r\n", "no file"),
+    ],
+)
+def test_malformed_multipart_is_422(client, headers: dict, body: bytes, needle: str) -> None:
+    response = client.post("/v1/predict", content=body, headers=headers)
+    assert response.status_code == 422 and needle in response.json()["detail"]
+
+
+@pytest.mark.parametrize("query, needle", [("?top_k=99", "top_k"), ("?top_k=0", "top_k"), ("?explain=maybe", "explain"),
+                                           ("?explian=true", "explian")])
+def test_bad_query_is_422_with_one_sentence(client, phantom, query: str, needle: str) -> None:
+    response = post_one(client, "a.png", phantom.read_bytes(), query)
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], str) and needle in response.json()["detail"]
+
+
+# ------------------------------------------------------------------ hygiene
+
+
+def test_nothing_written_and_names_never_used_as_paths(client, phantom, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    opened: list[str] = []
+    for name in ("TemporaryFile", "NamedTemporaryFile", "SpooledTemporaryFile", "mkstemp"):
+        original = getattr(tempfile, name)
+        monkeypatch.setattr(tempfile, name, lambda *a, _n=name, _o=original, **k: opened.append(_n) or _o(*a, **k))
+    # > 1 MB: Starlette's own form parser would spool this to a temporary file.
+    noise = np.random.default_rng(1).integers(0, 256, (1100, 1100), dtype=np.uint8)
+    big = encode(Image.fromarray(noise), "PNG")
+    assert len(big) > 1024 * 1024
+    response = post_one(client, "../../../tmp/evil/../x.png", big)
+    assert response.status_code == 200 and response.json()["filename"] == "x.png"
+    assert client.post("/v1/predict/batch", files=[("files", ("/etc/passwd", phantom.read_bytes(), "image/png"))]).json()[
+        "items"][0]["filename"] == "passwd"
+    assert opened == [] and list(tmp_path.iterdir()) == []
+
+
+def test_cors_off_by_default_and_on_when_configured(client, backend) -> None:
+    origin = {"Origin": "https://elsewhere.example"}
+    assert "access-control-allow-origin" not in client.get("/health", headers=origin).headers
+    cors = make_client(backend, cors_origins=["https://elsewhere.example"])
+    assert cors.get("/health", headers=origin).headers["access-control-allow-origin"] == "https://elsewhere.example"
+    other = cors.get("/health", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_load_backend_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_backend(tmp_path / "missing.onnx")
+    weird = tmp_path / "model.h5"
+    weird.write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"\.onnx"):
+        load_backend(weird)
+
+
+def test_serve_module_imports_without_torch() -> None:
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import fetalplanes.serve.app, fetalplanes.serve.backends, fetalplanes.cli.serve\n"
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_reports_a_bad_model_in_one_line(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-c", "from fetalplanes.cli import main; main()", "serve", "--model", str(tmp_path / "none.onnx")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "model file not found" in result.stderr and "Traceback" not in result.stderr
