@@ -8,6 +8,7 @@ the batches and augmentations an unbroken run would have seen.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable, Iterator, Sequence
 
@@ -20,6 +21,8 @@ from fetalplanes.core.io import load_image
 from fetalplanes.core.preprocess import normalize, resize_gray
 from fetalplanes.core.spec import Preprocessing
 from fetalplanes.data.records import Sample
+
+log = logging.getLogger(__name__)
 
 Augment = Callable[[Image.Image], Image.Image]
 
@@ -127,6 +130,7 @@ class EpochSampler(Sampler[int]):
         total = self.per_replica * self.num_replicas
         order = (order * math.ceil(total / max(1, len(order))))[:total]  # pad so ranks get equal shares
         base = self.epoch * self.n
+        log.debug("sampler epoch %d (rank %d/%d): first keys %s", self.epoch, self.rank, self.num_replicas, order[:4])
         return iter([base + i for i in order[self.rank : total : self.num_replicas]])
 
 

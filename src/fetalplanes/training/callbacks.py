@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -12,17 +13,23 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from fetalplanes.core.atomic import atomic_path
 
+log = logging.getLogger(__name__)
 
-class EpochSeed(L.Callback):
-    """Reseed torch at each epoch start from (seed, epoch): dropout masks then do not depend
-    on how many epochs this process has run, so a resumed run matches an unbroken one."""
+
+class BatchSeed(L.Callback):
+    """Reseed torch before every training batch from (seed, epoch, batch, rank).
+
+    Dropout masks then depend only on where the run is, not on how many random numbers were
+    drawn before (a fresh run and a resumed one create their data-loader iterators, which draw
+    from the global generator, at different moments), so a resumed run matches an unbroken one.
+    """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        s = np.random.SeedSequence([self.seed, trainer.current_epoch, trainer.global_rank]).generate_state(1)[0]
-        torch.manual_seed(int(s))
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        key = [self.seed, trainer.current_epoch, batch_idx, trainer.global_rank]
+        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
 
 class Throughput(L.Callback):

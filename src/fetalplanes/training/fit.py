@@ -27,7 +27,7 @@ from fetalplanes.data.sources import load_source
 from fetalplanes.data.splits import Splits, make_splits
 from fetalplanes.data.torch_data import class_weights
 from fetalplanes.models.registry import build_model, default_preprocessing
-from fetalplanes.training.callbacks import AtomicCheckpointIO, EpochSeed, Throughput
+from fetalplanes.training.callbacks import AtomicCheckpointIO, BatchSeed, Throughput
 from fetalplanes.training.config import TrainConfig, dump_config
 from fetalplanes.training.datamodule import PlaneDataModule
 from fetalplanes.training.module import PlaneModule
@@ -135,14 +135,18 @@ def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = 
     log.info("model %s: %d parameters, %d trainable", cfg.name, counts["total"], counts["trainable"])
 
     ckpt_cb = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/f1_macro", mode="max", save_last=True, enable_version_counter=False
+        dirpath=ckpt_dir, filename="best", monitor="val/f1_macro", mode="max", enable_version_counter=False
     )
+    # A second, unmonitored checkpoint written after EVERY epoch: Lightning 2.6's save_last only
+    # refreshes last.ckpt when a new best was saved, which would make --resume lose epochs.
+    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     throughput = Throughput()
     callbacks = [
         ckpt_cb,
+        last_cb,
         EarlyStopping(monitor="val/f1_macro", mode="max", patience=cfg.trainer.patience),
         LearningRateMonitor(logging_interval="epoch"),
-        EpochSeed(cfg.trainer.seed),
+        BatchSeed(cfg.trainer.seed),
         throughput,
     ]
     trainer = _trainer(cfg, run_dir, callbacks, resume)
