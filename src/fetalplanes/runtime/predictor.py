@@ -73,6 +73,10 @@ def session_options(threads: int | None = None) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = int(threads) if threads else available_cores()
     opts.inter_op_num_threads = 1
+    # Spinning worker threads win ~7 % on an idle, dedicated box but halve throughput when the
+    # host is shared (measured in docs/deploy.md): FETALPLANES_ORT_SPIN=0 turns them off.
+    if os.environ.get("FETALPLANES_ORT_SPIN", "1").strip() in ("0", "false", "no"):
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
