@@ -119,3 +119,14 @@ def test_onnx_metadata_carries_the_temperature(tiny_checkpoint: Path, tmp_path: 
     export.export_checkpoint(ckpt, tmp_path / "model.onnx")
     spec = ModelSpec.from_json(export.read_metadata(tmp_path / "model.onnx")[export.SPEC_KEY])
     assert spec.temperature == pytest.approx(1.7321) and spec.abstain_threshold == pytest.approx(0.4242)
+
+
+def test_separable_validation_keeps_temperature_one() -> None:
+    """No validation error: the NLL minimum is T -> 0, which would wreck test calibration."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 6, 50)
+    logits = rng.normal(0, 1, (50, 6))
+    logits[np.arange(50), labels] += 4.0  # every validation case right
+    r = cal.calibrate_logits(logits, labels)
+    assert r["temperature"] == 1.0 and "no validation errors" in r["temperature_note"]
+    assert cal.fit_temperature(logits, labels) < 0.5  # what an unguarded fit would have done

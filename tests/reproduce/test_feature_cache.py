@@ -61,6 +61,7 @@ def test_features_match_the_backbone(synth_data: Path, tmp_path: Path) -> None:
     assert torch.allclose(fs.features.float(), ref, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_frozen_run_checkpoint_loads_and_matches_cached_head(frozen_run, synth_data: Path) -> None:
     from fetalplanes.evaluation.predict import predict_logits
     from fetalplanes.models.weights import LITE0_BACKBONE, lite0_state_dict, map_lite0_keys
@@ -92,3 +93,30 @@ def test_frozen_run_checkpoint_loads_and_matches_cached_head(frozen_run, synth_d
     full = predict_logits(model, spec, every[:8])
     assert torch.allclose(cached_logits, torch.from_numpy(full), atol=5e-2)
     assert (cached_logits.argmax(1).numpy() == full.argmax(1)).mean() >= 0.875
+
+
+@pytest.mark.parametrize("attention", ["none", "se"])
+def test_pooled_shortcut_is_exact(attention: str) -> None:
+    from fetalplanes.models import create_model
+    from fetalplanes.training.feature_cache import POOL_COMMUTING, pool_features
+
+    assert attention in POOL_COMMUTING
+    model = create_model("paper_lite0", 6, pretrained=False, attention=attention, finetune="frozen").eval()
+    feats = torch.randn(5, 1280, 3, 3).abs().half()
+    with torch.no_grad():
+        full = model.forward_head(model.attention(feats.float()))
+        pooled = model.forward_head(model.attention(pool_features(feats)))
+    assert torch.allclose(full, pooled, atol=1e-5)
+
+
+def test_cbam_is_not_pool_commuting() -> None:
+    from fetalplanes.models import create_model
+    from fetalplanes.training.feature_cache import POOL_COMMUTING, pool_features
+
+    assert "cbam" not in POOL_COMMUTING
+    model = create_model("paper_lite0", 6, pretrained=False, attention="cbam").eval()
+    feats = torch.randn(5, 1280, 3, 3).abs().half()
+    with torch.no_grad():
+        full = model.forward_head(model.attention(feats.float()))
+        pooled = model.forward_head(model.attention(pool_features(feats)))
+    assert not torch.allclose(full, pooled, atol=1e-3)  # why CBAM keeps the full maps

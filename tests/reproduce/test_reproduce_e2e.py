@@ -96,6 +96,11 @@ def test_other_settings_refuse_the_folder(grid: tuple[Path, list[str]]) -> None:
     res = _invoke(*args, "--image-size", "96")
     assert res.exit_code != 0
     assert "other settings" in str(res.exception)
+    changed = out.parent / "rows.yaml"
+    changed.write_text("mobilenetv3:\n  overrides: {model.dropout: 0.5}\n")
+    res = _invoke(*args, "--variants-file", str(changed))
+    assert res.exit_code != 0
+    assert "other overrides" in str(res.exception)
 
 
 @pytest.mark.slow
@@ -105,7 +110,7 @@ def test_brain_task_fast_path(tmp_path: Path) -> None:
     data = synthesize(tmp_path / "db", per_class=24, seed=3, image_size=(80, 64))
     out = tmp_path / "out"
     res = _invoke("--data", str(data), "--out", str(out), "--variants", "lite0_frozen", "--seeds", "1",
-                  "--task", "brain", "--quick")
+                  "--task", "brain", "--split", "official", "--quick")
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert [(r["task"], r["seeds"]) for r in rows] == [("brain", "1")]

@@ -49,3 +49,19 @@ def test_yaml_rows_add_and_override(tmp_path: Path) -> None:
     f.write_text("bad: [1, 2]\n")
     with pytest.raises(ValueError, match="'bad'"):
         load_variants(f)
+
+
+def test_costs_scale_with_input_size_and_freezing() -> None:
+    import torch
+
+    from fetalplanes.models.registry import build_model
+    from fetalplanes.reproduce.runner import measure_costs
+
+    cfg = load_config(BASE_CONFIG, default_variants()["lite0_frozen"].overrides)
+    small = measure_costs(cfg.model, 6, 64, runs=1)
+    large = measure_costs(cfg.model, 6, 128, runs=1)
+    assert large["gflops"] == pytest.approx(4 * small["gflops"], rel=0.1)  # conv FLOPs grow with pixels
+    counts = build_model(cfg.model.model_copy(update={"pretrained": "none"}), 6).param_counts()
+    assert (small["params_total"], small["params_trainable"]) == (counts["total"], counts["trainable"])
+    assert small["params_trainable"] < small["params_total"] and small["threads"] == 1
+    assert small["cpu_latency_ms"] > 0 and torch.get_num_threads() >= 1

@@ -32,7 +32,7 @@ def reproduce(
     out: Path = typer.Option(..., "--out", help="Grid folder: runs/, results.csv, results.md (reused to resume)."),
     seeds: str = typer.Option("3", "--seeds", help="Number of seeds (0..n-1) or a list like 0,1,2."),
     variants: str = typer.Option("all", "--variants", help="Comma list of variants and/or groups: paper, ablations, baselines, all."),
-    split: str = typer.Option("official", "--split", help="Comma list: official, patient-kfold, image-8020 (LEAKY, paper protocol)."),
+    split: str = typer.Option("official,image-8020", "--split", help="Comma list: official, patient-kfold, image-8020 (LEAKY, paper protocol)."),
     task: str = typer.Option("planes", "--task", help="Comma list: planes, brain."),
     pretrained: str = typer.Option("auto", "--pretrained", help="auto (timm weights where loadable, else random init) | none | timm."),
     config: str = typer.Option("paper_b0", "--config", help="Base config (preset or YAML) the variant rows override."),

@@ -3,7 +3,9 @@ diagrams and an abstain threshold, stored in the checkpoint's ModelSpec.
 
 - Temperature: the T > 0 minimizing the validation negative log-likelihood of
   ``softmax(logits / T)`` (Guo et al. 2017), a bounded 1-D search on log T (scipy). T only
-  rescales confidence; the predicted class (top-1, top-2, F1) never changes.
+  rescales confidence; the predicted class (top-1, top-2, F1) never changes. When validation
+  has no error at all, T is not identifiable (NLL falls towards T -> 0) and stays 1; a T at
+  the search bounds is flagged in ``temperature_note``.
 - ECE: top-label expected calibration error with 15 equal-width confidence bins (the
   definition of torchmetrics' ``multiclass_calibration_error`` with ``norm='l1'``).
 - Abstain threshold (on calibrated confidence): the lowest t such that validation cases with
@@ -138,16 +140,32 @@ def split_summary(logits: np.ndarray, labels: np.ndarray, temperature: float, th
     }
 
 
+def _temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, str]:
+    """T and a note; T stays 1 when the validation data cannot identify it."""
+    if len(labels) and bool(np.all(logits.argmax(axis=1) == labels)):
+        # With no validation error the NLL keeps falling as T -> 0: the 'optimum' is the lower
+        # bound and makes the model absurdly over-confident on new data (seen on the demo model:
+        # test NLL 0.49 -> 4.77). Such a split cannot calibrate; keep the model as it is.
+        log.warning("no validation errors (n = %d): temperature not identifiable, kept at 1.0", len(labels))
+        return 1.0, "not fitted: no validation errors, so NLL has no interior minimum; T kept at 1"
+    t = fit_temperature(logits, labels)
+    lo, hi = T_BOUNDS
+    if t <= lo * 1.01 or t >= hi * 0.99:
+        log.warning("temperature %.3f at the search bound %s: the validation split is too small or too easy", t, T_BOUNDS)
+        return t, f"at the search bound {T_BOUNDS}: validation split too small or too easy to trust"
+    return t, "fitted: minimum of validation NLL"
+
+
 def calibrate_logits(val_logits: np.ndarray, val_labels: Sequence[int], test_logits: np.ndarray | None = None,
                      test_labels: Sequence[int] | None = None, target_accuracy: float = 0.95,
                      coverage: float | None = None, min_coverage: float = 0.5) -> dict[str, Any]:
     """Temperature + abstain threshold from validation logits, with before/after summaries."""
     val_logits = np.asarray(val_logits, dtype=np.float64)
     val_labels = np.asarray(val_labels, dtype=int)
-    t = fit_temperature(val_logits, val_labels)
+    t, note = _temperature(val_logits, val_labels)
     rule = choose_abstain_threshold(softmax(val_logits, t), val_labels, target_accuracy, coverage, min_coverage)
-    out: dict[str, Any] = {"temperature": t, "abstain_threshold": rule["threshold"], "abstain_rule": rule,
-                           "n_bins": N_BINS, "fit_on": "val",
+    out: dict[str, Any] = {"temperature": t, "temperature_note": note, "abstain_threshold": rule["threshold"],
+                           "abstain_rule": rule, "n_bins": N_BINS, "fit_on": "val",
                            "val": split_summary(val_logits, val_labels, t, rule["threshold"])}
     if test_logits is not None and test_labels is not None:
         test_labels = np.asarray(test_labels, dtype=int)
@@ -171,8 +189,10 @@ def reliability_png(logits: np.ndarray, labels: np.ndarray, temperature: float, 
         centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
         acc = np.where(count > 0, b["accuracy"], 0.0)
         ax.bar(centers, acc, width=width * 0.95, color="#4878d0", edgecolor="black", linewidth=0.4, label="accuracy")
-        gap_base = np.where(count > 0, b["confidence"], 0.0)
-        ax.bar(centers, gap_base - acc, bottom=acc, width=width * 0.95, color="#ee854a", alpha=0.5, label="gap")
+        conf = np.where(count > 0, b["confidence"], 0.0)
+        # Hatched, unfilled: visible over the accuracy bar when the bin is under-confident too.
+        ax.bar(centers, conf - acc, bottom=acc, width=width * 0.95, fill=False, hatch="///", edgecolor="#d62728",
+               linewidth=0.0, label="gap to confidence")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ax.set_title(f"{name}\nECE {ece(p, labels):.4f}, n = {len(labels)}")
         ax.set_xlabel("confidence")
@@ -189,16 +209,18 @@ def reliability_png(logits: np.ndarray, labels: np.ndarray, temperature: float, 
     return buf.getvalue()
 
 
-def _logits_and_labels(model: Any, spec: Any, samples: Sequence[Any], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _logits_and_labels(model: Any, spec: Any, samples: Sequence[Any], batch_size: int,
+                       num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
     from fetalplanes.evaluation.predict import predict_logits
 
-    return predict_logits(model, spec, samples, batch_size), np.array([s.label for s in samples], dtype=int)
+    logits = predict_logits(model, spec, samples, batch_size, num_workers)
+    return logits, np.array([s.label for s in samples], dtype=int)
 
 
 def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out_dir: str | Path,
                          test_samples: Sequence[Any] | None = None, target_accuracy: float = 0.95,
                          coverage: float | None = None, min_coverage: float = 0.5, write: bool = True,
-                         batch_size: int = 64) -> dict[str, Any]:
+                         batch_size: int = 64, num_workers: int = 0) -> dict[str, Any]:
     """Fit T and the abstain threshold on ``val_samples``; write ``calibration.json`` and
     ``reliability.png`` into ``out_dir`` and (``write``) both numbers into the checkpoint."""
     from fetalplanes.training.checkpoint import load_checkpoint, update_spec
@@ -206,8 +228,8 @@ def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out
     if not val_samples:
         raise ValueError(f"{checkpoint}: no validation images to calibrate on")
     model, spec = load_checkpoint(checkpoint)
-    val_logits, val_y = _logits_and_labels(model, spec, val_samples, batch_size)
-    test = _logits_and_labels(model, spec, test_samples, batch_size) if test_samples else (None, None)
+    val_logits, val_y = _logits_and_labels(model, spec, val_samples, batch_size, num_workers)
+    test = _logits_and_labels(model, spec, test_samples, batch_size, num_workers) if test_samples else (None, None)
     result = calibrate_logits(val_logits, val_y, test[0], test[1], target_accuracy, coverage, min_coverage)
     result["checkpoint"] = str(checkpoint)
     result["written_to_checkpoint"] = bool(write)

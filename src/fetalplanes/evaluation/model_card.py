@@ -113,6 +113,8 @@ def _calibration(spec: Any, cal: dict[str, Any] | None) -> list[str]:
             lines.append(f"- {part}: n = {s['n']}, ECE {_fmt(s['ece_before'])} -> {_fmt(s['ece_after'])}, "
                          f"NLL {_fmt(s['nll_before'])} -> {_fmt(s['nll_after'])}, coverage at threshold "
                          f"{_fmt(s['coverage_at_threshold'], 3)} with accuracy {_fmt(s['accuracy_retained'], 3)}")
+    if cal.get("temperature_note"):
+        lines.append(f"- Temperature: {cal['temperature_note']}.")
     rule = cal.get("abstain_rule", {})
     lines.append(f"- Threshold rule: `{rule.get('rule')}` (target accuracy {rule.get('target_accuracy')}, "
                  f"min coverage {rule.get('min_coverage')}, target reached: {rule.get('target_reached')}); "

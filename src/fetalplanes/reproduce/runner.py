@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PRETRAINED_POLICIES = ("auto", "none", "timm")
 TASKS = ("planes", "brain")
+EXECUTION_KEYS = ("data.num_workers", "trainer.accelerator")
 QUICK_OVERRIDES: dict[str, Any] = {
     "data.image_size": 64, "optim.max_epochs": 1, "optim.batch_size": 16, "data.num_workers": 0,
     "data.augment": 0.0, "data.cache_images": True, "trainer.patience": 1,
@@ -83,8 +84,10 @@ class ReproduceSettings:
             raise ValueError("--seeds: at least one seed is needed")
 
     def fingerprint(self) -> dict[str, Any]:
+        # Settings that change results; how a run is executed (workers, device) may differ on resume.
+        overrides = {k: v for k, v in self.overrides.items() if k not in EXECUTION_KEYS}
         return {"data": str(Path(self.data).resolve()), "base_config": self.base_config, "pretrained": self.pretrained,
-                "overrides": self.overrides, "fast_path": self.fast_path, "n_boot": self.n_boot,
+                "overrides": overrides, "fast_path": self.fast_path, "n_boot": self.n_boot,
                 "calibration_target": self.calibration_target}
 
 
@@ -127,17 +130,35 @@ def run_config(s: ReproduceSettings, variant: Variant, key: RunKey, pretrained: 
     return cfg.model_copy(update={"name": f"{variant.name}-{key.task}-{key.split}-seed{key.seed}"})
 
 
-def measure_costs(model_cfg: Any, num_classes: int, image_size: int, runs: int = 7) -> dict[str, Any]:
+def measure_costs(model_cfg: Any, num_classes: int, image_size: int, runs: int = 7, threads: int = 1) -> dict[str, Any]:
     """Parameters, GFLOPs (torch.utils.flop_counter: 2 FLOPs per multiply-add) and the median
-    CPU latency of one image (batch 1, eager, inference mode, after 2 warm-up runs)."""
+    CPU latency of one image (batch 1, eager, inference mode, after 2 warm-up runs).
+
+    Latency uses ``threads`` intra-op threads (default 1): comparable across machines, and on a
+    shared CPU multi-threaded timings of small models were dominated by thread synchronisation
+    (a 64 px Lite0 took 1.9 s with 2 threads next to 42 ms for MobileNetV3)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from fetalplanes.models.registry import build_model
 
     model = build_model(model_cfg.model_copy(update={"pretrained": "none"}), num_classes).eval()
     counts = model.param_counts()
     x = torch.randn(1, 3, image_size, image_size)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        times, flops = _flops_and_latency(model, x, runs)
+    finally:
+        torch.set_num_threads(before)
+    return {"params_total": counts["total"], "params_trainable": counts["trainable"], "gflops": flops / 1e9,
+            "image_size": image_size, "cpu_latency_ms": statistics.median(times), "latency_runs": len(times),
+            "threads": threads}
+
+
+def _flops_and_latency(model: Any, x: Any, runs: int) -> tuple[list[float], int]:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     with torch.inference_mode():
         counter = FlopCounterMode(display=False)
         with counter:
@@ -149,10 +170,7 @@ def measure_costs(model_cfg: Any, num_classes: int, image_size: int, runs: int =
             t0 = time.perf_counter()
             model(x)
             times.append((time.perf_counter() - t0) * 1000)
-    return {"params_total": counts["total"], "params_trainable": counts["trainable"],
-            "gflops": counter.get_total_flops() / 1e9, "image_size": image_size,
-            "cpu_latency_ms": statistics.median(times), "latency_runs": len(times),
-            "threads": torch.get_num_threads()}
+    return times, counter.get_total_flops()
 
 
 def costs_for(s: ReproduceSettings, variant: Variant, cfg: Any, num_classes: int) -> dict[str, Any]:
@@ -191,8 +209,12 @@ def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, An
     run_dir = key.path(s.out)
     done = run_dir / "done.json"
     if done.is_file():
+        record = json.loads(done.read_text())
+        if json.dumps(record.get("overrides"), sort_keys=True) != json.dumps(variant.overrides, sort_keys=True):
+            raise ValueError(f"{run_dir}: variant {variant.name!r} was run with other overrides "
+                             f"({record.get('overrides')}); use another --out or another variant name")
         log.info("skip %s (done)", run_dir.relative_to(s.out))
-        return json.loads(done.read_text())
+        return record
     log.info("run %s", run_dir.relative_to(s.out))
     t0 = time.perf_counter()
     row_source = s.overrides.get("model.pretrained") or variant.overrides.get("model.pretrained", "none")
@@ -204,7 +226,7 @@ def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, An
     _, spec = load_checkpoint(best)
     index = load_source(s.data, spec.task, spec.class_names)
     cal = calibrate_checkpoint(best, select_split(index, spec, "val"), run_dir, select_split(index, spec, "test"),
-                               target_accuracy=s.calibration_target)
+                               target_accuracy=s.calibration_target, num_workers=cfg.data.num_workers)
     metrics = evaluate(best, s.data, run_dir / "eval", "test", n_boot=s.n_boot)
     costs = costs_for(s, variant, cfg, spec.num_classes)
     notes = [f"Trained by `fetalplanes reproduce` as variant `{variant.name}` ({variant.description}); "
@@ -212,6 +234,7 @@ def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, An
     write_model_card(best, metrics, cal, costs, notes=notes)
     record = {
         "key": key.__dict__, "variant": variant.name, "group": variant.group, "description": variant.description,
+        "overrides": variant.overrides,
         "backbone": cfg.model.backbone, "attention": cfg.model.attention,
         "head": "linear" if not cfg.model.head_hidden else "mlp" + "-".join(map(str, cfg.model.head_hidden)),
         "finetune": cfg.model.finetune, "pretrained": label, "pretrained_source": pretrained,

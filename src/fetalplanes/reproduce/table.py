@@ -144,7 +144,7 @@ def leakage_effect(rows: Sequence[dict[str, Any]]) -> list[str]:
 def to_markdown(rows: Sequence[dict[str, Any]], info: dict[str, Any]) -> str:
     head = ["variant", "backbone", "attention", "head", "finetune", "pretrained", "split", "task", "seeds",
             "top-1", "top-2", "macro-F1", "weighted-F1", "ECE test (T=1 → cal.)", "T",
-            "params total / trainable", "GFLOPs", "CPU ms"]
+            "params total / trainable", "GFLOPs", "CPU ms (1 thread)"]
     lines = [f"# Results: {info.get('title', 'fetalplanes reproduce')}", ""]
     if info.get("synthetic"):
         lines += ["> **SYNTHETIC phantom data.** This table checks the pipeline; it says nothing about real "
@@ -157,7 +157,7 @@ def to_markdown(rows: Sequence[dict[str, Any]], info: dict[str, Any]) -> str:
               f"- rows marked **{LEAKY_FLAG}** use the image-level 80:20 split (patients shared between "
               "train and test): they reproduce the paper's likely protocol and overstate accuracy on new patients.",
               "- GFLOPs: torch.utils.flop_counter at the trained input size, 2 FLOPs per multiply-add. CPU ms: "
-              "batch 1, torch eager, median, on the machine that ran the grid (shared CPU: indicative).",
+              "batch 1, torch eager, 1 intra-op thread, median, on the machine that ran the grid (indicative).",
               "- pretrained: the weights actually used; 'random init' rows could not load ImageNet weights here.",
               "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

@@ -87,13 +87,13 @@ def cache_key(backbone_name: str, weights: str, pre: Preprocessing, paths: Seque
 
 @torch.inference_mode()
 def _extract(backbone: nn.Module, pre: Preprocessing, samples: Sequence[Sample], out: np.ndarray | None,
-             batch_size: int, device: torch.device) -> np.ndarray:
+             batch_size: int, device: torch.device, num_workers: int = 0) -> np.ndarray:
     from torch.utils.data import DataLoader
 
     from fetalplanes.data.torch_data import EpochSampler, ImageDataset
 
     ds = ImageDataset(samples, pre)
-    loader = DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(len(ds), shuffle=False))
+    loader = DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(len(ds), shuffle=False), num_workers=num_workers)
     backbone = backbone.eval().to(device, memory_format=torch.channels_last)
     start = 0
     for x, _ in loader:
@@ -108,7 +108,7 @@ def _extract(backbone: nn.Module, pre: Preprocessing, samples: Sequence[Sample],
 
 
 def cached_features(model: nn.Module, pre: Preprocessing, samples: Sequence[Sample], cache_dir: str | Path,
-                    batch_size: int = 64, device: str | torch.device = "cpu") -> FeatureSet:
+                    batch_size: int = 64, device: str | torch.device = "cpu", num_workers: int = 0) -> FeatureSet:
     """Backbone features of ``samples`` from the cache, computing and storing them on a miss."""
     paths = [str(s.path) for s in samples]
     backbone = model.backbone
@@ -125,7 +125,7 @@ def cached_features(model: nn.Module, pre: Preprocessing, samples: Sequence[Samp
             return FeatureSet(feats, paths, key, True, float(meta.get("extract_s", 0.0)))
     t0 = time.perf_counter()
     log.info("feature cache miss %s: extracting %s features of %d images", key, name, len(paths))
-    arr = _extract(backbone, pre, samples, None, batch_size, torch.device(device))
+    arr = _extract(backbone, pre, samples, None, batch_size, torch.device(device), num_workers)
     extract_s = time.perf_counter() - t0
     with atomic.atomic_path(feat_path) as tmp:
         with open(tmp, "wb") as fh:
@@ -136,11 +136,32 @@ def cached_features(model: nn.Module, pre: Preprocessing, samples: Sequence[Samp
     return FeatureSet(torch.from_numpy(arr), paths, key, False, extract_s)
 
 
+# Attention blocks whose spatial mean equals the block applied to the spatially averaged map
+# (a 1x1 map): identity, and squeeze-excitation (its gate only sees the spatial mean, and the gate
+# is constant over space). Their head can train on (N, C, 1, 1) pooled features: exact, and
+# h*w times less work. CBAM (max pooling, spatial gate) and MHSA need the full map.
+POOL_COMMUTING = ("none", "se")
+
+
+def pool_features(feats: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """(N, C, h, w) float16 -> (N, C, 1, 1) float32 spatial means (in chunks, to bound memory)."""
+    return torch.cat([feats[i : i + chunk].float().mean(dim=(2, 3), keepdim=True) for i in range(0, len(feats), chunk)])
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # Same rule as the Lightning module: no weight decay on biases and norm scales.
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    # The fused kernel is the same AdamW update in one op per tensor group: the head's steps are
+    # so small that the optimizer's per-tensor overhead was half of each step on CPU.
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # device or torch build without the fused kernel
+        return torch.optim.AdamW(groups, lr=lr)
 
 
 def _macro_f1(y: torch.Tensor, pred: torch.Tensor, n: int) -> float:
@@ -169,17 +190,39 @@ class HeadTraining:
 
 def train_head(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
                val_y: torch.Tensor, cfg: Any, num_classes: int, class_weights: Sequence[float] | None = None,
-               device: str | torch.device = "cpu") -> HeadTraining:
+               device: str | torch.device = "cpu", cpu_threads: int | None = None) -> HeadTraining:
     """Train ``model.attention`` + ``model.head`` on cached feature maps (AdamW, warm-up + cosine,
-    label smoothing, class-weighted loss, early stopping on validation macro-F1 like ``fit``)."""
+    label smoothing, class-weighted loss, early stopping on validation macro-F1 like ``fit``).
+
+    For attention types in ``POOL_COMMUTING`` the maps are averaged once up front (exact).
+    ``cpu_threads`` (CPU only; None = 1 for pooled features, else torch's setting): the ops on
+    pooled features are tiny, and intra-op threads then only add synchronisation, which on a
+    shared, oversubscribed CPU made a step 15x slower than one thread. Restored afterwards.
+    """
+    device = torch.device(device)
+    pooled = cfg.model.attention in POOL_COMMUTING
+    if pooled and train_x.shape[-1] * train_x.shape[-2] > 1:
+        train_x, val_x = pool_features(train_x), pool_features(val_x)
+    threads = cpu_threads if cpu_threads is not None else (1 if pooled else None)
+    before = torch.get_num_threads()
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    try:
+        return _train_head(model, train_x, train_y, val_x, val_y, cfg, num_classes, class_weights, device)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_head(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
+                val_y: torch.Tensor, cfg: Any, num_classes: int, class_weights: Sequence[float] | None,
+                device: torch.device) -> HeadTraining:
     from fetalplanes.training.module import warmup_cosine
 
     o, t = cfg.optim, cfg.trainer
-    device = torch.device(device)
     trainable = nn.ModuleDict({"attention": model.attention, "head": model.head}).to(device)
     weight = torch.tensor(list(class_weights), dtype=torch.float32, device=device) if class_weights else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=o.label_smoothing)
-    opt = torch.optim.AdamW(_param_groups(trainable, o.weight_decay), lr=o.lr)
+    opt = _adamw(_param_groups(trainable, o.weight_decay), o.lr)
     steps_per_epoch = max(1, -(-len(train_x) // o.batch_size))
     total = steps_per_epoch * o.max_epochs
     warmup = min(total - 1, int(round(o.warmup_epochs * steps_per_epoch)))
@@ -271,7 +314,8 @@ def fit_frozen(data: str | Path, cfg: Any, out_dir: str | Path, cache_dir: str |
     model = build_model(cfg.model, n)
     device = _device(cfg)
     every = sorted(index.samples, key=lambda s: str(s.path))  # one cache entry serves every split and seed
-    fs = cached_features(model, spec.preprocessing, every, cache_dir, batch_size=max(32, cfg.optim.batch_size), device=device)
+    fs = cached_features(model, spec.preprocessing, every, cache_dir, batch_size=max(32, cfg.optim.batch_size),
+                         device=device, num_workers=cfg.data.num_workers)
     tr, va = fs.rows(splits.train), fs.rows(splits.val)
     train_y = torch.tensor([s.label for s in splits.train])
     val_y = torch.tensor([s.label for s in splits.val])
@@ -301,7 +345,8 @@ def fit_frozen(data: str | Path, cfg: Any, out_dir: str | Path, cache_dir: str |
     if cfg.trainer.calibrate:
         from fetalplanes.evaluation.calibration import calibrate_checkpoint
 
-        out["calibration"] = calibrate_checkpoint(ckpt_dir / "best.ckpt", splits.val, run_dir)
+        out["calibration"] = calibrate_checkpoint(ckpt_dir / "best.ckpt", splits.val, run_dir,
+                                                  num_workers=cfg.data.num_workers)
     atomic.write_json(run_dir / "train_summary.json", out)
     log.info("frozen fast path %s: %d epochs in %.1f s, best val macro-F1 %.4f", cfg.name, result.epochs_run,
              result.train_s, result.best_val_f1_macro)
