@@ -25,12 +25,24 @@ def run_app(app: typer.Typer) -> None:
             raise
         err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:  # click's own usage errors (typer >= 0.29 vendors click as typer._click)
+        if _is_click(exc, "ClickException"):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if _is_click(exc, "Abort"):
             sys.exit(1)
         raise
+
+
+def _is_click(exc: BaseException, name: str) -> bool:
+    """True when ``exc`` is click's ``name`` exception, from click itself or typer's vendored copy."""
+    import importlib
+
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(exc, cls):
+            return True
+    return False
