@@ -44,8 +44,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".ckpt", ".pt", ".pth")
 ONNX_SUFFIXES: tuple[str, ...] = (".onnx",)
 
-CAM_METHOD = "gradcam"
-
 
 class ExplainUnavailable(RuntimeError):
     """This backend cannot produce heat maps; the message says why and what to do instead."""
@@ -114,7 +112,7 @@ class TorchBackend(Backend):
         from fetalplanes.explain import compute_cam, overlay_png
 
         with self._lock:
-            result = compute_cam(self._model, self.spec, image, method=CAM_METHOD)
+            result = compute_cam(self._model, self.spec, image)  # the checkpoint's explain settings
         return overlay_png(image, result, self.spec)
 
 

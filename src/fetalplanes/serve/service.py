@@ -21,7 +21,8 @@ from PIL import Image
 from fetalplanes.core.io import ImageLoadError, load_image, sniff_format
 from fetalplanes.core.postprocess import Prediction
 from fetalplanes.core.preprocess import to_gray
-from fetalplanes.serve.backends import CAM_METHOD, Backend, ExplainUnavailable
+from fetalplanes.explain.settings import cam_settings
+from fetalplanes.serve.backends import Backend, ExplainUnavailable
 from fetalplanes.serve.schemas import (
     BatchItem,
     BatchResponse,
@@ -120,7 +121,7 @@ class Service:
             png = self.backend.explain_png(image)
         except ExplainUnavailable as err:
             return Explanation(available=False, detail=str(err))
-        return Explanation(available=True, method=CAM_METHOD, overlay_png_base64=_b64(png))
+        return Explanation(available=True, method=cam_settings(self.spec).method, overlay_png_base64=_b64(png))
 
     # ------------------------------------------------------------------ model
 

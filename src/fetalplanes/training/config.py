@@ -70,6 +70,18 @@ class TrainerConfig(BaseModel):
     calibrate: bool = True
 
 
+class ExplainConfig(BaseModel):
+    """Default heat map for this model (``fetalplanes explain``, the web page); see docs/explain.md.
+
+    Pick it on the VALIDATION split with ``benchmarks/bench_localization.py --split val``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    method: str = "gradcam"
+    layer: str = "cam_layer"  # the model's declared CAM layer, 'stage:N', a module name or 'a,b'
+    aug_smooth: bool = False
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,6 +90,7 @@ class TrainConfig(BaseModel):
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
+    explain: ExplainConfig = ExplainConfig()
 
 
 def list_presets() -> list[str]:

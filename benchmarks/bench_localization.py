@@ -1,0 +1,99 @@
+"""Which heat map points at the anatomy? Pointing game and energy share per (layer, method).
+
+For every image of a dataset split that has a structure mask (the synthetic phantom set's
+``Masks/``, or HC18's ``NNN_HC_Mask.png`` via --masks), each configuration's CAM is scored with
+``fetalplanes.explain.localization`` and compared with the chance levels (uniform map: mask
+area fraction; centred Gaussian prior). Uses ``compute_cam``/``compute_occlusion`` exactly as
+``fetalplanes explain`` does, one image at a time.
+
+Usage:
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_localization.py --checkpoint CKPT \\
+        (--data DIR [--split test] | --inputs DIR --masks DIR) \\
+        [--configs "cam_layer:gradcam;stage:-3,stage:-2:layercam+smooth;occlusion"] [--limit N] \\
+        [--json benchmarks/results/bench_localization.json]
+Configs are separated by ';'. A config is LAYER:METHOD (LAYER as in `fetalplanes explain
+--layer`, e.g. a comma-separated list), optionally '+smooth' (--aug-smooth), or 'occlusion'.
+Prints a Markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DEFAULT_CONFIGS = "cam_layer:gradcam;cam_layer:eigencam;stage:-2:gradcam;stage:-2:eigencam;occlusion"
+
+
+def parse_config(text: str) -> tuple[str | None, str, bool]:
+    """'LAYER:METHOD[+smooth]' or 'occlusion' -> (layer, method, aug_smooth)."""
+    if text == "occlusion":
+        return None, "occlusion", False
+    smooth = text.endswith("+smooth")
+    layer, _, method = text.removesuffix("+smooth").rpartition(":")
+    if not layer:
+        raise SystemExit(f"bad config {text!r}: expected LAYER:METHOD[+smooth] or 'occlusion'")
+    return layer, method, smooth
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--data")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--inputs", nargs="*", default=[])
+    ap.add_argument("--masks", nargs="*", default=[])
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS)
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--json", default="benchmarks/results/bench_localization.json")
+    args = ap.parse_args()
+
+    from fetalplanes.core.io import load_image
+    from fetalplanes.explain import compute_cam, compute_occlusion
+    from fetalplanes.explain import localization as loc
+    from fetalplanes.explain.pipeline import gather_inputs, mask_for
+    from fetalplanes.training.checkpoint import load_checkpoint
+
+    model, spec = load_checkpoint(args.checkpoint)
+    ins = gather_inputs(spec, args.inputs, args.data, args.split, args.masks)
+    pairs = [(s, m) for s in ins.samples if (m := mask_for(s, ins)) is not None][: args.limit]
+    if not pairs:
+        raise SystemExit("no image has a mask: give --data with Masks/ or --masks DIR")
+    images = [(load_image(s.path), s) for s, _ in pairs]
+    masks = [loc.load_mask(m, im.size) for (im, _), (_, m) in zip(images, pairs)]
+    truth = [ins.label_names[s.label] if ins.label_names and s.label >= 0 else None for _, s in images]
+    rows = []
+    for text in args.configs.split(";"):
+        layer, method, smooth = parse_config(text.strip())
+        scores, correct, t0 = [], [], time.perf_counter()
+        for (im, _), mask, true in zip(images, masks, truth):
+            res = compute_occlusion(model, spec, im) if method == "occlusion" else compute_cam(model, spec, im, method, layer=layer, aug_smooth=smooth)
+            scores.append(loc.score_one(res.cam, mask))
+            correct.append(true is None or res.label == true)
+        s = loc.summarize(scores)
+        right = [sc for sc, ok in zip(scores, correct) if ok]
+        rows.append({"config": text.strip(), "layer": layer, "method": method, **s,
+                     "hit_rate_correct_only": loc.summarize(right)["pointing_game"]["hit_rate"] if right else None,
+                     "accuracy": sum(correct) / len(correct), "seconds_per_image": (time.perf_counter() - t0) / len(images)})
+        print(f"  {text}: hit {s['pointing_game']['hit_rate']:.3f}", flush=True)
+    print(f"\n{spec.name} ({args.checkpoint}), {len(images)} images with masks"
+          f"{' from ' + args.data + ' split ' + args.split if args.data else ''}\n")
+    print("| layer:method | pointing game | energy in mask | chance (area) | centre prior hit | centre prior energy | s/img |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        pg, en = r["pointing_game"], r["energy_share"]
+        print(f"| {r['config']} | {pg['hit_rate']:.3f} ± {pg['se']:.3f} | {en['mean']:.3f} | {pg['chance_uniform']:.3f} | "
+              f"{pg['chance_center']:.3f} | {en['chance_center']:.3f} | {r['seconds_per_image']:.2f} |")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "split": args.split,
+                                           "inputs": args.inputs, "masks": args.masks, "n": len(images),
+                                           "loadavg": os.getloadavg(), "rows": rows}, indent=2) + "\n")
+    print(f"\n-> {args.json}")
+
+
+if __name__ == "__main__":
+    main()

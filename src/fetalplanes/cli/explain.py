@@ -1,0 +1,76 @@
+"""``fetalplanes explain``: heat-map overlays, raw CAMs, localization scores and an HTML gallery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fetalplanes.cli.common import console
+
+
+def explain(
+    inputs: Optional[List[Path]] = typer.Argument(None, help="Image files or folders (PNG/JPEG/TIFF/DICOM...)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Trained checkpoint (.ckpt)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (overlays/, cams/, index.html, *.json)."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Labelled dataset instead of INPUT: FETAL_PLANES_DB folder, labels CSV or class folders."
+    ),
+    split: str = typer.Option("test", "--split", help="With --data: test | val | train | all."),
+    method: Optional[str] = typer.Option(
+        None, "--method", help="gradcam | gradcam++ | eigencam | layercam | hirescam | ... (default: the checkpoint's)."
+    ),
+    target: str = typer.Option("predicted", "--target", help="'predicted' or a class name to explain."),
+    masks: Optional[List[Path]] = typer.Option(
+        None, "--masks", help="Folder of structure masks (<stem>.png or <stem>_Mask.png); repeatable."
+    ),
+    occlusion: int = typer.Option(0, "--occlusion", help="Also compute occlusion sensitivity for the first N images."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Explain at most N images."),
+    layer: Optional[str] = typer.Option(
+        None, "--layer",
+        help="Feature map(s): 'cam_layer' (the model's declared layer), 'stage:N', a module name, or 'a,b' "
+        "(default: the checkpoint's).",
+    ),
+    aug_smooth: Optional[bool] = typer.Option(
+        None, "--aug-smooth/--no-aug-smooth",
+        help="Average over flip/intensity test-time augmentations, 6x time (default: the checkpoint's).",
+    ),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+) -> None:
+    """Explain predictions: overlay PNG + raw CAM (.npy) per image, index.html gallery, localization.json."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from fetalplanes.explain.pipeline import explain as run_explain
+
+    with Progress(
+        TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, disable=no_progress, transient=True,
+    ) as bar:
+        task = bar.add_task("explain", total=None)
+        summary = run_explain(
+            checkpoint, out, inputs or [], data, split, method, target, masks or [], occlusion, limit,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total), layer=layer, aug_smooth=aug_smooth,
+        )
+    secs = summary["seconds_per_cam_median"]
+    console.print(
+        f"explained {summary['n']} image(s) with {summary['method']} at {summary['layer']} "
+        f"({secs:.2f} s per CAM, median) -> {out / 'index.html'}"
+    )
+    if summary["skipped"]:
+        console.print(f"[yellow]skipped {summary['skipped']} unreadable file(s); see {out / 'explanations.json'}[/]")
+    loc = summary["localization"]
+    if loc:
+        for name, s in loc["maps"].items():
+            pg, en = s["pointing_game"], s["energy_share"]
+            energy = "n/a" if en["mean"] is None else f"{en['mean']:.3f}"
+            console.print(
+                f"  {name}: n={s['n']} pointing game {pg['hit_rate']:.3f} (uniform chance {pg['chance_uniform']:.3f}, "
+                f"centre prior {pg['chance_center']:.3f}); energy in mask {energy} "
+                f"(chance {en['chance_uniform']:.3f}, centre prior {en['chance_center']:.3f})"
+            )
+        console.print(f"  -> {out / 'localization.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(explain)

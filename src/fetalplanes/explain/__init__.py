@@ -1,0 +1,37 @@
+"""Explanations clinicians can check: CAM heat maps, overlays, localization scores, HTML report.
+
+Public API (used by the CLI and the web service)::
+
+    from fetalplanes.explain import CamResult, compute_cam, overlay, overlay_png, METHODS
+    result = compute_cam(model, spec, pil_image, method="gradcam", target=None)
+    png = overlay_png(pil_image, result, spec)
+
+``CamResult`` and the overlay functions are torch-free; ``compute_cam``, ``METHODS`` and
+``compute_occlusion`` import torch and pytorch-grad-cam on first use (PEP 562 lazy attributes),
+so importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fetalplanes.explain.overlay import overlay, overlay_png
+from fetalplanes.explain.result import CamResult
+
+_LAZY = {
+    "compute_cam": "fetalplanes.explain.cam",
+    "METHODS": "fetalplanes.explain.cam",
+    "get_method": "fetalplanes.explain.cam",
+    "compute_occlusion": "fetalplanes.explain.occlusion",
+    "explain": "fetalplanes.explain.pipeline",
+}
+
+__all__ = ["CamResult", "METHODS", "compute_cam", "compute_occlusion", "explain", "get_method", "overlay", "overlay_png"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fetalplanes.explain' has no attribute {name!r}")

@@ -1,0 +1,322 @@
+"""``fetalplanes explain``: a checkpoint + images (or a labelled dataset) -> overlays, CAMs, report.
+
+Writes into ``DIR``:
+- ``overlays/<name>.png``: the image with its heat map, prediction and top-2 (image's own size);
+- ``cams/<name>.npy``: the raw CAM, float32 (H, W) in [0, 1] at the image's size;
+- ``overlays/<name>_occlusion.png`` and ``cams/<name>_occlusion.npy`` for the first
+  ``occlusion`` images (model-agnostic cross-check);
+- ``explanations.json``: one record per image (prediction, top-2, files, localization);
+- ``localization.json``: pointing game and energy share against masks, with chance levels
+  (only when masks were found);
+- ``index.html``: the self-contained gallery (see ``explain.report``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from fetalplanes.core import atomic
+from fetalplanes.data.records import Sample
+from fetalplanes.explain import localization as loc
+from fetalplanes.explain.report import ReportItem, render_report, thumbnail
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("test", "val", "train", "all")
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class Inputs:
+    """What to explain: samples, the class names their labels use (None: unlabelled), mask dirs."""
+
+    samples: list[Sample]
+    label_names: tuple[str, ...] | None
+    mask_dirs: list[Path]
+    mask_root: Path | None = None
+
+
+def gather_inputs(spec, inputs: Sequence[str | Path] = (), data: str | Path | None = None, split: str = "test",
+                  masks: Sequence[str | Path] = ()) -> Inputs:
+    """Samples from plain files/folders or from a labelled dataset (``load_source`` + split)."""
+    mask_dirs = [Path(m) for m in masks]
+    for m in mask_dirs:
+        if not m.is_dir():
+            raise FileNotFoundError(f"--masks {m}: no such folder")
+    if data is not None and inputs:
+        raise ValueError("give either INPUT files/folders or --data, not both")
+    if data is None:
+        from fetalplanes.evaluation.predict import samples_from_paths
+
+        if not inputs:
+            raise ValueError("nothing to explain: give INPUT files/folders or --data DIR")
+        return Inputs(_drop_masks(samples_from_paths(inputs), mask_dirs), None, mask_dirs)
+    if split not in SPLITS:
+        raise ValueError(f"unknown --split {split!r}; choose one of {list(SPLITS)}")
+    from fetalplanes.data.sources import load_source
+    from fetalplanes.evaluation.report import select_split
+
+    index = load_source(data, spec.task)
+    if (index.root / "Masks").is_dir() and index.root / "Masks" not in mask_dirs:
+        log.info("using structure masks from %s", index.root / "Masks")
+        mask_dirs.append(index.root / "Masks")
+    samples = select_split(index, spec, split)
+    return Inputs(_drop_masks(samples, mask_dirs), tuple(index.class_names), mask_dirs, index.root)
+
+
+def _drop_masks(samples: list[Sample], mask_dirs: Sequence[Path]) -> list[Sample]:
+    """Mask files listed among the inputs (e.g. HC18's NNN_HC_Mask.png next to NNN_HC.png)."""
+    if not mask_dirs:
+        return samples
+    mask_files = {m.resolve() for s in samples if (m := loc.find_mask(s.path.stem, mask_dirs, s.path)) is not None}
+    kept = [s for s in samples if s.path.resolve() not in mask_files]
+    if len(kept) < len(samples):
+        log.info("skipping %d input file(s) that are masks of other inputs", len(samples) - len(kept))
+    return kept
+
+
+def mask_for(sample: Sample, inputs: Inputs) -> Path | None:
+    """The sample's mask: a 'mask' column of the source, else ``<stem>[_Mask].png`` in the mask dirs."""
+    column = sample.meta.get("mask") if sample.meta else None
+    if column and inputs.mask_root is not None and (inputs.mask_root / column).is_file():
+        return inputs.mask_root / column
+    return loc.find_mask(sample.path.stem, inputs.mask_dirs, sample.path)
+
+
+def _unique_names(samples: Sequence[Sample]) -> list[str]:
+    seen: dict[str, int] = {}
+    names = []
+    for s in samples:
+        n = seen.get(s.path.stem, 0)
+        seen[s.path.stem] = n + 1
+        names.append(s.path.stem if n == 0 else f"{s.path.stem}_{n + 1}")
+    return names
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr, dtype=np.float32))
+    return buf.getvalue()
+
+
+def _explain_one(model, spec, image, name: str, out: Path, method: str, target, with_occlusion: bool,
+                 layer: str | None = None, aug_smooth: bool = False) -> dict[str, Any]:
+    from fetalplanes.explain.cam import compute_cam
+    from fetalplanes.explain.occlusion import compute_occlusion
+    from fetalplanes.explain.overlay import overlay
+
+    t0 = time.perf_counter()
+    res = compute_cam(model, spec, image, method, target, layer=layer, aug_smooth=aug_smooth)
+    seconds = time.perf_counter() - t0
+    ov = overlay(image, res, spec)
+    atomic.write_bytes(out / "overlays" / f"{name}.png", _png(ov))
+    atomic.write_bytes(out / "cams" / f"{name}.npy", _npy_bytes(res.cam))
+    rec: dict[str, Any] = {"result": res, "seconds": seconds, "thumb": thumbnail(ov)}
+    if with_occlusion:
+        t0 = time.perf_counter()
+        occ = compute_occlusion(model, spec, image, target)
+        rec["occlusion_seconds"] = time.perf_counter() - t0
+        ov = overlay(image, occ, spec)
+        atomic.write_bytes(out / "overlays" / f"{name}_occlusion.png", _png(ov))
+        atomic.write_bytes(out / "cams" / f"{name}_occlusion.npy", _npy_bytes(occ.cam))
+        rec.update(occlusion=occ, occlusion_thumb=thumbnail(ov))
+    return rec
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def explain(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    inputs: Sequence[str | Path] = (),
+    data: str | Path | None = None,
+    split: str = "test",
+    method: str | None = None,
+    target: str | int | None = None,
+    masks: Sequence[str | Path] = (),
+    occlusion: int = 0,
+    limit: int | None = None,
+    on_progress: ProgressFn | None = None,
+    layer: str | None = None,
+    aug_smooth: bool | None = None,
+) -> dict[str, Any]:
+    """Explain every input; write overlays, CAMs, JSON and index.html; return a summary.
+
+    ``method``, ``layer``, ``aug_smooth``: None takes the checkpoint's ``explain`` settings
+    (``explain.settings``). ``layer``: the feature map(s) to explain ('cam_layer' is the
+    model's declared layer; see ``explain.cam.cam_target_layer`` for 'stage:N', dotted names
+    and 'a,b' lists); ``aug_smooth``: average over pytorch-grad-cam's test-time augmentations.
+    """
+    from fetalplanes.core.io import ImageLoadError, load_image
+    from fetalplanes.explain.cam import cam_target_layers, get_method, resolve_target
+    from fetalplanes.explain.settings import cam_settings
+    from fetalplanes.training.checkpoint import load_checkpoint
+
+    if method is not None:
+        get_method(method)  # fail on a bad name before loading anything
+    out = Path(out_dir)
+    model, spec = load_checkpoint(checkpoint)
+    defaults = cam_settings(spec)
+    method = (method or defaults.method).lower()
+    get_method(method)
+    layer = defaults.layer if layer is None else layer
+    aug_smooth = defaults.aug_smooth if aug_smooth is None else aug_smooth
+    cam_target_layers(model, layer)  # ... and on a bad layer or target before any image
+    if target is not None and str(target).lower() != "predicted":
+        resolve_target(target, spec.class_names, 0)
+    ins = gather_inputs(spec, inputs, data, split, masks)
+    samples = ins.samples[:limit] if limit else ins.samples
+    if not samples:
+        raise ValueError(f"no images to explain in {data if data is not None else [str(i) for i in inputs]}")
+    records, skipped = [], []
+    for i, (sample, name) in enumerate(zip(samples, _unique_names(samples))):
+        try:
+            image = load_image(sample.path)
+        except ImageLoadError as err:  # one bad file in a folder must not stop the run
+            log.warning("skipping %s", err)
+            skipped.append({"image": str(sample.path), "error": str(err)})
+        else:
+            rec = _explain_one(model, spec, image, name, out, method, target, i < occlusion, layer, aug_smooth)
+            rec.update(sample=sample, name=name, image_size=image.size)
+            _score(rec, sample, ins, image.size)
+            records.append(rec)
+        if on_progress:
+            on_progress(i + 1, len(samples))
+    if not records:
+        raise ValueError(f"none of the {len(samples)} input image(s) could be read, e.g. {skipped[0]['error']}")
+    settings = {"layer": layer, "aug_smooth": aug_smooth}
+    return _write_outputs(out, records, skipped, ins, spec, checkpoint, method, target, data, split, settings)
+
+
+def _score(rec: dict[str, Any], sample: Sample, ins: Inputs, size: tuple[int, int]) -> None:
+    path = mask_for(sample, ins)
+    if path is None:
+        return
+    mask = loc.load_mask(path, size)
+    rec["mask"] = str(path)
+    rec["loc"] = loc.score_one(rec["result"].cam, mask)
+    if "occlusion" in rec:
+        rec["occlusion_loc"] = loc.score_one(rec["occlusion"].cam, mask)
+
+
+def _true_label(rec: dict[str, Any], ins: Inputs) -> str | None:
+    label = rec["sample"].label
+    return ins.label_names[label] if ins.label_names is not None and label >= 0 else None
+
+
+def _record_json(rec: dict[str, Any], ins: Inputs, class_names) -> dict[str, Any]:
+    res = rec["result"]
+    out = {
+        "image": str(rec["sample"].path), "name": rec["name"], "size": list(rec["image_size"]),
+        "true": _true_label(rec, ins), **res.summary(class_names),
+        "overlay": f"overlays/{rec['name']}.png", "cam": f"cams/{rec['name']}.npy", "seconds": rec["seconds"],
+    }
+    if "loc" in rec:
+        out["localization"] = {"mask": rec["mask"], **rec["loc"]}
+    if "occlusion" in rec:
+        out["occlusion"] = {
+            "overlay": f"overlays/{rec['name']}_occlusion.png", "cam": f"cams/{rec['name']}_occlusion.npy",
+            "seconds": rec["occlusion_seconds"], **rec["occlusion"].extra,
+            **({"localization": rec["occlusion_loc"]} if "occlusion_loc" in rec else {}),
+        }
+    return out
+
+
+def localization_summary(records: Sequence[dict[str, Any]], ins: Inputs, method: str) -> dict[str, Any] | None:
+    """Pointing game / energy share of the CAMs (and of occlusion on its subset) with chance levels."""
+    scored = [r for r in records if "loc" in r]
+    if not scored:
+        return None
+    occ = [r for r in scored if "occlusion_loc" in r]
+    maps = {method: loc.summarize([r["loc"] for r in scored])}
+    if occ:
+        maps[f"{method} (occlusion subset)"] = loc.summarize([r["loc"] for r in occ])
+        maps["occlusion"] = loc.summarize([r["occlusion_loc"] for r in occ])
+    per_class: dict[str, list] = {}
+    for r in scored:
+        per_class.setdefault(_true_label(r, ins) or r["result"].label, []).append(r["loc"])
+    by_correct: dict[str, list] = {}
+    for r in scored:
+        truth = _true_label(r, ins)
+        if truth is not None:
+            by_correct.setdefault("correct" if truth == r["result"].label else "incorrect", []).append(r["loc"])
+    return {
+        "method": method,
+        "target": scored[0]["result"].target if len({r["result"].target for r in scored}) == 1 else "per image",
+        "mask_dirs": [str(d) for d in ins.mask_dirs],
+        "n_images": len(records),
+        "n_with_mask": len(scored),
+        "maps": maps,
+        "per_class": {k: loc.summarize(v) for k, v in sorted(per_class.items())},
+        "by_correctness": {k: loc.summarize(v) for k, v in sorted(by_correct.items())},
+        "chance_levels": (
+            "chance_uniform: a flat CAM (energy share = mask area fraction) whose peak is a uniformly random "
+            "pixel (hit probability = mask area fraction); chance_center: a centred Gaussian prior "
+            "(sigma = 1/4 side), i.e. a map that always points at the middle of the image"
+        ),
+    }
+
+
+def _synthetic_notes(spec, ins: Inputs) -> list[str]:
+    """Warnings for the page when the model or the inputs are synthetic phantoms."""
+    notes = []
+    root = (spec.training or {}).get("data", {}).get("root")
+    if root and (Path(root) / "SYNTHETIC.md").is_file():
+        notes.append("This model was trained on SYNTHETIC phantom data: its maps say nothing about clinical behaviour.")
+    if ins.mask_root is not None and (ins.mask_root / "SYNTHETIC.md").is_file():
+        notes.append("These inputs are SYNTHETIC phantoms (tests and demos only), not ultrasound scans.")
+    return notes
+
+
+def _write_outputs(out: Path, records, skipped, ins: Inputs, spec, checkpoint, method, target, data, split,
+                   settings: dict[str, Any]) -> dict[str, Any]:
+    from fetalplanes.explain.overlay import METHOD_TITLES
+
+    class_names = spec.class_names
+    loc_summary = localization_summary(records, ins, method)
+    if loc_summary is not None:
+        loc_summary.update(checkpoint=str(checkpoint), **settings)
+        atomic.write_json(out / "localization.json", loc_summary)
+    atomic.write_json(out / "explanations.json", {
+        "checkpoint": str(checkpoint), "model": spec.name, "method": method, **settings,
+        "target": target or "predicted",
+        "data": None if data is None else str(data), "split": None if data is None else split,
+        "images": [_record_json(r, ins, class_names) for r in records], "skipped": skipped,
+    })
+    items = [
+        ReportItem(
+            name=r["name"], predicted=r["result"].label, confidence=r["result"].confidence,
+            topk=r["result"].topk(class_names), overlay_file=f"overlays/{r['name']}.png", thumb=r["thumb"],
+            true_label=_true_label(r, ins), occlusion_file=f"overlays/{r['name']}_occlusion.png" if "occlusion" in r else None,
+            occlusion_thumb=r.get("occlusion_thumb"), localization=r.get("loc"),
+        )
+        for r in records
+    ]
+    notes = _synthetic_notes(spec, ins)
+    if skipped:
+        notes.append(f"{len(skipped)} file(s) could not be read and were skipped (see explanations.json).")
+    method_title = METHOD_TITLES.get(method, method)
+    if settings["layer"] != "cam_layer":
+        method_title += f" @ {settings['layer']}"
+    if settings["aug_smooth"]:
+        method_title += " (smoothed)"
+    title = f"Where {spec.name} looks: {method_title} explanations"
+    page = render_report(items, class_names, title, method_title, notes, loc_summary)
+    atomic.write_text(out / "index.html", page)
+    seconds = [r["seconds"] for r in records]
+    return {
+        "out": str(out), "n": len(records), "skipped": len(skipped), "method": method, **settings,
+        "seconds_per_cam_median": float(np.median(seconds)) if seconds else None,
+        "n_occlusion": sum("occlusion" in r for r in records), "localization": loc_summary,
+    }

@@ -1,0 +1,125 @@
+"""``fetalplanes explain`` end to end on tiny data: files, report, localization, real images."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _cli():
+    from fetalplanes.cli import app
+    from fetalplanes.cli.explain import register
+
+    if "explain" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
+        register(app)
+    return app
+
+
+def run_cli(*args: str):
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(_cli(), ["explain", *map(str, args), "--no-progress"])
+
+
+def test_folder_of_images_with_masks_next_to_them(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
+    """HC18 layout: NNN.png beside NNN_Mask.png in one folder; masks are matched, never explained."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    images = sorted((synth_data / "Images").glob("*.png"))[:3]
+    for p in images:
+        shutil.copy(p, folder / p.name)
+        Image.open(synth_data / "Masks" / p.name).convert("RGB").save(folder / f"{p.stem}_Mask.png")
+    out = tmp_path / "out"
+    res = run_cli(folder, "--checkpoint", tiny_checkpoint, "--out", out, "--masks", folder, "--occlusion", "1")
+    assert res.exit_code == 0, res.output
+    records = json.loads((out / "explanations.json").read_text())["images"]
+    assert sorted(r["name"] for r in records) == sorted(p.stem for p in images)
+    for r, p in zip(sorted(records, key=lambda r: r["name"]), images):
+        size = Image.open(p).size
+        assert Image.open(out / r["overlay"]).size == size  # overlay at the image's own size
+        cam = np.load(out / r["cam"])
+        assert cam.shape == (size[1], size[0]) and cam.dtype == np.float32
+        assert 0.0 <= cam.min() and cam.max() <= 1.0
+        assert r["localization"]["mask"].endswith(f"{p.stem}_Mask.png")
+    occluded = [r for r in records if "occlusion" in r]
+    assert len(occluded) == 1 and (out / occluded[0]["occlusion"]["overlay"]).is_file()
+    # No --method/--layer: the checkpoint's own explain settings (the demo config's) are used.
+    settings = json.loads((out / "explanations.json").read_text())
+    assert (settings["method"], settings["layer"]) == ("layercam", "stage:-3")
+    loc = json.loads((out / "localization.json").read_text())
+    assert loc["n_with_mask"] == 3 and set(loc["maps"]) == {"layercam", "layercam (occlusion subset)", "occlusion"}
+    pg = loc["maps"]["layercam"]["pointing_game"]
+    assert 0.0 <= pg["hit_rate"] <= 1.0 and 0.0 < pg["chance_uniform"] < 1.0
+    html = (out / "index.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the report must not reach the network"
+    assert html.count("data:image/jpeg;base64,") == 4  # 3 CAM thumbnails + 1 occlusion
+    assert "predicted" in html and "occlusion" in html
+
+
+def test_labelled_dataset_gives_per_class_correct_and_incorrect_galleries(
+    tiny_checkpoint: Path, synth_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    res = run_cli("--data", synth_data, "--split", "test", "--checkpoint", tiny_checkpoint, "--out", out,
+                  "--method", "eigencam", "--limit", "6")
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "explanations.json").read_text())
+    assert doc["split"] == "test" and len(doc["images"]) == 6
+    assert all(r["true"] is not None and r["method"] == "eigencam" for r in doc["images"])
+    html = (out / "index.html").read_text()
+    assert "correct" in html and "incorrect" in html and "SYNTHETIC" in html
+    # the synthetic set ships structure masks: they are found without --masks
+    assert json.loads((out / "localization.json").read_text())["n_with_mask"] == 6
+    assert "pointing game" in res.output
+
+
+def test_explicit_target_and_user_errors(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
+    image = sorted((synth_data / "Images").glob("*.png"))[0]
+    res = run_cli(image, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "o", "--target", "Fetal femur")
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "o" / "explanations.json").read_text())["images"][0]
+    assert rec["target"] == "Fetal femur"
+    assert not (tmp_path / "o" / "localization.json").exists()  # no masks, no score
+    bad = run_cli(image, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "b", "--method", "nope")
+    assert isinstance(bad.exception, ValueError) and "gradcam" in str(bad.exception)
+    bad = run_cli(image, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "b", "--target", "Heart")
+    assert isinstance(bad.exception, ValueError) and "Fetal brain" in str(bad.exception)
+    bad = run_cli("--checkpoint", tiny_checkpoint, "--out", tmp_path / "b")
+    assert isinstance(bad.exception, ValueError) and "--data" in str(bad.exception)
+
+
+def test_unreadable_file_is_skipped_not_fatal(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(sorted((synth_data / "Images").glob("*.png"))[0], folder / "ok.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    res = run_cli(folder, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "o" / "explanations.json").read_text())
+    assert [r["name"] for r in doc["images"]] == ["ok"]
+    assert len(doc["skipped"]) == 1 and "broken.png" in doc["skipped"][0]["image"]
+
+
+def test_real_hc18_images_with_their_head_masks(tiny_checkpoint: Path, shared_data: Path, tmp_path: Path) -> None:
+    hc18 = shared_data / "hc18" / "images"
+    folder = tmp_path / "hc18"
+    folder.mkdir()
+    for stem in sorted(p.stem for p in hc18.glob("*_HC.png"))[:2]:
+        shutil.copy(hc18 / f"{stem}.png", folder)
+        shutil.copy(hc18 / f"{stem}_Mask.png", folder)
+    out = tmp_path / "out"
+    res = run_cli(folder, "--checkpoint", tiny_checkpoint, "--out", out, "--masks", folder, "--method", "gradcam",
+                  "--layer", "cam_layer")
+    assert res.exit_code == 0, res.output
+    records = json.loads((out / "explanations.json").read_text())["images"]
+    assert len(records) == 2 and {r["method"] for r in records} == {"gradcam"}
+    for r in records:
+        assert Image.open(out / r["overlay"]).size == tuple(r["size"]) == Image.open(r["image"]).size
+    loc = json.loads((out / "localization.json").read_text())
+    assert loc["n_with_mask"] == 2 and 0.0 < loc["maps"]["gradcam"]["mask_area_fraction"] < 1.0
