@@ -51,6 +51,13 @@ def train_tiny(data: Path, out: Path, **overrides) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trainer():
+    """``train_tiny`` as a fixture: ``from conftest import ...`` would resolve to whichever
+    conftest module was imported first (tests/serve has its own)."""
+    return train_tiny
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Lite0 + CBAM + MLP checkpoint trained for one epoch at 64 px (seconds)."""
     return train_tiny(synth_data, tmp_path_factory.mktemp("tiny_run"))

@@ -19,16 +19,14 @@ def passes(summary: dict) -> bool:
 
 
 @pytest.mark.slow
-def test_trained_model_points_at_the_structure(tmp_path: Path) -> None:
-    from conftest import train_tiny
-
+def test_trained_model_points_at_the_structure(tmp_path: Path, trainer) -> None:
     from fetalplanes.data.synth import synthesize
     from fetalplanes.explain.pipeline import explain
 
     # 20 phantoms per class and 128 px: the session's 8-per-class set trains a model near chance
     # accuracy (nothing to localize), and at 64 px the last feature maps are 2x2.
     data = synthesize(tmp_path / "db", per_class=20, seed=2, image_size=(160, 128))
-    ckpt = train_tiny(data, tmp_path / "run", **{"optim.max_epochs": 6, "data.image_size": 128})
+    ckpt = trainer(data, tmp_path / "run", **{"optim.max_epochs": 6, "data.image_size": 128})
     out = tmp_path / "expl"
     # The layer and method that localize on demo models (docs/explain.md); the model's declared
     # layer (the attention output) does not, which this test does not hide: see the docs.
