@@ -283,7 +283,7 @@ def _api_router(service: Service, settings: ServeSettings) -> APIRouter:
     num_classes = service.spec.num_classes
     cpu = _CpuSlots(_available_cores())
     top_k_query = Query(2, ge=1, le=num_classes, description="How many classes to list, best first.")
-    explain_query = Query(False, description="Add the Grad-CAM heat-map overlay (checkpoint models only).")
+    explain_query = Query(False, description="Add the heat-map overlay (the checkpoint's CAM method; checkpoint models only).")
     preview_query = Query(False, description="Add the decoded image as PNG (to display DICOM in a browser).")
 
     async def uploads(request: Request, max_files: int) -> list:

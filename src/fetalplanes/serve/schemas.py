@@ -33,7 +33,7 @@ class ImageInfo(BaseModel):
 
 class Explanation(BaseModel):
     available: bool
-    method: Optional[str] = Field(default=None, description="CAM method, e.g. gradcam.")
+    method: Optional[str] = Field(default=None, description="CAM method (the checkpoint's explain setting), e.g. gradcam or layercam.")
     overlay_png_base64: Optional[str] = Field(
         default=None, description="Heat map blended over the image, PNG, same size as the upload."
     )

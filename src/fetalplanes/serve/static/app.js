@@ -1,5 +1,5 @@
 // fetalplanes clinician page: upload images, show the predicted plane, top-2 bars,
-// confidence, the abstain warning and an optional Grad-CAM overlay. No framework, no CDN.
+// confidence, the abstain warning and an optional heat-map (CAM) overlay. No framework, no CDN.
 "use strict";
 
 (function () {
@@ -217,7 +217,8 @@
         const ex = result.explanation;
         if (!ex || !ex.available) throw new Error((ex && ex.detail) || "Heat map not available.");
         card.overlay = "data:image/png;base64," + ex.overlay_png_base64;
-        setNote(card, "Heat map: regions that most supported “" + result.plane + "”.");
+        card.method = ex.method || "class activation map";
+        setNote(card, "Heat map (" + card.method + "): regions that most supported “" + result.plane + "”.");
       } catch (e) {
         toggle.checked = false;
         setNote(card, e.message);
@@ -226,7 +227,7 @@
         toggle.disabled = false;
       }
     }
-    if (toggle.checked) showImage(card, card.overlay, "Grad-CAM heat map over " + card.file.name);
+    if (toggle.checked) showImage(card, card.overlay, "Heat map (" + card.method + ") over " + card.file.name);
   }
 
   function addFiles(files) {
