@@ -3,7 +3,7 @@
 Public API (used by the CLI and the web service)::
 
     from fetalplanes.explain import CamResult, compute_cam, overlay, overlay_png, METHODS
-    result = compute_cam(model, spec, pil_image, method="gradcam", target=None)
+    result = compute_cam(model, spec, pil_image)  # the checkpoint's explain settings
     png = overlay_png(pil_image, result, spec)
 
 ``CamResult`` and the overlay functions are torch-free; ``compute_cam``, ``METHODS`` and
