@@ -231,3 +231,17 @@ def test_bad_layer_names_are_explained(lite0) -> None:
             compute_cam(model, spec, scan(), layer="unused_probe")
     finally:
         del model.unused_probe
+
+
+def test_config_method_names_match_the_library_table() -> None:
+    from fetalplanes.explain.settings import METHOD_NAMES
+
+    assert set(METHOD_NAMES) == set(METHODS)
+
+
+def test_a_config_with_an_unknown_cam_method_fails_when_loaded() -> None:
+    from fetalplanes.training.config import load_config
+
+    assert load_config("demo").explain.method == "layercam"
+    with pytest.raises(ValueError, match="gradkam.*choose one of"):
+        load_config("demo", {"explain.method": "gradkam"})

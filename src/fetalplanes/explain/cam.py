@@ -32,7 +32,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from fetalplanes.core.postprocess import softmax
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.explain.result import CamResult
-from fetalplanes.explain.settings import cam_settings
+from fetalplanes.explain.settings import cam_settings, check_method
 
 # AblationCAM is left out on purpose: it swaps the target layer inside the model (unsafe when
 # the web service shares one model between requests) and shares one ablation layer globally.
@@ -56,10 +56,7 @@ _LOCK = threading.RLock()
 
 def get_method(name: str) -> type:
     """The pytorch-grad-cam class for ``name``; ValueError listing the valid names."""
-    try:
-        return METHODS[name.lower()]
-    except (KeyError, AttributeError):
-        raise ValueError(f"unknown CAM method {name!r}; choose one of {sorted(METHODS)}") from None
+    return METHODS[check_method(name)]
 
 
 def cam_target_layer(model: torch.nn.Module, layer: str | torch.nn.Module | None = None) -> torch.nn.Module:

@@ -81,6 +81,13 @@ class ExplainConfig(BaseModel):
     layer: str = "cam_layer"  # the model's declared CAM layer, 'stage:N', a module name or 'a,b'
     aug_smooth: bool = False
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from fetalplanes.explain.settings import check_method
+
+        return check_method(value)
+
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
