@@ -288,25 +288,16 @@ def fit_frozen(data: str | Path, cfg: Any, out_dir: str | Path, cache_dir: str |
     cached features. ``cache_dir`` defaults to ``OUT_DIR/../feature_cache``."""
     import lightning as L
 
-    from fetalplanes.data.sources import load_source
-    from fetalplanes.data.splits import make_splits
     from fetalplanes.data.torch_data import class_weights
     from fetalplanes.models.registry import build_model
-    from fetalplanes.training.config import dump_config
-    from fetalplanes.training.fit import FitResult, build_spec, splits_record
+    from fetalplanes.training.fit import FitResult, prepare_run
 
     if cfg.model.finetune != "frozen":
         raise ValueError(f"fit_frozen needs model.finetune 'frozen', got {cfg.model.finetune!r}")
     run_dir = Path(out_dir)
     ckpt_dir = run_dir / "checkpoints"
     cache_dir = Path(cache_dir) if cache_dir is not None else run_dir.parent / "feature_cache"
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    index = load_source(data, cfg.data.task)
-    splits = make_splits(index, cfg.data.split, cfg.data.val_fraction, cfg.trainer.seed, cfg.data.fold, cfg.data.n_folds)
-    summary = {"data": index.summary(), "splits": splits.summary(), "seed": cfg.trainer.seed}
-    spec = build_spec(cfg, index.class_names, summary)
-    atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
-    atomic.write_json(run_dir / "splits.json", splits_record(splits))
+    index, splits, spec, summary = prepare_run(data, cfg, run_dir)
     if cfg.data.augment > 0:
         log.warning("frozen fast path: data.augment=%s is not applied to cached features", cfg.data.augment)
 

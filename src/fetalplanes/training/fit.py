@@ -66,6 +66,21 @@ def build_spec(cfg: TrainConfig, class_names: tuple[str, ...], data_summary: dic
     )
 
 
+def prepare_run(data: str | Path, cfg: TrainConfig, run_dir: Path) -> tuple[Any, Splits, ModelSpec, dict[str, Any]]:
+    """Seed, read the data, split it by patient, build the spec; write config.yaml and splits.json.
+
+    Returns (index, splits, spec, summary of data + splits + seed for train_summary.json).
+    """
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    index = load_source(data, cfg.data.task)
+    splits = make_splits(index, cfg.data.split, cfg.data.val_fraction, cfg.trainer.seed, cfg.data.fold, cfg.data.n_folds)
+    summary = {"data": index.summary(), "splits": splits.summary(), "seed": cfg.trainer.seed}
+    spec = build_spec(cfg, index.class_names, summary)
+    atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
+    atomic.write_json(run_dir / "splits.json", splits_record(splits))
+    return index, splits, spec, summary
+
+
 def _log_version(run_dir: Path, resume: bool) -> str:
     # Lightning's CSV logger deletes an existing metrics.csv: a resumed run logs beside it.
     if not resume:
@@ -120,13 +135,7 @@ def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = 
         raise FileNotFoundError(f"--resume: no {last} to resume from")
     if not resume and last.exists():
         raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    index = load_source(data, cfg.data.task)
-    splits = make_splits(index, cfg.data.split, cfg.data.val_fraction, cfg.trainer.seed, cfg.data.fold, cfg.data.n_folds)
-    summary = {"data": index.summary(), "splits": splits.summary(), "seed": cfg.trainer.seed}
-    spec = build_spec(cfg, index.class_names, summary)
-    atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
-    atomic.write_json(run_dir / "splits.json", splits_record(splits))
+    index, splits, spec, summary = prepare_run(data, cfg, run_dir)
 
     n = len(index.class_names)
     dm = PlaneDataModule(cfg, spec.preprocessing, splits.train, splits.val, n)
