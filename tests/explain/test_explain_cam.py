@@ -202,7 +202,8 @@ def test_multi_layer_smoothed_cam(lite0) -> None:
 def test_declared_layer_is_the_default(lite0) -> None:
     model, spec = lite0
     image = scan()
-    np.testing.assert_allclose(compute_cam(model, spec, image).cam, compute_cam(model, spec, image, layer="cam_layer").cam)
+    np.testing.assert_allclose(compute_cam(model, spec, image).cam, compute_cam(model, spec, image, layer="cam_layer").cam,
+                               atol=1e-5)
 
 
 def test_checkpoint_explain_settings_are_the_default(lite0) -> None:
@@ -213,7 +214,9 @@ def test_checkpoint_explain_settings_are_the_default(lite0) -> None:
     image = scan()
     result = compute_cam(model, spec, image)
     assert result.method == "layercam" and result.extra["layer"] == "stage:-3"
-    np.testing.assert_allclose(result.cam, compute_cam(model, spec, image, method="layercam", layer="stage:-3").cam)
+    # Same map up to float noise (oneDNN may pick different kernels from one call to the next).
+    np.testing.assert_allclose(result.cam, compute_cam(model, spec, image, method="layercam", layer="stage:-3").cam,
+                               atol=1e-5)
     # An explicit argument still wins over the checkpoint's setting.
     assert compute_cam(model, spec, image, method="gradcam", layer="cam_layer").extra["layer"] == "cam_layer"
 
