@@ -113,9 +113,13 @@ def overlay(image: Image.Image, result: CamResult, spec, alpha: float = 0.45, an
     return img
 
 
+def png_bytes(image: Image.Image, compress_level: int = 3) -> bytes:
+    """PNG-encode ``image``. zlib level 3 is ~2.5x faster than PIL's default 6 for ~10 % larger files."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
 def overlay_png(image: Image.Image, result: CamResult, spec, **kw) -> bytes:
     """``overlay`` encoded as PNG bytes (for files and HTTP responses)."""
-    buf = io.BytesIO()
-    # zlib level 3: ~2.5x faster than PIL's default 6 for ~10 % larger files (web latency).
-    overlay(image, result, spec, **kw).save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
+    return png_bytes(overlay(image, result, spec, **kw))

@@ -110,13 +110,13 @@ def _explain_one(model, spec, image, name: str, out: Path, method: str, target, 
                  layer: str | None = None, aug_smooth: bool = False) -> dict[str, Any]:
     from fetalplanes.explain.cam import compute_cam
     from fetalplanes.explain.occlusion import compute_occlusion
-    from fetalplanes.explain.overlay import overlay
+    from fetalplanes.explain.overlay import overlay, png_bytes
 
     t0 = time.perf_counter()
     res = compute_cam(model, spec, image, method, target, layer=layer, aug_smooth=aug_smooth)
     seconds = time.perf_counter() - t0
     ov = overlay(image, res, spec)
-    atomic.write_bytes(out / "overlays" / f"{name}.png", _png(ov))
+    atomic.write_bytes(out / "overlays" / f"{name}.png", png_bytes(ov))
     atomic.write_bytes(out / "cams" / f"{name}.npy", _npy_bytes(res.cam))
     rec: dict[str, Any] = {"result": res, "seconds": seconds, "thumb": thumbnail(ov)}
     if with_occlusion:
@@ -124,16 +124,10 @@ def _explain_one(model, spec, image, name: str, out: Path, method: str, target, 
         occ = compute_occlusion(model, spec, image, target)
         rec["occlusion_seconds"] = time.perf_counter() - t0
         ov = overlay(image, occ, spec)
-        atomic.write_bytes(out / "overlays" / f"{name}_occlusion.png", _png(ov))
+        atomic.write_bytes(out / "overlays" / f"{name}_occlusion.png", png_bytes(ov))
         atomic.write_bytes(out / "cams" / f"{name}_occlusion.npy", _npy_bytes(occ.cam))
         rec.update(occlusion=occ, occlusion_thumb=thumbnail(ov))
     return rec
-
-
-def _png(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
 
 
 def explain(

@@ -11,7 +11,6 @@ import base64
 import json
 import logging
 import math
-from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from PIL import Image
 from fetalplanes.core.io import ImageLoadError, load_image, sniff_format
 from fetalplanes.core.postprocess import Prediction
 from fetalplanes.core.preprocess import to_gray
+from fetalplanes.explain.overlay import png_bytes
 from fetalplanes.explain.settings import cam_settings
 from fetalplanes.serve.backends import Backend, ExplainUnavailable
 from fetalplanes.serve.schemas import (
@@ -113,7 +113,8 @@ class Service:
             model=self._model_ref,
             image=ImageInfo(width=image.width, height=image.height, format=fmt, mode=image.mode),
             explanation=self._explain(image) if explain else None,
-            preview_png_base64=_b64(_png(_displayable(image))) if preview else None,
+            # PNG level 1 for previews: speed over size, sent once and never stored.
+            preview_png_base64=_b64(png_bytes(_displayable(image), compress_level=1)) if preview else None,
         )
 
     def _explain(self, image: Image.Image) -> Explanation:
@@ -225,12 +226,6 @@ def _finite(value: Any) -> Any:
 def _displayable(image: Image.Image) -> Image.Image:
     """An 8-bit image a browser shows as the model saw it (16-bit gray rescaled like preprocessing)."""
     return to_gray(image) if image.mode in ("I;16", "I") else image
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = BytesIO()
-    image.save(buf, format="PNG", compress_level=1)  # speed over size: sent once, never stored
-    return buf.getvalue()
 
 
 def _b64(data: bytes) -> str:
