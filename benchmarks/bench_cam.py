@@ -40,7 +40,7 @@ def load_model(checkpoint: str | None, image_size: int):
     from fetalplanes.models import create_model, default_preprocessing
 
     if checkpoint:
-        from fetalplanes.training.checkpoint import load_checkpoint
+        from fetalplanes.models.checkpoint import load_checkpoint
 
         return load_checkpoint(checkpoint)
     model = create_model("paper_lite0", len(PLANES), pretrained=False).eval()

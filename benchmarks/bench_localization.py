@@ -56,7 +56,7 @@ def main() -> None:
     from fetalplanes.explain import compute_cam, compute_occlusion
     from fetalplanes.explain import localization as loc
     from fetalplanes.explain.pipeline import gather_inputs, mask_for
-    from fetalplanes.training.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(args.checkpoint)
     ins = gather_inputs(spec, args.inputs, args.data, args.split, args.masks)

@@ -42,8 +42,46 @@ def test_spec_rejects_bad_values(bad, match):
 def test_spec_from_dict_lists_unknown_fields():
     d = make_spec().to_dict()
     d["colour"] = 1
-    with pytest.raises(ValueError, match="unknown model spec field.*colour.*valid fields"):
+    with pytest.raises(ValueError, match="model spec has unknown field.*colour.*valid fields"):
         ModelSpec.from_dict(d)
+
+
+def test_spec_round_trip_carries_the_current_format_version():
+    from fetalplanes.core.spec import SPEC_FORMAT_VERSION
+
+    spec = make_spec()
+    assert spec.format_version == SPEC_FORMAT_VERSION
+    assert ModelSpec.from_json(spec.to_json()) == spec
+
+
+def test_newer_minor_version_loads_with_a_warning_naming_unknown_fields(caplog):
+    from fetalplanes.core.spec import SPEC_FORMAT_VERSION
+
+    major, minor = SPEC_FORMAT_VERSION.split(".")
+    d = make_spec().to_dict()
+    d.update(format_version=f"{major}.{int(minor) + 1}", scanner_vendor="X")
+    d["preprocessing"]["gamma"] = 1.0
+    with caplog.at_level("WARNING"):
+        spec = ModelSpec.from_dict(d, "new.onnx")
+    assert spec == make_spec()
+    text = caplog.text
+    assert "scanner_vendor" in text and "gamma" in text and "new.onnx" in text
+
+
+def test_newer_major_version_is_refused_with_the_reader_version():
+    d = make_spec().to_dict()
+    d["format_version"] = "99.0"
+    with pytest.raises(ValueError, match="x.onnx.*99.0.*newer fetalplanes"):
+        ModelSpec.from_dict(d, "x.onnx")
+
+
+def test_unversioned_spec_migrates_the_explain_section():
+    d = make_spec().to_dict()
+    del d["format_version"], d["explain"]
+    d["training"] = {"seed": 3, "explain": {"method": "layercam", "layer": "stage:-3"}}
+    spec = ModelSpec.from_dict(d)
+    assert spec.explain == {"method": "layercam", "layer": "stage:-3"}
+    assert spec.training == {"seed": 3}
 
 
 def test_unknown_task_lists_choices():

@@ -62,7 +62,7 @@ def test_abstain_threshold_reaches_target_and_respects_coverage() -> None:
 def test_calibrate_checkpoint_stores_t_and_threshold(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
     from fetalplanes.data.sources import load_source
     from fetalplanes.evaluation.report import select_split
-    from fetalplanes.training.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_checkpoint
 
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(tiny_checkpoint, ckpt)
@@ -80,7 +80,7 @@ def test_calibrate_checkpoint_stores_t_and_threshold(tiny_checkpoint: Path, synt
 
 def test_fit_calibrates_best_checkpoint(tiny_checkpoint: Path) -> None:
     """fit() (trainer.calibrate defaults to True) leaves calibration.json and a calibrated spec."""
-    from fetalplanes.training.checkpoint import read_checkpoint
+    from fetalplanes.models.checkpoint import read_checkpoint
 
     run = tiny_checkpoint.parent.parent
     saved = json.loads((run / "calibration.json").read_text())
@@ -111,7 +111,7 @@ def test_calibrate_cli_dry_run_keeps_checkpoint(tiny_checkpoint: Path, synth_dat
 def test_onnx_metadata_carries_the_temperature(tiny_checkpoint: Path, tmp_path: Path) -> None:
     export = pytest.importorskip("fetalplanes.deploy.export")
     from fetalplanes.core.spec import ModelSpec
-    from fetalplanes.training.checkpoint import update_spec
+    from fetalplanes.models.checkpoint import update_spec
 
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(tiny_checkpoint, ckpt)

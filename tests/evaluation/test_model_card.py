@@ -48,7 +48,7 @@ def test_card_written_next_to_checkpoint(evaluated: tuple[Path, dict]) -> None:
 
 
 def test_leaky_split_is_flagged(evaluated: tuple[Path, dict]) -> None:
-    from fetalplanes.training.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_checkpoint
 
     ckpt, metrics = evaluated
     _, spec = load_checkpoint(ckpt)

@@ -65,7 +65,7 @@ def test_features_match_the_backbone(synth_data: Path, tmp_path: Path) -> None:
 def test_frozen_run_checkpoint_loads_and_matches_cached_head(frozen_run, synth_data: Path) -> None:
     from fetalplanes.evaluation.predict import predict_logits
     from fetalplanes.models.weights import LITE0_BACKBONE, lite0_state_dict, map_lite0_keys
-    from fetalplanes.training.checkpoint import load_checkpoint, read_checkpoint
+    from fetalplanes.models.checkpoint import load_checkpoint, read_checkpoint
 
     result, out = frozen_run
     model, spec = load_checkpoint(result.best_checkpoint)

@@ -13,7 +13,7 @@ def onnx_model(tiny_checkpoint: Path, synth_data: Path, tmp_path_factory: pytest
     export = pytest.importorskip("fetalplanes.deploy.export")
     pytest.importorskip("fetalplanes.runtime")
     from fetalplanes.core.io import load_image
-    from fetalplanes.training.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(tiny_checkpoint)
     # Two phantoms are enough for the parity check here; the export tests cover it in depth.

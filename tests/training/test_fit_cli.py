@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fetalplanes.core.classes import PLANES
-from fetalplanes.training.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, update_spec
+from fetalplanes.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, update_spec
 
 CLI = [sys.executable, "-m", "fetalplanes.cli"]
 FAST = ["--config", "demo", "--image-size", "64", "--batch-size", "16", "--workers", "0", "--no-progress"]

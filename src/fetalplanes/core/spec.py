@@ -1,14 +1,29 @@
-"""ModelSpec: the small typed record that travels inside every checkpoint and exported model.
+"""ModelSpec: the small typed, versioned record that travels inside every checkpoint and ONNX file.
 
-Every command that loads a model reads the class names, preprocessing, temperature and
-abstain threshold from here, so none of them is ever redeclared as a flag.
+Every command that loads a model reads the class names, preprocessing, temperature, abstain
+threshold and heat-map settings from here, so none of them is ever redeclared as a flag.
+
+Versioning (``format_version``, "MAJOR.MINOR"): a reader accepts
+- an older version, through :func:`migrate` (records written before versioning are "1.0");
+- a newer MINOR version of its own MAJOR, with one warning naming the fields it does not know
+  (they are dropped), so an edge box with an older runtime still loads a newer release's export;
+- nothing with a newer MAJOR version (a clear error saying which reader is needed).
+Unknown fields in a record of this reader's own (or an older) version are an error: they can
+only come from a typo or a hand edit.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+# 1.0: the unversioned records of fetalplanes <= 0.1 (heat-map settings under training["explain"]).
+# 1.1: ``format_version`` and a top-level ``explain`` section.
+SPEC_FORMAT_VERSION = "1.1"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,9 +54,8 @@ class Preprocessing:
             raise ValueError(f"unknown preprocessing.resize {self.resize!r}; choose one of ['squash']")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
-        _check_keys(cls, d, "preprocessing")
-        d = dict(d)
+    def from_dict(cls, d: dict[str, Any], lenient: bool = False) -> "Preprocessing":
+        d = _known_keys(cls, d, "preprocessing", lenient)
         for key in ("mean", "std"):
             if key in d:
                 d[key] = tuple(float(v) for v in d[key])
@@ -50,7 +64,7 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild, feed and interpret a trained model."""
+    """Everything needed to rebuild, feed and interpret a trained model (see module docstring)."""
 
     name: str
     task: str
@@ -62,6 +76,9 @@ class ModelSpec:
     version: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Default heat map (method, layer, aug_smooth): ``fetalplanes.explain.settings``.
+    explain: dict[str, Any] = field(default_factory=dict)
+    format_version: str = SPEC_FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -88,19 +105,34 @@ class ModelSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
-        _check_keys(cls, d, "model spec")
-        d = dict(d)
+    def from_dict(cls, d: dict[str, Any], source: str = "model spec") -> "ModelSpec":
+        """Read a stored record of any supported version (see module docstring).
+
+        Raises ``SpecError`` (a ValueError) naming ``source`` for a newer major version, unknown
+        fields of a known version, missing required fields or invalid values.
+        """
+        if not isinstance(d, dict):
+            raise SpecError(f"{source}: expected a mapping, got {type(d).__name__}")
+        d, lenient = migrate(d, source)
+        d = _known_keys(cls, d, source, lenient)
         missing = [k for k in ("name", "task", "class_names", "architecture") if k not in d]
         if missing:
-            raise ValueError(f"model spec is missing required field(s) {missing}")
+            raise SpecError(f"{source}: missing required field(s) {missing}")
         d["class_names"] = tuple(d["class_names"])
-        d["preprocessing"] = Preprocessing.from_dict(d.get("preprocessing", {}))
-        return cls(**d)
+        d["preprocessing"] = Preprocessing.from_dict(d.get("preprocessing", {}), lenient)
+        d["format_version"] = SPEC_FORMAT_VERSION
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as err:
+            raise SpecError(f"{source}: {err}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str = "model spec") -> "ModelSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SpecError(f"{source}: the spec is not valid JSON ({err})") from None
+        return cls.from_dict(data, source)
 
     def replace(self, **changes: Any) -> "ModelSpec":
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -108,8 +140,43 @@ class ModelSpec:
         return ModelSpec(**d)
 
 
-def _check_keys(cls: type, d: dict[str, Any], what: str) -> None:
+class SpecError(ValueError):
+    """A stored ModelSpec cannot be read (the message names the file or source)."""
+
+
+def _parse_version(text: Any, source: str) -> tuple[int, int]:
+    try:
+        major, minor = (int(p) for p in str(text).split("."))
+        return major, minor
+    except ValueError:
+        raise SpecError(f"{source}: format_version {text!r} is not 'MAJOR.MINOR'") from None
+
+
+def migrate(d: dict[str, Any], source: str = "model spec") -> tuple[dict[str, Any], bool]:
+    """An older record brought to :data:`SPEC_FORMAT_VERSION`: (record, lenient).
+
+    ``lenient`` is True for a newer MINOR version: its unknown fields are dropped with a warning.
+    """
+    d = dict(d)
+    have = _parse_version(d.get("format_version", "1.0"), source)
+    current = _parse_version(SPEC_FORMAT_VERSION, "reader")
+    if have[0] > current[0]:
+        raise SpecError(
+            f"{source}: spec format {have[0]}.{have[1]} was written by a newer fetalplanes; this reader "
+            f"supports up to {SPEC_FORMAT_VERSION}: upgrade fetalplanes"
+        )
+    if have < (1, 1):  # 1.0 -> 1.1: the explain section moves out of the training summary
+        training = dict(d.get("training") or {})
+        d.setdefault("explain", training.pop("explain", None) or {})
+        d["training"] = training
+    return d, have > current
+
+
+def _known_keys(cls: type, d: dict[str, Any], what: str, lenient: bool) -> dict[str, Any]:
     valid = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - valid)
+    if unknown and not lenient:
+        raise SpecError(f"{what} has unknown field(s) {unknown}; valid fields are {sorted(valid)}")
     if unknown:
-        raise ValueError(f"unknown {what} field(s) {unknown}; valid fields are {sorted(valid)}")
+        log.warning("%s written by a newer fetalplanes: ignoring unknown field(s) %s", what, unknown)
+    return {k: v for k, v in d.items() if k in valid}

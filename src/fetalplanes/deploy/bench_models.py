@@ -101,7 +101,7 @@ def build(bm: BenchModel, image_size: int | None = None):
     from fetalplanes.models import create_model, default_preprocessing
 
     if bm.checkpoint:
-        from fetalplanes.training.checkpoint import load_checkpoint
+        from fetalplanes.models.checkpoint import load_checkpoint
 
         model, spec = load_checkpoint(bm.checkpoint)
         if image_size and image_size != spec.preprocessing.image_size:

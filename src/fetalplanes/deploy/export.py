@@ -279,7 +279,7 @@ def export_checkpoint(
 ) -> dict[str, Any]:
     """Export a training checkpoint; parity is verified on images of ``calibration`` (a
     dataset folder or CSV) when given, else on built-in phantoms."""
-    from fetalplanes.training.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(ckpt_path)
     images = images_from_dir(calibration, spec.task, n_verify) if calibration else None

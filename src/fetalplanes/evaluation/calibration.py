@@ -223,7 +223,7 @@ def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out
                          batch_size: int = 64, num_workers: int = 0) -> dict[str, Any]:
     """Fit T and the abstain threshold on ``val_samples``; write ``calibration.json`` and
     ``reliability.png`` into ``out_dir`` and (``write``) both numbers into the checkpoint."""
-    from fetalplanes.training.checkpoint import load_checkpoint, update_spec
+    from fetalplanes.models.checkpoint import load_checkpoint, update_spec
 
     if not val_samples:
         raise ValueError(f"{checkpoint}: no validation images to calibrate on")
@@ -251,7 +251,7 @@ def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | P
     from fetalplanes.core.spec import ModelSpec
     from fetalplanes.data.sources import load_source
     from fetalplanes.evaluation.report import select_split
-    from fetalplanes.training.checkpoint import read_checkpoint
+    from fetalplanes.models.checkpoint import read_checkpoint
 
     spec = ModelSpec.from_dict(read_checkpoint(checkpoint)["fetalplanes"]["spec"])
     index = load_source(data, spec.task, spec.class_names)

@@ -224,7 +224,7 @@ def write_model_card(checkpoint: str | Path, metrics: dict[str, Any] | str | Pat
     ``calibration.json`` in the run directory (the checkpoint's grandparent) is used if present.
     """
     from fetalplanes.core.spec import ModelSpec
-    from fetalplanes.training.checkpoint import CKPT_KEY, read_checkpoint
+    from fetalplanes.models.checkpoint import CKPT_KEY, read_checkpoint
 
     checkpoint = Path(checkpoint)
     spec = ModelSpec.from_dict(read_checkpoint(checkpoint)[CKPT_KEY]["spec"])

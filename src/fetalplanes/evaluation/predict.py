@@ -44,7 +44,7 @@ def samples_from_paths(paths: Sequence[str | Path]) -> list[Sample]:
 def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], k: int = 2, batch_size: int = 32):
     """[(path, Prediction)] for files/folders, using the checkpoint's spec end to end."""
     from fetalplanes.core.postprocess import decide, softmax
-    from fetalplanes.training.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(checkpoint)
     samples = samples_from_paths(inputs)

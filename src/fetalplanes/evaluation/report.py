@@ -121,7 +121,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out_dir: str | Path, spli
     """Evaluate a checkpoint on one split of a dataset and write the report files."""
     from fetalplanes.data.sources import load_source
     from fetalplanes.evaluation.predict import predict_logits
-    from fetalplanes.training.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(checkpoint)
     index = load_source(data, spec.task, spec.class_names)

@@ -155,7 +155,7 @@ def explain(
     from fetalplanes.core.io import ImageLoadError, load_image
     from fetalplanes.explain.cam import cam_target_layers, get_method, resolve_target
     from fetalplanes.explain.settings import cam_settings
-    from fetalplanes.training.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_checkpoint
 
     if method is not None:
         get_method(method)  # fail on a bad name before loading anything

@@ -1,6 +1,6 @@
 """Which heat map a model is explained with by default: the ``explain`` section of its config.
 
-The setting travels inside every checkpoint (``spec.training['explain']``), so ``fetalplanes
+The setting travels inside every checkpoint and ONNX file (``spec.explain``), so ``fetalplanes
 explain`` and the web service use the layer and method that were chosen for that model, on
 its validation split, with ``benchmarks/bench_localization.py`` (see docs/explain.md).
 Checkpoints written before the section existed fall back to Grad-CAM at the declared
@@ -37,7 +37,8 @@ class CamSettings:
 
 def cam_settings(spec: Any) -> CamSettings:
     """The checkpoint's default CAM settings (``explain`` section of its resolved config)."""
-    section = ((getattr(spec, "training", None) or {}).get("explain")) or {}
+    # Spec format 1.0 kept the section in the training summary; ModelSpec.from_dict migrates it.
+    section = getattr(spec, "explain", None) or ((getattr(spec, "training", None) or {}).get("explain")) or {}
     default = CamSettings()
     return CamSettings(
         method=str(section.get("method") or default.method).lower(),

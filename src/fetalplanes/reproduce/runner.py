@@ -204,7 +204,7 @@ def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, An
     from fetalplanes.evaluation.calibration import calibrate_checkpoint
     from fetalplanes.evaluation.model_card import write_model_card
     from fetalplanes.evaluation.report import evaluate, select_split
-    from fetalplanes.training.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_checkpoint
 
     run_dir = key.path(s.out)
     done = run_dir / "done.json"

@@ -85,7 +85,7 @@ class TorchBackend(Backend):
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         import torch
 
-        from fetalplanes.training.checkpoint import load_checkpoint
+        from fetalplanes.models.checkpoint import load_checkpoint
 
         if threads:
             torch.set_num_threads(int(threads))

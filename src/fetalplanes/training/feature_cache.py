@@ -15,9 +15,8 @@ Limits: augmentation cannot be applied to cached features (``data.augment`` is i
 and the run records ``augment_applied: false``); the run trains in one go (no mid-run resume:
 it is short) and is skipped by ``reproduce`` once finished.
 
-The checkpoint has the same format as ``fit``'s (``ckpt['fetalplanes'] = {spec, config,
-versions}`` and a ``state_dict`` with a ``model.`` prefix), so ``load_checkpoint``,
-``evaluate``, export and calibration work on it unchanged.
+The checkpoint is written by the same writer as ``fit``'s (``models.checkpoint``), so every
+command reads it unchanged.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from torch import nn
 from fetalplanes.core import atomic
 from fetalplanes.core.spec import Preprocessing
 from fetalplanes.data.records import Sample
+from fetalplanes.models.checkpoint import write_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -271,19 +271,6 @@ def _train_head(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     return best
 
 
-def checkpoint_dict(model: nn.Module, spec: Any, cfg: Any, epoch: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A checkpoint in ``fit``'s format (``load_checkpoint`` reads it)."""
-    from fetalplanes.training.module import CKPT_KEY, versions
-
-    state = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {
-        "state_dict": state,
-        CKPT_KEY: {"spec": spec.to_dict(), "config": cfg.model_dump(mode="json"), "versions": versions()},
-        "epoch": epoch,
-        "feature_cache": extra or {},
-    }
-
-
 def _device(cfg: Any) -> torch.device:
     gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
     return torch.device("cuda" if gpu else "cpu")
@@ -323,10 +310,9 @@ def fit_frozen(data: str | Path, cfg: Any, out_dir: str | Path, cache_dir: str |
     counts = model.param_counts()
     info = {"path": "feature-cache", "key": fs.key, "cache_dir": str(cache_dir), "cached": fs.cached,
             "extract_s": fs.extract_s, "feature_shape": list(fs.features.shape[1:]), "augment_applied": False}
-    ckpt = checkpoint_dict(model, spec, cfg, result.best_epoch, info)
     for name in ("best.ckpt", "last.ckpt"):  # last == best: the whole run is one short call
-        with atomic.atomic_path(ckpt_dir / name) as tmp:
-            torch.save(ckpt, tmp)
+        write_checkpoint(ckpt_dir / name, model, spec, cfg.model_dump(mode="json"), epoch=result.best_epoch,
+                         feature_cache=info)
     out = {
         "name": cfg.name,
         "epochs_run": result.epochs_run,

@@ -60,9 +60,10 @@ def build_spec(cfg: TrainConfig, class_names: tuple[str, ...], data_summary: dic
         architecture=cfg.model.model_dump(mode="json"),
         preprocessing=pre,
         version=fetalplanes.__version__,
+        training=data_summary,
         # The explain section rides along so `fetalplanes explain` and the web page use the
         # heat-map settings chosen for this model (fetalplanes.explain.settings).
-        training={**data_summary, "explain": cfg.explain.model_dump(mode="json")},
+        explain=cfg.explain.model_dump(mode="json"),
     )
 
 

@@ -10,16 +10,17 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from fetalplanes.models.checkpoint import CKPT_KEY, checkpoint_record
 from fetalplanes.models.registry import build_model
 from fetalplanes.training.config import TrainConfig
-
-CKPT_KEY = "fetalplanes"
 
 
 class PlaneModule(L.LightningModule):
     def __init__(self, config: dict[str, Any], spec: dict[str, Any], class_weights: list[float] | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # The spec and config are stored once, in the checkpoint's fetalplanes record
+        # (models.checkpoint); Lightning keeps only what it needs itself.
+        self.save_hyperparameters(ignore=["config", "spec"])
         self.cfg = TrainConfig(**config)
         self.spec = dict(spec)
         n = len(spec["class_names"])
@@ -76,7 +77,9 @@ class PlaneModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CKPT_KEY] = {"spec": self.spec, "config": self.cfg.model_dump(mode="json"), "versions": versions()}
+        from fetalplanes.core.spec import ModelSpec
+
+        checkpoint[CKPT_KEY] = checkpoint_record(ModelSpec.from_dict(self.spec), self.cfg.model_dump(mode="json"))
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.01) -> float:
@@ -85,19 +88,3 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.01) -> fl
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def versions() -> dict[str, str]:
-    import platform
-
-    import timm
-
-    import fetalplanes
-
-    return {
-        "fetalplanes": fetalplanes.__version__,
-        "torch": str(torch.__version__),  # a plain str: TorchVersion breaks weights_only loading (resume)
-        "timm": timm.__version__,
-        "lightning": L.__version__,
-        "python": platform.python_version(),
-    }
