@@ -133,7 +133,7 @@ def test_cli_int8_requires_calibration(tmp_path: Path) -> None:
 def test_cli_export_checkpoint_on_real_images(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from fetalplanes.evaluation.predict import predict_files
+    from fetalplanes.runtime import load_predictor
 
     out, report = tmp_path / "model.onnx", tmp_path / "report.json"
     args = ["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--calibration", str(synth_data), "--report", str(report)]
@@ -145,8 +145,9 @@ def test_cli_export_checkpoint_on_real_images(tiny_checkpoint: Path, synth_data:
 
     # The exported model answers like the checkpoint, through the torch-free runtime.
     files = sorted((synth_data / "Images").glob("*.png"))[:4]
-    ref, spec = predict_files(tiny_checkpoint, files, k=2)
-    got = OnnxPredictor(out).predict_files(files, k=2)
+    ckpt = load_predictor(tiny_checkpoint)
+    ref, spec = ckpt.predict_files(files, k=2), ckpt.spec
+    got = load_predictor(out).predict_files(files, k=2)
     assert OnnxPredictor(out).spec == spec
     for (p_ref, a), (p_got, b) in zip(ref, got):
         assert Path(p_ref) == p_got and a.label == b.label

@@ -22,23 +22,24 @@ from PIL import Image
 from serve_helpers import dicom_bytes, encode, png_with_claimed_size
 
 from fetalplanes.serve.app import ServeSettings, create_app
-from fetalplanes.serve.backends import TorchBackend, load_backend
+from fetalplanes.explain import service_explainer
+from fetalplanes.serve.backends import ServedModel, load_backend
 from fetalplanes.serve.service import read_model_card
 
 KEY = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
-def backend(tiny_checkpoint: Path) -> TorchBackend:
-    return TorchBackend(tiny_checkpoint)
+def backend(tiny_checkpoint: Path) -> ServedModel:
+    return load_backend(tiny_checkpoint, explainer_factory=service_explainer)
 
 
 @pytest.fixture(scope="module")
-def client(backend: TorchBackend) -> TestClient:
+def client(backend: ServedModel) -> TestClient:
     return TestClient(create_app(backend.path, backend=backend))
 
 
-def make_client(backend: TorchBackend, **settings) -> TestClient:
+def make_client(backend: ServedModel, **settings) -> TestClient:
     return TestClient(create_app(backend.path, backend=backend, **settings))
 
 
@@ -68,7 +69,7 @@ def check_prediction(body: dict, class_names: tuple[str, ...], size: tuple[int, 
 
 
 def test_png_prediction_matches_offline_inference(client, backend, phantom, tiny_checkpoint) -> None:
-    from fetalplanes.evaluation.predict import predict_files
+    from fetalplanes.runtime import load_predictor
 
     response = post_one(client, phantom.name, phantom.read_bytes())
     assert response.status_code == 200, response.text
@@ -76,7 +77,7 @@ def test_png_prediction_matches_offline_inference(client, backend, phantom, tiny
     check_prediction(body, backend.spec.class_names, Image.open(phantom).size)
     assert body["model"] == {"name": backend.spec.name, "version": backend.spec.version, "kind": "checkpoint"}
     # The service must agree with the offline CLI path (same preprocessing, same calibration).
-    [(_, offline)], _spec = predict_files(tiny_checkpoint, [phantom])
+    offline = load_predictor(tiny_checkpoint).predict(phantom)
     for name, p in offline.probabilities.items():
         assert body["probabilities"][name] == pytest.approx(p, abs=1e-5)
 
@@ -349,11 +350,11 @@ def test_cors_off_by_default_and_on_when_configured(client, backend) -> None:
 
 
 def test_load_backend_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(ValueError, match=r"missing.onnx: model file not found.*\.ckpt.*\.onnx"):
         load_backend(tmp_path / "missing.onnx")
     weird = tmp_path / "model.h5"
     weird.write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"\.onnx"):
+    with pytest.raises(ValueError, match=r"model.h5: unknown model file type '.h5'.*\.ckpt.*\.onnx"):
         load_backend(weird)
 
 

@@ -16,7 +16,7 @@ def _split(value: Optional[str]) -> Optional[list[str]]:
 
 def bench(
     out: Path = typer.Option(..., "--out", help="Folder for bench.json, bench.md and the exported models."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Bench this trained model as the paper model."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "--model", help="Bench this trained model (.ckpt) as the paper model."),
     preset: str = typer.Option("paper_lite0", "--preset", help="Paper model preset when no --checkpoint is given."),
     peers: bool = typer.Option(True, "--peers/--no-peers", help="Also bench the paper variants and peer models."),
     models: Optional[str] = typer.Option(None, "--models", help="Comma list: keep only these rows (e.g. paper_lite0,mobilenetv3)."),
@@ -65,7 +65,7 @@ def bench(
 
 def stream(
     input: Path = typer.Argument(..., help="Video file (mp4/avi/...), folder of frames, or multi-frame DICOM cine."),
-    model: Path = typer.Option(..., "--model", help="Exported model.onnx (see `fetalplanes export`)."),
+    model: Path = typer.Option(..., "--model", "--checkpoint", help="Exported model.onnx (torch-free) or a .ckpt checkpoint."),
     out: Path = typer.Option(Path("stream_out"), "--out", help="Folder for frames.csv, best/<plane>.png and stream.json."),
     smooth: str = typer.Option("ema:0.5", "--smooth", help="Temporal smoothing: none | ema:ALPHA | window:N."),
     batch: int = typer.Option(4, "--batch", min=1, help="Frames per inference call (1 = lowest latency)."),

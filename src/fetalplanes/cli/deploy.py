@@ -32,7 +32,7 @@ def _print_int8(q: dict[str, Any]) -> None:
 
 
 def export(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Training checkpoint (best.ckpt)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "--model", help="Training checkpoint (best.ckpt) to export."),
     out: Path = typer.Option(..., "--out", help="fp32 ONNX file to write."),
     calibration: Optional[Path] = typer.Option(
         None, "--calibration", "--data", help="Dataset folder/CSV: real images for the parity check and int8 calibration."

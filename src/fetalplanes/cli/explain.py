@@ -12,7 +12,7 @@ from fetalplanes.cli.common import console
 
 def explain(
     inputs: Optional[List[Path]] = typer.Argument(None, help="Image files or folders (PNG/JPEG/TIFF/DICOM...)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Trained checkpoint (.ckpt)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "--model", help="Trained checkpoint (.ckpt): Grad-CAM needs the torch model."),
     out: Path = typer.Option(..., "--out", help="Output folder (overlays/, cams/, index.html, *.json)."),
     data: Optional[Path] = typer.Option(
         None, "--data", help="Labelled dataset instead of INPUT: FETAL_PLANES_DB folder, labels CSV or class folders."

@@ -74,7 +74,7 @@ def reproduce(
 
 
 def calibrate(
-    checkpoint: Path = typer.Option(..., "--checkpoint"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "--model", help="Trained model: .ckpt or .onnx."),
     data: Path = typer.Option(..., "--data", help="The data the model was trained on (its validation split is re-derived)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for calibration.json + reliability.png (default: the run folder)."),
     target_accuracy: float = typer.Option(0.95, "--target-accuracy", help="Accuracy the kept (non-abstained) cases should reach on validation."),
@@ -97,7 +97,7 @@ def calibrate(
 
 
 def card(
-    checkpoint: Path = typer.Option(..., "--checkpoint"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "--model", help="Trained model: .ckpt or .onnx."),
     metrics: Path = typer.Option(..., "--metrics", help="metrics.json from `fetalplanes evaluate`."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="calibration.json (default: the run folder's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Card path (default: MODEL_CARD.md next to the checkpoint)."),

@@ -17,7 +17,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def serve(
-    model: Path = typer.Option(..., "--model", help="Exported model.onnx (torch-free) or a training checkpoint .ckpt (adds heat maps)."),
+    model: Path = typer.Option(..., "--model", "--checkpoint", help="Exported model.onnx (torch-free) or a training checkpoint .ckpt (adds heat maps)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; 0.0.0.0 exposes the service to the network."),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (each loads the model)."),
@@ -52,15 +52,31 @@ def serve(
     console.print(f"fetalplanes: http://{_display_host(host)}:{port}/  (Ctrl+C to stop)")
     if workers == 1:
         # Loaded here so a bad model file is reported as one clear line, before uvicorn starts.
-        app = build_app(settings, load_backend(settings.model_path, settings.threads))
+        app = build_app(settings, load_backend(settings.model_path, settings.threads, _explainer_factory()))
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return
     check_model_path(settings.model_path)  # fail fast, before spawning workers
     # Worker processes import the app by name, so the settings travel as environment variables.
     os.environ.update(settings.to_env())
     uvicorn.run(
-        "fetalplanes.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level
+        "fetalplanes.cli.serve:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level
     )
+
+
+def _explainer_factory():  # noqa: ANN202 - a serve.backends.ExplainerFactory
+    """Heat maps for checkpoint models when the explain extra is installed (the CLI wires it in)."""
+    try:
+        from fetalplanes.explain import service_explainer
+    except ImportError:  # a torch-free install serves ONNX models without heat maps
+        return None
+    return service_explainer
+
+
+def app_from_env():  # noqa: ANN201 - a FastAPI app
+    """uvicorn factory for multi-worker serving: settings from the environment, heat maps wired in."""
+    from fetalplanes.serve.app import app_from_env as build_from_env
+
+    return build_from_env(_explainer_factory())
 
 
 def _display_host(host: str) -> str:

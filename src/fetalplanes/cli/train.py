@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from fetalplanes.cli.common import console
+from fetalplanes.cli.common import console, err_console
 
 
 def train(
@@ -55,15 +55,18 @@ def train(
     console.print(f"throughput: {s['train_img_per_s']:.1f} img/s; params {s['params']['total']:,} total / {s['params']['trainable']:,} trainable")
 
 
+MODEL_HELP = "Trained model: a .ckpt checkpoint or an .onnx export (--model is the same option)."
+
+
 def evaluate(
-    checkpoint: Path = typer.Option(..., "--checkpoint"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "--model", help=MODEL_HELP),
     data: Path = typer.Option(..., "--data", help="FETAL_PLANES_DB folder, labels CSV or class folders."),
     split: str = typer.Option("test", "--split", help="test | val | train | all"),
     out: Path = typer.Option(..., "--out"),
     batch_size: int = typer.Option(32, "--batch-size"),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95 % intervals."),
 ) -> None:
-    """Evaluate a checkpoint: metrics.json (with patient-level 95 % CIs), report.md, confusion matrix."""
+    """Evaluate a model (.ckpt or .onnx): metrics.json (patient-level 95 % CIs), report.md, confusion matrix."""
     from fetalplanes.evaluation.report import evaluate as run_eval
 
     m = run_eval(checkpoint, data, out, split, batch_size, n_boot)
@@ -76,34 +79,68 @@ def evaluate(
 
 def predict(
     inputs: List[Path] = typer.Argument(..., help="Image files or folders."),
-    checkpoint: Path = typer.Option(..., "--checkpoint"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "--model", help=MODEL_HELP),
     fmt: str = typer.Option("table", "--format", help="table | json | csv"),
     top_k: int = typer.Option(2, "--top-k"),
 ) -> None:
-    """Predict the plane of images: top-k classes and probabilities per image."""
-    from fetalplanes.evaluation.predict import predict_files
+    """Predict the plane of images: top-k classes and probabilities per image.
 
-    if fmt not in ("table", "json", "csv"):
-        raise ValueError(f"unknown --format {fmt!r}; choose one of ['table', 'json', 'csv']")
-    results, spec = predict_files(checkpoint, inputs, top_k)
-    if fmt == "json":
-        typer.echo(json.dumps([{"image": str(p), **pred.to_dict()} for p, pred in results], indent=2))
-    elif fmt == "csv":
-        typer.echo("image,label,confidence,abstain," + ",".join(f"top{i + 1},p{i + 1}" for i in range(top_k)))
-        for p, pred in results:
-            tops = ",".join(f'"{c}",{v:.4f}' for c, v in pred.topk)
-            typer.echo(f'"{p}","{pred.label}",{pred.confidence:.4f},{str(pred.abstain).lower()},{tops}')
-    else:
-        from rich.table import Table
+    Every readable file is answered; each unreadable one gets its own row with the error, and
+    the command then exits with status 1.
+    """
+    from fetalplanes.runtime import load_predictor
 
-        table = Table(title=f"{spec.name} ({spec.task})")
-        table.add_column("image")
-        for i in range(top_k):
-            table.add_column(f"top-{i + 1}")
-        for p, pred in results:
-            cells = [f"{c} {v:.1%}" for c, v in pred.topk]
-            table.add_row(p.name + (" (abstain)" if pred.abstain else ""), *cells)
-        console.print(table)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown --format {fmt!r}; choose one of {list(FORMATS)}")
+    predictor = load_predictor(checkpoint)
+    results = predictor.predict_batch(inputs, top_k)
+    if not results:
+        raise ValueError(f"no images found in {[str(i) for i in inputs]}")
+    FORMATS[fmt](results, predictor.spec, top_k)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        err_console.print(f"{len(failed)} of {len(results)} file(s) could not be read; the others were answered")
+        raise typer.Exit(1)
+
+
+def _print_json(results, spec, top_k: int) -> None:  # noqa: ANN001 - runtime.FileResult list, ModelSpec
+    rows = [{"image": str(r.path), **(r.prediction.to_dict() if r.ok else {"error": r.error})} for r in results]
+    typer.echo(json.dumps(rows, indent=2))
+
+
+def _print_csv(results, spec, top_k: int) -> None:  # noqa: ANN001
+    import csv
+    import sys
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["image", "label", "confidence", "abstain", *[f"{c}{i + 1}" for i in range(top_k) for c in ("top", "p")], "error"])
+    for r in results:
+        if not r.ok:
+            writer.writerow([str(r.path), "", "", "", *[""] * (2 * top_k), r.error])
+            continue
+        p = r.prediction
+        tops = [v for c, prob in p.topk for v in (c, f"{prob:.4f}")]
+        tops += [""] * (2 * top_k - len(tops))
+        writer.writerow([str(r.path), p.label, f"{p.confidence:.4f}", str(p.abstain).lower(), *tops, ""])
+
+
+def _print_table(results, spec, top_k: int) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    table = Table(title=f"{spec.name} ({spec.task})")
+    table.add_column("image")
+    for i in range(top_k):
+        table.add_column(f"top-{i + 1}")
+    for r in results:
+        if not r.ok:
+            table.add_row(r.path.name, f"[red]error: {r.error}[/]", *[""] * (top_k - 1))
+            continue
+        cells = [f"{c} {v:.1%}" for c, v in r.prediction.topk]
+        table.add_row(r.path.name + (" (abstain)" if r.prediction.abstain else ""), *cells)
+    console.print(table)
+
+
+FORMATS = {"table": _print_table, "json": _print_json, "csv": _print_csv}
 
 
 def demo(

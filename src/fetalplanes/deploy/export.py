@@ -30,7 +30,8 @@ from PIL import Image
 from fetalplanes.core.atomic import atomic_path
 from fetalplanes.core.preprocess import preprocess_batch
 from fetalplanes.core.spec import ModelSpec
-from fetalplanes.runtime.predictor import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, session_options
+from fetalplanes.runtime.artifact import SPEC_KEY, onnx_metadata, set_onnx_metadata, spec_to_metadata
+from fetalplanes.runtime.predictor import INPUT_NAME, OUTPUT_NAME, session_options
 
 if TYPE_CHECKING:  # torch / onnx are imported lazily: the CLI must start without them
     import onnx
@@ -52,38 +53,10 @@ class ParityError(ValueError):
 # ------------------------------------------------------------------ metadata
 
 
-def spec_metadata(spec: ModelSpec) -> dict[str, str]:
-    """ONNX metadata_props for ``spec``: the full spec as JSON plus flat readable keys."""
-    pre = spec.preprocessing
-    return {
-        SPEC_KEY: spec.to_json(),
-        "class_names": json.dumps(list(spec.class_names)),
-        "image_size": str(pre.image_size),
-        "mean": json.dumps(list(pre.mean)),
-        "std": json.dumps(list(pre.std)),
-        "channels": str(pre.channels),
-        "task": spec.task,
-        "name": spec.name,
-    }
-
-
-def set_metadata(model_proto: "onnx.ModelProto", spec: ModelSpec, extra: dict[str, str] | None = None) -> None:
-    """Replace the model's metadata_props with the spec (and ``extra`` keys) in place."""
-    props = {**spec_metadata(spec), **(extra or {})}
-    del model_proto.metadata_props[:]
-    for key, value in props.items():
-        entry = model_proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    model_proto.producer_name = "fetalplanes"
-    model_proto.doc_string = f"fetalplanes {spec.task} classifier {spec.name}: {', '.join(spec.class_names)}"
-
-
-def read_metadata(model_path: str | Path) -> dict[str, str]:
-    """metadata_props of an ONNX file as a dict (via onnxruntime, so it stays torch-free)."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    return dict(sess.get_modelmeta().custom_metadata_map)
+# The spec's ONNX form has one home, the torch-free runtime that reads it back.
+spec_metadata = spec_to_metadata
+set_metadata = set_onnx_metadata
+read_metadata = onnx_metadata
 
 
 # ------------------------------------------------------------------ verification inputs
@@ -279,9 +252,12 @@ def export_checkpoint(
 ) -> dict[str, Any]:
     """Export a training checkpoint; parity is verified on images of ``calibration`` (a
     dataset folder or CSV) when given, else on built-in phantoms."""
-    from fetalplanes.models.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_model
+    from fetalplanes.runtime.artifact import detect_kind
 
-    model, spec = load_checkpoint(ckpt_path)
+    if detect_kind(ckpt_path) == "onnx":
+        raise ValueError(f"{ckpt_path}: is already an ONNX model; export takes the training checkpoint (.ckpt)")
+    model, spec = load_model(ckpt_path)
     images = images_from_dir(calibration, spec.task, n_verify) if calibration else None
     report = export_onnx(model, spec, out_path, verify_images=images, opset=opset, exporter=exporter, tolerance=tolerance)
     report["checkpoint"] = str(ckpt_path)

@@ -308,13 +308,12 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def run_stream(cfg: StreamConfig) -> dict[str, Any]:
     """Classify every frame; write frames.csv, best/<plane>.png and stream.json to ``cfg.out_dir``."""
-    from fetalplanes.core.postprocess import softmax
-    from fetalplanes.runtime.predictor import OnnxPredictor
+    from fetalplanes.runtime import load_predictor
 
     if cfg.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {cfg.batch}")
     smoother = Smoother(cfg.smooth)
-    predictor = OnnxPredictor(cfg.model, threads=cfg.threads)
+    predictor = load_predictor(cfg.model, threads=cfg.threads)
     spec = predictor.spec
     frames, info = open_frames(cfg.input, cfg.fps)
     tracker = _Tracker(tuple(spec.class_names), float(spec.abstain_threshold))
@@ -325,7 +324,7 @@ def run_stream(cfg: StreamConfig) -> dict[str, Any]:
         logits = np.asarray(predictor.predict_arrays(np.stack([x for _, x, _ in batch])))
         t_done = time.perf_counter()
         infer_s += t_done - t0
-        probs = softmax(logits, spec.temperature)
+        probs = predictor.probabilities(logits)
         for (frame, _, t_ready), p in zip(batch, probs):
             latencies.append(t_done - t_ready)
             tracker.add(frame, p, smoother(p), t_done - t_ready)

@@ -14,7 +14,7 @@ diagrams and an abstain threshold, stored in the checkpoint's ModelSpec.
   (and ``target_reached: false``). With an explicit ``coverage`` the threshold keeps that
   fraction. On a small validation split the threshold is noisy: treat it as a starting point.
 
-Both numbers go into the checkpoint (``training.checkpoint.update_spec``); the ONNX exporter
+Both numbers go into the model file (``runtime.artifact.update_spec``); the ONNX exporter
 copies the whole ModelSpec, so exported models carry them too. ECE is also reported on the
 test split when given: on validation it is optimistic (T was fit there).
 """
@@ -209,12 +209,10 @@ def reliability_png(logits: np.ndarray, labels: np.ndarray, temperature: float, 
     return buf.getvalue()
 
 
-def _logits_and_labels(model: Any, spec: Any, samples: Sequence[Any], batch_size: int,
-                       num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    from fetalplanes.evaluation.predict import predict_logits
+def _logits_and_labels(predictor: Any, samples: Sequence[Any], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    from fetalplanes.evaluation.predict import sample_logits
 
-    logits = predict_logits(model, spec, samples, batch_size, num_workers)
-    return logits, np.array([s.label for s in samples], dtype=int)
+    return sample_logits(predictor, samples, batch_size), np.array([s.label for s in samples], dtype=int)
 
 
 def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out_dir: str | Path,
@@ -222,14 +220,17 @@ def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out
                          coverage: float | None = None, min_coverage: float = 0.5, write: bool = True,
                          batch_size: int = 64, num_workers: int = 0) -> dict[str, Any]:
     """Fit T and the abstain threshold on ``val_samples``; write ``calibration.json`` and
-    ``reliability.png`` into ``out_dir`` and (``write``) both numbers into the checkpoint."""
-    from fetalplanes.models.checkpoint import load_checkpoint, update_spec
+    ``reliability.png`` into ``out_dir`` and (``write``) both numbers into the model file
+    (``.ckpt`` or ``.onnx``). ``num_workers`` is accepted for compatibility and unused."""
+    from fetalplanes.evaluation.predict import open_model
+    from fetalplanes.runtime.artifact import update_spec
 
     if not val_samples:
         raise ValueError(f"{checkpoint}: no validation images to calibrate on")
-    model, spec = load_checkpoint(checkpoint)
-    val_logits, val_y = _logits_and_labels(model, spec, val_samples, batch_size, num_workers)
-    test = _logits_and_labels(model, spec, test_samples, batch_size, num_workers) if test_samples else (None, None)
+    predictor = open_model(checkpoint)
+    spec = predictor.spec
+    val_logits, val_y = _logits_and_labels(predictor, val_samples, batch_size)
+    test = _logits_and_labels(predictor, test_samples, batch_size) if test_samples else (None, None)
     result = calibrate_logits(val_logits, val_y, test[0], test[1], target_accuracy, coverage, min_coverage)
     result["checkpoint"] = str(checkpoint)
     result["written_to_checkpoint"] = bool(write)
@@ -248,12 +249,11 @@ def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out
 def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None,
                       **kwargs: Any) -> dict[str, Any]:
     """CLI entry: re-derive the run's validation (and test) split from ``data`` and calibrate."""
-    from fetalplanes.core.spec import ModelSpec
     from fetalplanes.data.sources import load_source
     from fetalplanes.evaluation.report import select_split
-    from fetalplanes.models.checkpoint import read_checkpoint
+    from fetalplanes.runtime.artifact import read_spec
 
-    spec = ModelSpec.from_dict(read_checkpoint(checkpoint)["fetalplanes"]["spec"])
+    spec = read_spec(checkpoint)
     index = load_source(data, spec.task, spec.class_names)
     trained_on = spec.training.get("data", {}).get("root")
     if trained_on and Path(trained_on).resolve() != Path(index.root).resolve():

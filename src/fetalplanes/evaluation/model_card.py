@@ -223,11 +223,10 @@ def write_model_card(checkpoint: str | Path, metrics: dict[str, Any] | str | Pat
     ``metrics`` / ``calibration`` may be dicts or JSON files; without ``calibration`` a
     ``calibration.json`` in the run directory (the checkpoint's grandparent) is used if present.
     """
-    from fetalplanes.core.spec import ModelSpec
-    from fetalplanes.models.checkpoint import CKPT_KEY, read_checkpoint
+    from fetalplanes.runtime.artifact import read_spec
 
     checkpoint = Path(checkpoint)
-    spec = ModelSpec.from_dict(read_checkpoint(checkpoint)[CKPT_KEY]["spec"])
+    spec = read_spec(checkpoint)
     metrics = _load_json(metrics, "metrics")
     for key in ("top1", "top2", "f1_macro", "f1_weighted"):
         if key not in metrics:

@@ -116,25 +116,27 @@ def render_report(m: dict[str, Any], spec: ModelSpec) -> str:
     return "\n".join(lines)
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, out_dir: str | Path, split: str = "test",
+def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, split: str = "test",
              batch_size: int = 32, n_boot: int = 1000) -> dict[str, Any]:
-    """Evaluate a checkpoint on one split of a dataset and write the report files."""
+    """Evaluate a model file (``.ckpt`` or ``.onnx``) or a loaded Predictor on one split of a
+    dataset; writes metrics.json, predictions.csv, confusion_matrix.png and report.md."""
     from fetalplanes.data.sources import load_source
-    from fetalplanes.evaluation.predict import predict_logits
-    from fetalplanes.models.checkpoint import load_checkpoint
+    from fetalplanes.evaluation.predict import open_model, sample_logits
 
-    model, spec = load_checkpoint(checkpoint)
+    predictor = open_model(model)
+    spec = predictor.spec
     index = load_source(data, spec.task, spec.class_names)
     samples = select_split(index, spec, split)
     if not samples:
         raise ValueError(f"{data}: split {split!r} is empty")
-    probs = softmax(predict_logits(model, spec, samples, batch_size), spec.temperature)
+    probs = predictor.probabilities(sample_logits(predictor, samples, batch_size))
     y = np.array([s.label for s in samples])
     meta = {c: [s.meta[c] for s in samples] for c in BREAKDOWN_COLUMNS if all(c in s.meta for s in samples)}
     patients = [s.patient for s in samples]
     m = evaluate_arrays(y, probs, spec.class_names, patients, meta, n_boot)
-    m.update(split=split, data=str(data), data_kind=index.kind, checkpoint=str(checkpoint), model=spec.name,
-             temperature=spec.temperature, class_names=list(spec.class_names))
+    m.update(split=split, data=str(data), data_kind=index.kind, checkpoint=str(predictor.path),
+             model_kind=predictor.kind, model=spec.name, temperature=spec.temperature,
+             class_names=list(spec.class_names))
     out = Path(out_dir)
     atomic.write_json(out / "metrics.json", m)
     atomic.write_text(out / "predictions.csv", predictions_csv(samples, probs, spec.class_names))

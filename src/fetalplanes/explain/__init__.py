@@ -24,9 +24,11 @@ _LAZY = {
     "get_method": "fetalplanes.explain.cam",
     "compute_occlusion": "fetalplanes.explain.occlusion",
     "explain": "fetalplanes.explain.pipeline",
+    "service_explainer": "fetalplanes.explain.service",
 }
 
-__all__ = ["CamResult", "METHODS", "compute_cam", "compute_occlusion", "explain", "get_method", "overlay", "overlay_png"]
+__all__ = ["CamResult", "METHODS", "compute_cam", "compute_occlusion", "explain", "get_method", "overlay", "overlay_png",
+           "service_explainer"]
 
 
 def __getattr__(name: str) -> Any:

@@ -155,12 +155,16 @@ def explain(
     from fetalplanes.core.io import ImageLoadError, load_image
     from fetalplanes.explain.cam import cam_target_layers, get_method, resolve_target
     from fetalplanes.explain.settings import cam_settings
-    from fetalplanes.models.checkpoint import load_checkpoint
+    from fetalplanes.runtime import load_predictor
 
     if method is not None:
         get_method(method)  # fail on a bad name before loading anything
     out = Path(out_dir)
-    model, spec = load_checkpoint(checkpoint)
+    predictor = load_predictor(checkpoint)
+    if not hasattr(predictor, "model"):
+        raise ValueError(f"{checkpoint}: heat maps need the PyTorch checkpoint (.ckpt): Grad-CAM reads the "
+                         "model's gradients, which an ONNX model does not expose")
+    model, spec = predictor.model, predictor.spec
     defaults = cam_settings(spec)
     method = (method or defaults.method).lower()
     get_method(method)

@@ -131,3 +131,8 @@ def update_spec(path: str | Path, **changes: Any) -> ModelSpec:
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
     return spec
+
+
+def read_spec(path: str | Path) -> ModelSpec:
+    """The ModelSpec of a checkpoint file (without building the model)."""
+    return spec_of(read_checkpoint(path), str(path))

@@ -204,7 +204,7 @@ def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, An
     from fetalplanes.evaluation.calibration import calibrate_checkpoint
     from fetalplanes.evaluation.model_card import write_model_card
     from fetalplanes.evaluation.report import evaluate, select_split
-    from fetalplanes.models.checkpoint import load_checkpoint
+    from fetalplanes.runtime.artifact import read_spec
 
     run_dir = key.path(s.out)
     done = run_dir / "done.json"
@@ -223,7 +223,7 @@ def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, An
     cfg = run_config(s, variant, key, pretrained)
     train = _train(s, variant, cfg, run_dir)
     best = run_dir / "checkpoints" / "best.ckpt"
-    _, spec = load_checkpoint(best)
+    spec = read_spec(best)
     index = load_source(s.data, spec.task, spec.class_names)
     cal = calibrate_checkpoint(best, select_split(index, spec, "val"), run_dir, select_split(index, spec, "test"),
                                target_accuracy=s.calibration_target, num_workers=cfg.data.num_workers)

@@ -32,7 +32,7 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from fetalplanes.serve.backends import Backend, load_backend
+from fetalplanes.serve.backends import ExplainerFactory, ServedModel, load_backend
 from fetalplanes.serve.schemas import BatchResponse, ErrorResponse, HealthResponse, ModelInfo, PredictResponse
 from fetalplanes.serve.service import Service
 from fetalplanes.serve.uploads import UploadError, read_uploads
@@ -182,9 +182,11 @@ def create_app(
     max_batch: int = 16,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     threads: int | None = None,
-    backend: Backend | None = None,
+    backend: ServedModel | None = None,
+    explainer_factory: ExplainerFactory | None = None,
 ) -> FastAPI:
-    """The service for one model (.onnx or .ckpt); ``backend`` overrides loading (tests)."""
+    """The service for one model (.onnx or .ckpt); ``backend`` overrides loading (tests);
+    ``explainer_factory`` (e.g. ``fetalplanes.explain.service_explainer``) adds heat maps."""
     settings = ServeSettings(
         model_path=Path(model_path),
         max_upload_mb=max_upload_mb,
@@ -194,16 +196,17 @@ def create_app(
         max_pixels=max_pixels,
         threads=threads,
     )
-    return build_app(settings, backend)
+    return build_app(settings, backend, explainer_factory)
 
 
-def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory fetalplanes.serve.app:app_from_env`` (multi-worker serving)."""
-    return build_app(ServeSettings.from_env())
+def app_from_env(explainer_factory: ExplainerFactory | None = None) -> FastAPI:
+    """The app from ``FETALPLANES_*`` environment settings (multi-worker serving; see ``cli.serve``)."""
+    return build_app(ServeSettings.from_env(), explainer_factory=explainer_factory)
 
 
-def build_app(settings: ServeSettings, backend: Backend | None = None) -> FastAPI:
-    service = Service(backend or load_backend(settings.model_path, settings.threads), settings)
+def build_app(settings: ServeSettings, backend: ServedModel | None = None,
+              explainer_factory: ExplainerFactory | None = None) -> FastAPI:
+    service = Service(backend or load_backend(settings.model_path, settings.threads, explainer_factory), settings)
     spec = service.spec
     app = FastAPI(
         title="fetalplanes",

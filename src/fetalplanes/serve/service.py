@@ -20,9 +20,8 @@ from PIL import Image
 from fetalplanes.core.io import ImageLoadError, load_image, sniff_format
 from fetalplanes.core.postprocess import Prediction
 from fetalplanes.core.preprocess import to_gray
-from fetalplanes.explain.overlay import png_bytes
-from fetalplanes.explain.settings import cam_settings
-from fetalplanes.serve.backends import Backend, ExplainUnavailable
+from fetalplanes.core.encode import png_bytes
+from fetalplanes.serve.backends import ExplainUnavailable, ServedModel
 from fetalplanes.serve.schemas import (
     BatchItem,
     BatchResponse,
@@ -52,7 +51,7 @@ MAX_SIDE_FILE_BYTES = 1024 * 1024  # metrics.json / MODEL_CARD.md larger than th
 class Service:
     """A loaded backend plus the service limits; one per app."""
 
-    def __init__(self, backend: Backend, settings: "ServeSettings") -> None:
+    def __init__(self, backend: ServedModel, settings: "ServeSettings") -> None:
         self.backend = backend
         self.spec = backend.spec
         self.settings = settings
@@ -122,7 +121,7 @@ class Service:
             png = self.backend.explain_png(image)
         except ExplainUnavailable as err:
             return Explanation(available=False, detail=str(err))
-        return Explanation(available=True, method=cam_settings(self.spec).method, overlay_png_base64=_b64(png))
+        return Explanation(available=True, method=self.backend.explain_method, overlay_png_base64=_b64(png))
 
     # ------------------------------------------------------------------ model
 

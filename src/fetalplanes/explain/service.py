@@ -1,0 +1,45 @@
+"""Heat maps for the web service: a Predictor -> an explainer callable (``serve.backends.Explainer``).
+
+The service does not import this package (doors open downward only); ``fetalplanes serve``
+passes :func:`service_explainer` to it. Only the torch backend can be explained: Grad-CAM needs
+the model's gradients, which an ONNX Runtime session does not expose.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from fetalplanes.explain.settings import cam_settings
+
+
+class CamExplainer:
+    """Grad-CAM-family overlay (the checkpoint's ``explain`` settings) of the predicted class."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor = predictor
+        self.method = cam_settings(predictor.spec).method
+
+    def __call__(self, image: Image.Image) -> bytes:
+        from fetalplanes.explain.cam import compute_cam
+        from fetalplanes.explain.overlay import overlay_png
+
+        spec = self.predictor.spec
+        with self.predictor.lock:  # hooks on the shared model: one request at a time
+            result = compute_cam(self.predictor.model, spec, image)
+        return overlay_png(image, result, spec)
+
+
+def service_explainer(predictor: Any) -> CamExplainer | str:
+    """An explainer for a torch Predictor, else the sentence that tells the user why there is none."""
+    if getattr(predictor, "kind", None) != "checkpoint" or not hasattr(predictor, "model"):
+        name = getattr(getattr(predictor, "path", None), "name", "model")
+        return (f"Heat maps are not available for plain ONNX models ({name}): Grad-CAM needs the "
+                "PyTorch checkpoint. Serve the .ckpt file to get explanations.")
+    try:
+        # Imported now, at start-up, rather than inside the first request (torch, pytorch-grad-cam).
+        import fetalplanes.explain.cam  # noqa: F401
+    except ImportError as err:
+        return f"Heat maps are not available: the explanation module cannot be imported ({err})."
+    return CamExplainer(predictor)

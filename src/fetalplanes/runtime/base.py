@@ -1,0 +1,253 @@
+"""The one Predictor interface: every command and the service turn images into answers here.
+
+A Predictor wraps one trained-model file and knows its :class:`~fetalplanes.core.spec.ModelSpec`.
+Backends implement a single method, :meth:`BasePredictor.predict_arrays` (a preprocessed batch
+to logits); everything else (decoding, the shared preprocessing, temperature, top-k, abstain,
+per-file errors) is written once here, so a ``.ckpt`` and its ``.onnx`` export answer alike.
+
+Backends, chosen by :func:`load_predictor` from the file's kind (``runtime.artifact``):
+
+- ``onnx``: :class:`fetalplanes.runtime.predictor.OnnxPredictor` (ONNX Runtime, no torch);
+- ``checkpoint``: :class:`fetalplanes.models.predictor.TorchPredictor`, registered only when torch
+  can be imported (``pip install fetalplanes[train]``).
+
+Example::
+
+    from fetalplanes.runtime import load_predictor
+    p = load_predictor("model.onnx")          # or "best.ckpt"
+    p.predict("scan.png").label               # 'Fetal brain'
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Protocol, Sequence, Union, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from fetalplanes.core.io import ImageLoadError, list_images, load_image
+from fetalplanes.core.postprocess import Prediction, decide, softmax
+from fetalplanes.core.preprocess import preprocess_batch
+from fetalplanes.core.spec import ModelSpec
+from fetalplanes.runtime.artifact import ACCEPTED, KINDS, ModelFileError, detect_kind
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 32
+ImageInput = Union[str, os.PathLike, bytes, Image.Image]
+
+# kind -> "module:Class"; the torch backend is importable only where torch is installed.
+_BACKENDS: dict[str, str] = {
+    "onnx": "fetalplanes.runtime.predictor:OnnxPredictor",
+    "checkpoint": "fetalplanes.models.predictor:TorchPredictor",
+}
+_NEEDS = {"checkpoint": "torch"}
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What every backend offers (see :class:`BasePredictor` for the shared implementation)."""
+
+    kind: str
+    path: Path
+    spec: ModelSpec
+
+    @property
+    def class_names(self) -> tuple[str, ...]: ...
+
+    def predict_arrays(self, x: np.ndarray) -> np.ndarray: ...
+
+    def logits(self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH) -> np.ndarray: ...
+
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], k: int = 2) -> Prediction | list[Prediction]: ...
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """One input file's answer in a batch: a prediction, or the one-line reason it was refused."""
+
+    path: Path
+    prediction: Prediction | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.prediction is not None
+
+
+class BasePredictor:
+    """Shared logic of all backends; subclasses set ``kind``, ``path``, ``spec`` and implement
+    :meth:`predict_arrays`."""
+
+    kind: str = ""
+    path: Path
+    spec: ModelSpec
+
+    # -- the one method a backend implements ---------------------------------------------
+    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+        """Preprocessed batch, float32 (N, 3, S, S) -> logits, float32 (N, C)."""
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.spec.class_names
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.preprocessing.image_size
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, {self.spec.name}, {self.spec.num_classes} classes, {self.input_size} px)"
+
+    def check_batch(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as contiguous float32 after checking its shape is (N, 3, S, S)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        s = self.input_size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s):
+            raise ValueError(f"expected an array of shape (N, 3, {s}, {s}), got {x.shape}")
+        return x
+
+    def _decode(self, item: ImageInput) -> Image.Image:
+        if isinstance(item, Image.Image):
+            return item
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            return load_image(bytes(item))
+        return load_image(Path(item))
+
+    def logits(self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH, workers: int = 0) -> np.ndarray:
+        """Logits (N, C) for images, files or encoded bytes, preprocessed as in training.
+
+        ``workers`` > 0 decodes files in that many threads (Pillow and pydicom release the GIL
+        for most of the decode). Raises ``ImageLoadError`` naming the first unreadable input.
+        """
+        images = list(images)
+        step = max(1, int(batch_size))
+        out = []
+        pool = ThreadPoolExecutor(workers) if workers > 0 else None
+        try:
+            for i in range(0, len(images), step):
+                chunk = images[i : i + step]
+                decoded = list(pool.map(self._decode, chunk)) if pool else [self._decode(c) for c in chunk]
+                out.append(self.predict_arrays(self.check_batch(preprocess_batch(decoded, self.spec.preprocessing))))
+        finally:
+            if pool:
+                pool.shutdown()
+        return np.concatenate(out) if out else np.zeros((0, self.spec.num_classes), dtype=np.float32)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N, C) float64: softmax of logits / the spec's temperature."""
+        return np.asarray(softmax(logits, self.spec.temperature), dtype=np.float64)
+
+    def decide(self, logits: np.ndarray, k: int = 2) -> list[Prediction]:
+        """Top-k Predictions with the spec's temperature and abstain threshold."""
+        if len(logits) == 0:
+            return []
+        return decide(self.probabilities(logits), self.spec.class_names, k, self.spec.abstain_threshold)
+
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], k: int = 2) -> Prediction | list[Prediction]:
+        """One input (path, bytes or PIL image) -> a Prediction; a list of inputs -> a list."""
+        single = isinstance(inputs, (str, os.PathLike, bytes, bytearray, Image.Image))
+        items = [inputs] if single else list(inputs)  # type: ignore[list-item]
+        preds = self.decide(self.logits(items), k)
+        return preds[0] if single else preds
+
+    def predict_images(self, images: Sequence[Image.Image], k: int = 2, batch_size: int = DEFAULT_BATCH) -> list[Prediction]:
+        """Calibrated top-k Predictions for decoded images."""
+        return self.decide(self.logits(list(images), batch_size), k)
+
+    def predict_bytes(self, data: bytes, name: str | None = None, k: int = 2) -> Prediction:
+        """One encoded image (PNG/JPEG/BMP/TIFF/DICOM bytes, e.g. an upload) -> Prediction."""
+        return self.predict_images([load_image(data, name=name)], k)[0]
+
+    def predict_files(
+        self, paths: Iterable[str | os.PathLike[str]], k: int = 2, batch_size: int = DEFAULT_BATCH
+    ) -> list[tuple[Path, Prediction]]:
+        """[(path, Prediction)] for files and folders; raises on the first unreadable file."""
+        files = expand_inputs(paths)
+        return list(zip(files, self.decide(self.logits(files, batch_size), k)))
+
+    def predict_batch(
+        self, paths: Iterable[str | os.PathLike[str]], k: int = 2, batch_size: int = DEFAULT_BATCH
+    ) -> list[FileResult]:
+        """Every readable file answered; each unreadable one gets its own one-line error.
+
+        A corrupt file never costs the answers of the good files in the same call.
+        """
+        files = expand_inputs(paths)
+        results: list[FileResult] = []
+        step = max(1, int(batch_size))
+        for i in range(0, len(files), step):
+            good: list[tuple[Path, Image.Image]] = []
+            for f in files[i : i + step]:
+                try:
+                    good.append((f, load_image(f)))
+                except ImageLoadError as err:
+                    results.append(FileResult(f, error=str(err)))
+            preds = self.predict_images([img for _, img in good], k, step) if good else []
+            results += [FileResult(f, prediction=p) for (f, _), p in zip(good, preds)]
+        order = {f: n for n, f in enumerate(files)}
+        return sorted(results, key=lambda r: order[r.path])
+
+    def describe(self) -> dict[str, Any]:
+        """What the model is and expects (for logs, ``--info`` output and the web service)."""
+        pre = self.spec.preprocessing
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "name": self.spec.name,
+            "task": self.spec.task,
+            "class_names": list(self.spec.class_names),
+            "image_size": pre.image_size,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "temperature": self.spec.temperature,
+            "abstain_threshold": self.spec.abstain_threshold,
+            "spec_format_version": self.spec.format_version,
+        }
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, folders searched recursively for images; FileNotFoundError for a missing path."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += list_images(p)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return files
+
+
+def available_kinds() -> list[str]:
+    """Model-file kinds this installation can run (``checkpoint`` needs torch)."""
+    return [k for k in KINDS if k not in _NEEDS or importlib.util.find_spec(_NEEDS[k]) is not None]
+
+
+def load_predictor(path: str | os.PathLike[str], threads: int | None = None, **options: Any) -> BasePredictor:
+    """The Predictor for a ``.ckpt`` or ``.onnx`` file, chosen by the file's kind.
+
+    Raises ``ModelFileError`` (one line naming the file and the accepted formats) for a missing,
+    foreign or unreadable file, or a checkpoint where torch is not installed.
+    """
+    kind = detect_kind(path)
+    if kind not in available_kinds():
+        raise ModelFileError(
+            f"{path}: a PyTorch checkpoint needs torch, which is not installed here; install "
+            "`fetalplanes[train]`, or run the ONNX file from `fetalplanes export` (torch-free)"
+        )
+    module, name = _BACKENDS[kind].split(":")
+    predictor = getattr(importlib.import_module(module), name)(path, threads=threads, **options)
+    log.info("loaded %s", predictor)
+    return predictor
+
+
+__all__ = ["ACCEPTED", "BasePredictor", "FileResult", "Predictor", "available_kinds", "expand_inputs", "load_predictor"]
