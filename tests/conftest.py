@@ -67,3 +67,19 @@ def tiny_checkpoint(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) 
 def shared_data_optional() -> Path | None:
     """../shared/data when present, else None (for tests that add real-image checks)."""
     return SHARED_DATA if (SHARED_DATA / "fetal_planes_db").is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def onnx_model(tiny_checkpoint: Path, synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_checkpoint exported to ONNX (skips when the export module is not installed)."""
+    export = pytest.importorskip("fetalplanes.deploy.export")
+    pytest.importorskip("fetalplanes.runtime")
+    from fetalplanes.core.io import load_image
+    from fetalplanes.models.checkpoint import load_checkpoint
+
+    model, spec = load_checkpoint(tiny_checkpoint)
+    # Two phantoms are enough for the parity check here; the export tests cover it in depth.
+    images = [load_image(p) for p in sorted((synth_data / "Images").glob("*.png"))[:2]]
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export.export_onnx(model, spec, out, verify_images=images)
+    return out

@@ -27,12 +27,14 @@ app = typer.Typer(
 
 @app.callback()
 def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=verbose)],
+        # Logs go to stderr: stdout carries the JSON / CSV answers of `predict --format`.
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=verbose)],
         force=True,
     )
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "PIL", "matplotlib"):
