@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fetalplanes.models import MODEL_PRESETS, create_model, default_preprocessing, list_models
+from fetalplanes.models import create_model, default_preprocessing, list_models, load_preset
 from fetalplanes.models.attention import ATTENTIONS
 
 SMALL = 64
@@ -115,5 +115,8 @@ def test_errors_list_valid_options(kwargs, match):
 
 
 def test_presets_are_config_rows():
-    assert {"paper_b0", "paper_v2b0", "paper_lite0", "baseline_b0_linear"} <= set(MODEL_PRESETS)
-    assert MODEL_PRESETS["paper_v2b0"]["backbone"] == "tf_efficientnetv2_b0"
+    assert {"paper_b0", "paper_v2b0", "paper_lite0", "baseline_b0_linear", "densenet169", "mobilenetv3"} <= set(list_models())
+    assert load_preset("paper_v2b0")["model"]["backbone"] == "tf_efficientnetv2_b0"
+    # the preset's model section is what create_model builds; overrides still win
+    config = create_model("mobilenetv3", 6, attention="se").config
+    assert (config["backbone"], config["attention"], config["head_hidden"]) == ("mobilenetv3_large_100", "se", [])

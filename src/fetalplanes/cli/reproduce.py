@@ -35,7 +35,7 @@ def reproduce(
     split: str = typer.Option("official,image-8020", "--split", help="Comma list: official, patient-kfold, image-8020 (LEAKY, paper protocol)."),
     task: str = typer.Option("planes", "--task", help="Comma list: planes, brain."),
     pretrained: str = typer.Option("auto", "--pretrained", help="auto (timm weights where loadable, else random init) | none | timm."),
-    config: str = typer.Option("paper_b0", "--config", help="Base config (preset or YAML) the variant rows override."),
+    config: Optional[str] = typer.Option(None, "--config", help="Config (preset or YAML) whose data/optim/trainer sections every variant uses (default: each variant's base preset)."),
     variants_file: Optional[Path] = typer.Option(None, "--variants-file", help="YAML of extra/changed variant rows."),
     image_size: Optional[int] = typer.Option(None, "--image-size"),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs"),
@@ -55,7 +55,9 @@ def reproduce(
     rows = load_variants(variants_file)
     if list_only:
         for name, v in rows.items():
-            console.print(f"{name:14s} [{v.group}] {v.description}")
+            changes = " ".join(f"{k}={v.changes[k]}" for k in v.changes)
+            console.print(f"{name:14s} [{v.group}] {v.base}{' + ' + changes if changes else ''}: {v.description}",
+                          markup=False, highlight=False, soft_wrap=True)
         console.print("groups: " + ", ".join(f"{g} ({len(n)})" for g, n in groups(rows).items()))
         return
     overrides = dict(QUICK_OVERRIDES) if quick else {}

@@ -1,7 +1,7 @@
 """Models: timm backbones + attention refinement + MLP head, built through one registry."""
 
+from fetalplanes.models.presets import list_presets, load_preset
 from fetalplanes.models.registry import (
-    MODEL_PRESETS,
     ModelConfig,
     build_model,
     create_model,
@@ -11,11 +11,12 @@ from fetalplanes.models.registry import (
 )
 
 __all__ = [
-    "MODEL_PRESETS",
     "ModelConfig",
     "build_model",
     "create_model",
     "default_preprocessing",
     "list_models",
+    "list_presets",
+    "load_preset",
     "resolve_config",
 ]

@@ -1,7 +1,8 @@
 """The one model registry: ``create_model(name, num_classes, pretrained=...)``.
 
-Variants are rows of ``MODEL_PRESETS`` (plain config), never copied classes; a name that is
-not a preset is taken as a timm backbone name with the default attention and head.
+Variants are presets, i.e. the ``model`` sections of ``configs/*.yaml`` (plain config read by
+``models.presets``), never copied classes; a name that is not a preset is taken as a timm
+backbone name with the default attention and head.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from fetalplanes.core.spec import Preprocessing
+from fetalplanes.models.presets import is_preset, list_presets, preset_model
 
 
 class ModelConfig(BaseModel):
@@ -45,34 +47,20 @@ class ModelConfig(BaseModel):
         return v
 
 
-_PAPER_HEAD = {"attention": "cbam", "head_hidden": [512, 256], "dropout": 0.3}
-_LINEAR = {"attention": "none", "head_hidden": [], "dropout": 0.2}
-
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "paper_b0": {"backbone": "efficientnet_b0", "pretrained": "timm", **_PAPER_HEAD},
-    "paper_v2b0": {"backbone": "tf_efficientnetv2_b0", "pretrained": "timm", **_PAPER_HEAD},
-    "paper_lite0": {"backbone": "tf_efficientnet_lite0", "pretrained": "lite0-pypi", **_PAPER_HEAD},
-    "baseline_b0_linear": {"backbone": "efficientnet_b0", "pretrained": "timm", **_LINEAR},
-    "baseline_lite0_linear": {"backbone": "tf_efficientnet_lite0", "pretrained": "lite0-pypi", **_LINEAR},
-    "densenet169": {"backbone": "densenet169", "pretrained": "timm", **_LINEAR},
-    "mobilenetv3": {"backbone": "mobilenetv3_large_100", "pretrained": "timm", **_LINEAR},
-}
-
-
 def list_models() -> list[str]:
-    return sorted(MODEL_PRESETS)
+    """Preset names (``configs/*.yaml``, read by :mod:`fetalplanes.models.presets`)."""
+    return list_presets()
 
 
 def resolve_config(name: str, pretrained: bool | str | os.PathLike[str] | None = None, **overrides: Any) -> ModelConfig:
-    """Preset row (or a bare timm backbone name) + overrides -> validated ModelConfig.
+    """Preset's ``model`` section (or a bare timm backbone name) + overrides -> validated ModelConfig.
 
-    ``pretrained``: None keeps the row's source, False -> 'none', True -> the row's
-    source (or 'timm' for a bare backbone), a string -> that source or file.
+    ``name``: a preset (``configs/NAME.yaml``) or, when it is none, a timm backbone name with
+    the default attention and head. ``pretrained``: None keeps the preset's source, False ->
+    'none', True -> the preset's source (or 'timm' for a bare backbone), a string -> that
+    source or file. Raises ValueError for an invalid field (the message lists the options).
     """
-    if name in MODEL_PRESETS:
-        row = dict(MODEL_PRESETS[name])
-    else:
-        row = {"backbone": name, "pretrained": "timm"}
+    row = preset_model(name) if is_preset(name) else {"backbone": name, "pretrained": "timm"}
     row.update(overrides)
     if pretrained is False:
         row["pretrained"] = "none"
@@ -84,7 +72,10 @@ def resolve_config(name: str, pretrained: bool | str | os.PathLike[str] | None =
 def create_model(
     name: str, num_classes: int, pretrained: bool | str | os.PathLike[str] | None = False, **overrides: Any
 ):
-    """Build a PlaneClassifier from a preset name or a timm backbone name."""
+    """Build a PlaneClassifier from a preset name (its YAML's ``model`` section) or a timm backbone name.
+
+    ``overrides`` are ModelConfig fields (``attention="se"``, ``finetune="frozen"``...).
+    """
     return build_model(resolve_config(name, pretrained, **overrides), num_classes)
 
 

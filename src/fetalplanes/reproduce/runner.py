@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from fetalplanes.core import atomic
 from fetalplanes.data.splits import LEAKY_SCHEMES, SCHEMES
-from fetalplanes.reproduce.variants import BASE_CONFIG, Variant
+from fetalplanes.reproduce.variants import Variant
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ReproduceSettings:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     splits: list[str] = field(default_factory=lambda: ["official"])
     tasks: list[str] = field(default_factory=lambda: ["planes"])
-    base_config: str = BASE_CONFIG
+    base_config: str | None = None  # None: each variant's own base preset
     pretrained: str = "auto"
     overrides: dict[str, Any] = field(default_factory=dict)
     fast_path: bool = True
@@ -126,7 +126,7 @@ def run_config(s: ReproduceSettings, variant: Variant, key: RunKey, pretrained: 
                  "trainer.calibrate": False}  # calibrated below, with the test split reported too
     if key.split == "patient-kfold":
         overrides["data.fold"] = s.seeds.index(key.seed)  # seed k uses fold k (repeated patient-level hold-out)
-    cfg = load_config(s.base_config, overrides)
+    cfg = load_config(s.base_config or variant.base, overrides)
     return cfg.model_copy(update={"name": f"{variant.name}-{key.task}-{key.split}-seed{key.seed}"})
 
 

@@ -189,7 +189,8 @@ def write_tables(out: Path) -> dict[str, Path]:
     rows = aggregate(out, records)
     grid = json.loads((out / "grid.json").read_text()).get("fingerprint", {}) if (out / "grid.json").is_file() else {}
     info = {
-        "data": grid.get("data"), "base_config": grid.get("base_config"), "n_boot": grid.get("n_boot"),
+        "data": grid.get("data"), "n_boot": grid.get("n_boot"),
+        "base_config": grid.get("base_config") or "each variant's preset",
         "synthetic": is_synthetic(grid.get("data")),
         "image_sizes": ", ".join(sorted({str(r["image_size"]) for r in rows})) or "?",
         "max_epochs": ", ".join(sorted({str(r["max_epochs"]) for r in rows})) or "?",

@@ -1,9 +1,11 @@
-"""The experiment grid of ``fetalplanes reproduce``: named variants as config rows.
+"""The experiment grid of ``fetalplanes reproduce``: named variants, each a preset plus overrides.
 
-A variant is a name plus dotted overrides applied to a base training config through
-``training.config.load_config(base, overrides)``; no variant copies model or training code.
-Groups (``paper``, ``ablations``, ``baselines``, ``all``) name sets of variants. Extra or
-changed rows can come from a YAML file mapping ``name -> {overrides: {...}, group: ...}``.
+The built-in rows live in one YAML table next to the presets,
+``configs/variants/paper_table.yaml``: ``name: {base: PRESET, overrides: {dotted: value},
+group: ..., description: ...}``. A run's config is ``training.config.load_config(variant.base,
+variant.overrides)``; no variant copies model or training code. Groups (``paper``,
+``ablations``, ``baselines``, ``all``) name sets of variants. A user YAML file in the same
+format (``--variants-file``) adds rows or changes built-in ones.
 
 The paper (Sivasubramanian et al. 2024, arXiv 2410.17396) pairs EfficientNet-B0 and
 EfficientNetV2-B0 with an attention block and a 3-layer perceptron head; the baselines are
@@ -19,85 +21,118 @@ from typing import Any
 
 import yaml
 
-# The base config every variant starts from (the paper's B0 model at 224 px, 30 epochs).
+# The base of a --variants-file row that names none (the paper's B0 model at 224 px, 30 epochs).
 BASE_CONFIG = "paper_b0"
-
-_B0 = {"model.backbone": "efficientnet_b0", "model.pretrained": "timm"}
-_V2B0 = {"model.backbone": "tf_efficientnetv2_b0", "model.pretrained": "timm"}
-_LITE0 = {"model.backbone": "tf_efficientnet_lite0", "model.pretrained": "lite0-pypi"}
-_PAPER_HEAD = {"model.head_hidden": [512, 256], "model.dropout": 0.3, "model.finetune": "full"}
-_LINEAR_HEAD = {"model.attention": "none", "model.head_hidden": [], "model.dropout": 0.2, "model.finetune": "full"}
+ROW_KEYS = ("base", "overrides", "group", "description", "tags")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the grid: overrides on top of the base config, and what it tests."""
+    """One row of the grid: a base preset, overrides on top of it, and what it tests.
+
+    ``overrides`` is resolved: the base's ``model`` section as dotted keys, then the row's own
+    ``changes``, so it names the whole model (backbone, attention, head, weights source) even
+    when the run's other sections come from another config (``reproduce --config``).
+    """
 
     name: str
     overrides: dict[str, Any]
     group: str
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    base: str = BASE_CONFIG
+    changes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def frozen(self) -> bool:
         return self.overrides.get("model.finetune") == "frozen"
 
 
-def _row(name: str, group: str, description: str, *parts: dict[str, Any]) -> Variant:
-    overrides: dict[str, Any] = {}
-    for part in parts:
-        overrides.update(part)
-    return Variant(name, overrides, group, description)
+def make_variant(name: str, base: str, changes: dict[str, Any], group: str, description: str = "",
+                 tags: tuple[str, ...] = ()) -> Variant:
+    """A row from its base (preset name or YAML path) and its own dotted overrides."""
+    model = {f"model.{k}": v for k, v in _base_model(base).items()}
+    return Variant(name, {**model, **changes}, group, description, tuple(tags), base, dict(changes))
+
+
+def _base_model(base: str) -> dict[str, Any]:
+    from fetalplanes.models.presets import is_preset, list_presets, preset_model
+
+    if is_preset(base):
+        return preset_model(base)
+    path = Path(base)
+    if not path.is_file():
+        raise ValueError(f"base {base!r} is neither a preset ({list_presets()}) nor a YAML file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    model = raw.get("model", {}) if isinstance(raw, dict) else None
+    if not isinstance(model, dict):
+        raise ValueError(f"{path}: expected a training config with a 'model' mapping")
+    return model
 
 
 def default_variants() -> dict[str, Variant]:
-    """The built-in rows (paper variants, ablations, baselines)."""
-    rows = [
-        _row("b0_cbam", "paper", "EfficientNet-B0 + CBAM + 3-layer MLP", _B0, _PAPER_HEAD, {"model.attention": "cbam"}),
-        _row("b0_se", "paper", "EfficientNet-B0 + squeeze-excitation + 3-layer MLP", _B0, _PAPER_HEAD, {"model.attention": "se"}),
-        _row("b0_mhsa", "paper", "EfficientNet-B0 + spatial self-attention + 3-layer MLP", _B0, _PAPER_HEAD,
-             {"model.attention": "mhsa"}),
-        _row("v2b0_cbam", "paper", "EfficientNetV2-B0 + CBAM + 3-layer MLP", _V2B0, _PAPER_HEAD, {"model.attention": "cbam"}),
-        _row("v2b0_se", "paper", "EfficientNetV2-B0 + squeeze-excitation + 3-layer MLP", _V2B0, _PAPER_HEAD,
-             {"model.attention": "se"}),
-        _row("v2b0_mhsa", "paper", "EfficientNetV2-B0 + spatial self-attention + 3-layer MLP", _V2B0, _PAPER_HEAD,
-             {"model.attention": "mhsa"}),
-        _row("b0_noattn", "ablations", "B0 + 3-layer MLP, no attention", _B0, _PAPER_HEAD, {"model.attention": "none"}),
-        _row("b0_linear", "ablations", "B0 + CBAM + linear head", _B0, _PAPER_HEAD,
-             {"model.attention": "cbam", "model.head_hidden": [], "model.dropout": 0.2}),
-        _row("b0_frozen", "ablations", "B0 frozen (features only) + CBAM + 3-layer MLP", _B0, _PAPER_HEAD,
-             {"model.attention": "cbam", "model.finetune": "frozen"}),
-        _row("lite0_cbam", "ablations", "EfficientNet-Lite0 (offline ImageNet weights) + CBAM + 3-layer MLP", _LITE0,
-             _PAPER_HEAD, {"model.attention": "cbam"}),
-        _row("lite0_frozen", "ablations", "Lite0 frozen (offline ImageNet weights) + CBAM + 3-layer MLP", _LITE0,
-             _PAPER_HEAD, {"model.attention": "cbam", "model.finetune": "frozen"}),
-        _row("densenet169", "baselines", "DenseNet-169 + linear head (dataset paper's best model)",
-             {"model.backbone": "densenet169", "model.pretrained": "timm"}, _LINEAR_HEAD),
-        _row("mobilenetv3", "baselines", "MobileNetV3-Large + linear head (mobile baseline)",
-             {"model.backbone": "mobilenetv3_large_100", "model.pretrained": "timm"}, _LINEAR_HEAD),
-    ]
-    return {v.name: v for v in rows}
+    """The built-in rows (paper variants, ablations, baselines) from ``configs/variants/paper_table.yaml``."""
+    from fetalplanes.models.presets import variants_table
+
+    return _read_rows(variants_table(), {}, validate=False)
 
 
 def load_variants(path: str | os.PathLike[str] | None = None) -> dict[str, Variant]:
-    """Built-in rows, updated by a YAML file ``name: {overrides: {...}, group: ..., description: ...}``."""
+    """Built-in rows, updated by a YAML file ``name: {base: PRESET, overrides: {...}, group: ..., description: ...}``.
+
+    A row with a built-in name keeps that row's base, group and overrides unless it gives its
+    own (its overrides are merged in); a new row without ``base`` starts from ``paper_b0``. A
+    relative YAML path as ``base`` is read relative to the file. Every user row is checked as a
+    training config at once, so a typo fails here rather than hours into a grid.
+
+    Raises:
+        ValueError: naming the file and the variant: not a mapping, unknown row keys (lists
+            the valid ones), unknown base (lists the presets), or an invalid resulting config.
+    """
     variants = default_variants()
     if path is None:
         return variants
-    path = Path(path)
+    return _read_rows(Path(path), variants, validate=True)
+
+
+def _read_rows(path: Path, variants: dict[str, Variant], validate: bool) -> dict[str, Variant]:
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping 'name: {{overrides: {{...}}, group: ...}}'")
+        raise ValueError(f"{path}: expected a mapping 'name: {{base: PRESET, overrides: {{...}}, group: ...}}'")
+    variants = dict(variants)
     for name, row in raw.items():
-        if not isinstance(row, dict) or not isinstance(row.get("overrides", {}), dict):
+        if not isinstance(row, dict) or not isinstance(row.get("overrides") or {}, dict):
             raise ValueError(f"{path}: variant {name!r} needs a mapping with an 'overrides' mapping")
-        base = variants.get(name)
-        overrides = {**(base.overrides if base else {}), **row.get("overrides", {})}
-        group = str(row.get("group", base.group if base else "custom"))
-        description = str(row.get("description", base.description if base else ""))
-        variants[str(name)] = Variant(str(name), overrides, group, description)
+        unknown = sorted(set(row) - set(ROW_KEYS))
+        if unknown:
+            raise ValueError(f"{path}: variant {name!r} has unknown keys {unknown}; valid keys are {list(ROW_KEYS)}")
+        old = variants.get(str(name))
+        base = str(row.get("base", old.base if old else BASE_CONFIG))
+        if "base" in row and not Path(base).is_absolute() and (path.parent / base).is_file():
+            base = str((path.parent / base).resolve())
+        try:
+            variant = make_variant(
+                str(name), base, {**(old.changes if old else {}), **(row.get("overrides") or {})},
+                str(row.get("group", old.group if old else "custom")),
+                str(row.get("description", old.description if old else "")),
+                _tags(row.get("tags", old.tags if old else ())),
+            )
+            if validate:
+                _check(variant)
+        except ValueError as err:
+            raise ValueError(f"{path}: variant {name!r}: {err}") from None
+        variants[str(name)] = variant
     return variants
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    return (str(value),) if isinstance(value, str) else tuple(str(t) for t in value or ())
+
+
+def _check(variant: Variant) -> None:
+    from fetalplanes.training.config import load_config
+
+    load_config(variant.base, variant.overrides)
 
 
 def groups(variants: dict[str, Variant]) -> dict[str, list[str]]:

@@ -1,4 +1,6 @@
-"""Typed training configuration, loaded from YAML presets in ``configs/`` plus overrides.
+"""Typed training configuration, loaded from a YAML file or a preset in ``configs/`` plus overrides.
+
+Presets are read by :mod:`fetalplanes.models.presets`, the one reader of ``configs/``.
 
 The resolved config is written to ``RUN/config.yaml`` and into every checkpoint.
 """
@@ -11,9 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from fetalplanes.models import presets
 from fetalplanes.models.registry import ModelConfig
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class DataConfig(BaseModel):
@@ -101,18 +102,33 @@ class TrainConfig(BaseModel):
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    """Preset names (``configs/*.yaml``)."""
+    return presets.list_presets()
 
 
 def resolve_config_path(config: str | Path) -> Path:
-    """A YAML path, or a preset name from ``configs/`` (e.g. ``paper_lite0``)."""
+    """A YAML path, or a preset name from ``configs/`` (e.g. ``paper_lite0``); an existing file wins.
+
+    Raises FileNotFoundError listing the presets when ``config`` is neither.
+    """
     path = Path(config)
     if path.is_file():
         return path
-    preset = CONFIG_DIR / f"{config}.yaml"
-    if preset.is_file():
-        return preset
-    raise FileNotFoundError(f"config {config!r} not found; give a YAML path or one of the presets {list_presets()}")
+    if presets.is_preset(config):
+        return presets.preset_path(str(config))
+    raise FileNotFoundError(f"config {str(config)!r} not found; give a YAML path or one of the presets {list_presets()}")
+
+
+def _read_config(config: str | Path) -> tuple[dict[str, Any], str]:
+    """(raw mapping with ``name`` set, source for error messages)."""
+    path = resolve_config_path(config)
+    if not Path(config).is_file():
+        return presets.load_preset(str(config)), str(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a YAML mapping at the top level")
+    raw.setdefault("name", path.stem)
+    return raw, str(path)
 
 
 def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
@@ -127,12 +143,7 @@ def load_config(config: str | Path | None = None, overrides: dict[str, Any] | No
     raw: dict[str, Any] = {}
     source = "defaults"
     if config is not None:
-        path = resolve_config_path(config)
-        source = str(path)
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a YAML mapping at the top level")
-        raw.setdefault("name", path.stem)
+        raw, source = _read_config(config)
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)
