@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_CASES = REPO.parent / "shared" / "cases"
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +68,11 @@ def tiny_checkpoint(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) 
 def shared_data_optional() -> Path | None:
     """../shared/data when present, else None (for tests that add real-image checks)."""
     return SHARED_DATA if (SHARED_DATA / "fetal_planes_db").is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_cases() -> Path:
+    """../shared/cases (small files, one folder per kind of input fault); skips when absent."""
+    if not (SHARED_CASES / "README.md").is_file():
+        pytest.skip("../shared/cases is not present")
+    return SHARED_CASES
