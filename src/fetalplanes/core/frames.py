@@ -115,7 +115,8 @@ class FrameReader:
             listed = ", ".join(str(e.frame) for e in self.skipped[:10]) + (", ..." if len(self.skipped) > 10 else "")
             logger.warning("%s: %d of %d frame(s) skipped (frame %s)", self.label, info["frames_skipped"], read, listed)
         if info["frames_decoded"] == 0:
-            why = f"{info['frames_skipped']} bad frame(s)" if info["frames_skipped"] else info["short_read"] or "empty"
+            first = f"; first: {self.skipped[0].reason}" if self.skipped else ""
+            why = f"{info['frames_skipped']} bad frame(s){first}" if info["frames_skipped"] else info["short_read"] or "empty"
             raise ImageLoadError(self.label, f"no frame could be decoded ({why})", "at least one readable frame")
 
 
@@ -177,6 +178,8 @@ def _dicom(data: bytes, label: str, fps: float | None, max_pixels: int) -> Frame
             try:
                 image = frames.frame(i)
             except ImageLoadError as err:
+                if frames.declared == 1:
+                    raise  # a single-frame file: its error is the file's error
                 reader.skip(err if err.frame is not None else err.with_frame(i))
                 continue
             yield Frame(i, i / rate, image)
