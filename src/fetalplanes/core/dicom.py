@@ -23,8 +23,6 @@ frame. Torch-free; pydicom is imported on first use.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from io import BytesIO
 from typing import TYPE_CHECKING
 
@@ -84,6 +82,21 @@ class DicomFrames:
     """
 
     def __init__(self, data: bytes, label: str, max_pixels: int) -> None:
+        with warnings.catch_warnings():
+            # pydicom warns (to stderr) about every deviation it meets; faults that matter
+            # become an ImageLoadError instead.
+            warnings.simplefilter("ignore")
+            try:
+                self._setup(data, label, max_pixels)
+            except ImageLoadError:
+                raise
+            # pydicom parses elements lazily, so a damaged element (unknown VR, missing
+            # attribute, bad value) surfaces on first use, with any exception type.
+            except Exception as exc:
+                reason = f"invalid DICOM image attributes ({type(exc).__name__}: {_one_line(exc)})"
+                raise ImageLoadError(label, reason) from None
+
+    def _setup(self, data: bytes, label: str, max_pixels: int) -> None:
         self.label, self.max_pixels = label, max_pixels
         self.ds = ds = read_dataset(data, label)
         self.rows, self.cols, self.declared = _geometry(ds, label, max_pixels)
@@ -91,9 +104,8 @@ class DicomFrames:
         self.decoder = _decoder(self.uid, label)
         self.short_read: str | None = None
         self._codestreams: list[bytes] | None = None
-        with _lut_errors(label):
-            self._options = _pixel_options(ds)
-            self.intensity = DicomIntensity(ds)
+        self._options = _pixel_options(ds)
+        self.intensity = DicomIntensity(ds)
         self.count = self._encapsulated_count() if self.uid.is_encapsulated else self._native_count()
 
     def __len__(self) -> int:
@@ -135,8 +147,13 @@ class DicomFrames:
     def frame(self, index: int) -> Image.Image:
         """Frame ``index`` (0-based) as 'L' or 'RGB'; ImageLoadError naming the file and frame."""
         raw = self._decode(index)
-        with _lut_errors(self.label, self._where(index)):
-            return Image.fromarray(np.ascontiguousarray(self.intensity(raw)))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return Image.fromarray(np.ascontiguousarray(self.intensity(raw)))
+        except Exception as exc:  # LUT/window attributes that pydicom's helpers cannot apply
+            reason = f"invalid DICOM LUT or window attributes ({type(exc).__name__}: {_one_line(exc)})"
+            raise ImageLoadError(self.label, reason, frame=self._where(index)) from None
 
     def _decode(self, index: int) -> np.ndarray:
         label = self.label
@@ -192,15 +209,21 @@ def dicom_frames(data: bytes, label: str, max_pixels: int, first_only: bool) -> 
 
 
 def _geometry(ds: Dataset, label: str, max_pixels: int) -> tuple[int, int, int]:
-    """(rows, cols, NumberOfFrames) checked against max_pixels before anything is decoded."""
+    """(rows, cols, NumberOfFrames) checked against max_pixels and the pixel module's rules
+    (PS3.3 C.7.6.3) before anything is decoded."""
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         count = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise ImageLoadError(label, f"DICOM image geometry is missing or invalid ({exc})") from None
+        allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored") or ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+        raise ImageLoadError(label, f"DICOM image geometry is missing or invalid ({_one_line(exc)})") from None
     check_size(cols, rows, label, max_pixels)
     if count < 1:
         raise ImageLoadError(label, f"DICOM NumberOfFrames is {count}", "NumberOfFrames >= 1")
+    if allocated not in (1, 8, 16, 32) or not 1 <= stored <= allocated or samples not in (1, 3):
+        reason = f"DICOM BitsAllocated {allocated}, BitsStored {stored}, SamplesPerPixel {samples} are inconsistent"
+        raise ImageLoadError(label, reason, "BitsAllocated 1/8/16/32, 1 <= BitsStored <= BitsAllocated, 1 or 3 samples")
     return rows, cols, count
 
 
@@ -224,18 +247,6 @@ def _pixel_options(ds: Dataset) -> dict:
     from pydicom.pixels import as_pixel_options
 
     return as_pixel_options(ds)
-
-
-@contextmanager
-def _lut_errors(label: str, frame: int | None = None) -> Iterator[None]:
-    """pydicom's pixel-module and LUT helpers raise these on inconsistent or missing attributes."""
-    try:
-        yield
-    except ImageLoadError:
-        raise
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError) as exc:
-        reason = f"invalid DICOM pixel module, LUT or window attributes ({type(exc).__name__}: {_one_line(exc)})"
-        raise ImageLoadError(label, reason, frame=frame) from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -9,6 +9,8 @@ to import the other for it.
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["EXPECTED", "BadFilesError", "ImageLoadError"]
 
 EXPECTED = "a PNG, JPEG, BMP, TIFF or DICOM image"
@@ -26,7 +28,7 @@ class ImageLoadError(ValueError):
     def __init__(self, name: str, reason: str | None = None, expected: str = EXPECTED, frame: int | None = None) -> None:
         where = name if frame is None else f"{name}: frame {frame}"
         message = name if reason is None else f"{where}: {reason}; expected {expected}"
-        super().__init__(message)
+        super().__init__(_one_line(message))
         self.name = name
         self.reason = reason if reason is not None else name
         self.expected = expected
@@ -46,6 +48,15 @@ class ImageLoadError(ValueError):
         # Default exception pickling replays self.args (the message) as the only argument,
         # which would lose .reason in worker processes (e.g. data-loader workers).
         return (type(self), self._init_args)
+
+
+def _one_line(text: str) -> str:
+    """Control characters (newlines from a decoder's message or a damaged file's own text) become
+    spaces, so every error prints as exactly one line."""
+    return _CONTROL.sub(" ", text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 class BadFilesError(ValueError):

@@ -193,11 +193,11 @@ def dicom_frame_rate(ds: Any, label: str) -> tuple[float, str, list[str]]:
     for attribute, to_fps in _DICOM_TIMING:
         if attribute not in ds:
             continue
-        raw = ds[attribute].value
+        raw: Any = "<unreadable>"
         try:
-            value = float(raw[0] if isinstance(raw, (list, tuple)) else raw)
-            rate = to_fps(value)
-        except (TypeError, ValueError, ZeroDivisionError, IndexError):
+            raw = ds[attribute].value  # parsed lazily: a damaged element raises here
+            rate = to_fps(float(raw[0] if isinstance(raw, (list, tuple)) else raw))
+        except Exception:  # noqa: BLE001 - any unreadable value is "invalid": warn and fall back
             rate = None
         if rate is not None and math.isfinite(rate) and 0 < rate <= MAX_FPS:
             return rate, attribute, problems
