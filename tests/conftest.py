@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_CASES = REPO.parent / "shared" / "cases"
 
 
 @pytest.fixture(scope="session")
@@ -83,3 +84,11 @@ def onnx_model(tiny_checkpoint: Path, synth_data: Path, tmp_path_factory: pytest
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export.export_onnx(model, spec, out, verify_images=images)
     return out
+
+
+@pytest.fixture(scope="session")
+def shared_cases() -> Path:
+    """../shared/cases (small files, one folder per kind of input fault); skips when absent."""
+    if not (SHARED_CASES / "README.md").is_file():
+        pytest.skip("../shared/cases is not present")
+    return SHARED_CASES

@@ -243,10 +243,10 @@ def test_dicom_voi_lut_takes_precedence_over_window() -> None:
     assert got == [0, 62, 124, 187, 255]  # the LUT's output range, not the window's, maps to 0..255
 
 
-def test_dicom_16bit_without_window_uses_full_range() -> None:
-    arr = np.array([[500, 1000, 1500]], dtype=np.uint16)
+def test_dicom_16bit_without_window_scales_by_bits_stored() -> None:
+    arr = np.array([[500, 1000, 1500, 4095]], dtype=np.uint16)
     got = np.asarray(load_image(dicom_bytes(arr, bits_stored=12)))[0]
-    assert got.tolist() == [0, 128, 255]
+    assert got.tolist() == [31, 62, 93, 255]  # v * 255 / 4095, never the image's own min/max
 
 
 def test_dicom_rgb() -> None:
@@ -386,16 +386,17 @@ def test_bomb_guard_changes_no_global_state() -> None:
     assert warnings.filters == filters_before
 
 
-def test_missing_dicom_decoder_names_transfer_syntax_and_install_hint() -> None:
-    from pydicom.pixels import get_decoder
+def test_missing_dicom_decoder_names_transfer_syntax_and_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydicom.pixels.decoders.base import Decoder
 
-    if get_decoder(JPEGLosslessSV1).is_available:
-        pytest.skip("a JPEG Lossless decoder is installed here")
+    # Pretend the [dicom] extra is absent, whether or not it is installed here.
+    monkeypatch.setattr(Decoder, "is_available", property(lambda self: False))
+    monkeypatch.setattr(Decoder, "missing_dependencies", property(lambda self: ["pylibjpeg: requires pylibjpeg"]))
     with pytest.raises(ImageLoadError) as info:
         load_image(_dicom_missing_decoder(), name="lossless.dcm")
     message = str(info.value)
     assert "lossless.dcm" in message and JPEGLosslessSV1 in message
-    assert "JPEG Lossless" in message and "pip install pylibjpeg" in message
+    assert "JPEG Lossless" in message and "fetalplanes[dicom]" in message and "\n" not in message
 
 
 def test_errors_pickle_round_trip() -> None:

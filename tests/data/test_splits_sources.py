@@ -92,12 +92,14 @@ def test_csv_source_resolves_names_and_reports_missing(tmp_path: Path):
     (tmp_path / "bad.csv").write_text("image_name,label\nzzz,Other\n")
     with pytest.raises(ValueError, match=r"bad.csv: 1 listed image\(s\) not found"):
         load_csv_list(tmp_path / "bad.csv")
-    (tmp_path / "nolabel.csv").write_text("image_name,plane\na,Other\n")
+    (tmp_path / "nolabel.csv").write_text("image_name,diagnosis\na,Other\n")
     with pytest.raises(ValueError, match="expected an image column"):
         load_csv_list(tmp_path / "nolabel.csv")
 
 
 def test_shared_labels_csv_loads(shared_data: Path):
     idx = load_source(shared_data / "fetal_planes_db")
-    assert idx.kind == "csv" and len(idx) == 18
+    # 59 images: 18 from the official test split, 41 from train (../shared/data/README.md).
+    assert idx.kind == "csv" and len(idx) == 59
+    assert sum(s.meta["official_split"] == "test" for s in idx.samples) == 18
     assert len(set(s.label for s in idx.samples)) == 6

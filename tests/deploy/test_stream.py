@@ -197,3 +197,20 @@ def test_stream_cli(tiny_onnx: Path, tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert bad.returncode == 2 and "--smooth" in bad.stderr
+
+
+def test_stream_keeps_good_frames_of_a_cine_with_a_bad_one(tiny_onnx: Path, tmp_path: Path, shared_cases: Path) -> None:
+    """cases/cine_bad_frame: the five good frames are classified, frame 3 is reported, the run succeeds."""
+    summary = run_stream(StreamConfig(shared_cases / "cine_bad_frame" / "c05_cine_badframe.dcm", tiny_onnx, tmp_path))
+    assert [int(r["frame"]) for r in read_rows(tmp_path)] == [0, 1, 2, 4, 5]
+    source = json.loads((tmp_path / "stream.json").read_text())["source"]
+    assert summary["frames"] == 5 and source["frames_skipped"] == 1 and source["skipped"][0]["frame"] == 3
+
+
+@pytest.mark.parametrize("variant", ["comma", "zero", "neg"])
+def test_stream_invalid_frame_time_falls_back(tiny_onnx: Path, tmp_path: Path, shared_cases: Path, variant: str) -> None:
+    path = shared_cases / "cine_frame_time" / f"c12_cine_frametime_{variant}.dcm"
+    summary = run_stream(StreamConfig(path, tiny_onnx, tmp_path))
+    times = [float(r["time_s"]) for r in read_rows(tmp_path)]
+    assert times == [0.0, 0.04, 0.08] and summary["source"]["fps_source"] == "default"
+    assert "FrameTime" in summary["source"]["warnings"][0]

@@ -312,6 +312,50 @@ def test_malformed_multipart_is_422(client, headers: dict, body: bytes, needle: 
     assert response.status_code == 422 and needle in response.json()["detail"]
 
 
+def _multipart(disposition: str, data: bytes, boundary: str = "zz") -> tuple[bytes, str]:
+    body = (f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: image/png\r\n\r\n").encode()
+    return body + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _read(body: bytes, content_type: str):
+    import asyncio
+
+    from fetalplanes.serve.uploads import read_uploads
+
+    async def chunks():
+        yield body
+
+    return asyncio.run(read_uploads(chunks(), content_type, str(len(body)), max_bytes=1 << 20, max_files=4))
+
+
+@pytest.mark.parametrize(
+    "disposition, expected",
+    [
+        ("form-data; name=\"file\"; filename=\"scan.png\"", "scan.png"),
+        ("form-data; name=\"file\"; filename*=UTF-8''%C3%A9cho%201.png", "\u00e9cho 1.png"),  # RFC 6266 only
+        ("form-data; name=\"file\"; filename=\"fallback.png\"; filename*=UTF-8''r%C3%A9el.png", "r\u00e9el.png"),
+    ],
+)
+def test_upload_file_names_plain_and_rfc6266(disposition: str, expected: str) -> None:
+    (upload,) = _read(*_multipart(disposition, b"PNGDATA"))
+    assert upload.filename == expected and bytes(upload.data) == b"PNGDATA" and upload.field == "file"
+
+
+def test_upload_part_without_a_file_is_named_in_the_422() -> None:
+    from fetalplanes.serve.uploads import UploadError
+
+    with pytest.raises(UploadError) as info:
+        _read(*_multipart("form-data; name=\"scan\"", b"PNGDATA"))
+    assert info.value.status == 422 and "'scan'" in info.value.detail and "filename" in info.value.detail
+
+
+def test_filename_star_upload_is_predicted(client, phantom) -> None:
+    body, content_type = _multipart("form-data; name=\"file\"; filename*=UTF-8''b%C3%A9b%C3%A9.png",
+                                    phantom.read_bytes())
+    response = client.post("/v1/predict", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200 and response.json()["filename"] == "b\u00e9b\u00e9.png"
+
+
 @pytest.mark.parametrize("query, needle", [("?top_k=99", "top_k"), ("?top_k=0", "top_k"), ("?explain=maybe", "explain"),
                                            ("?explian=true", "explian")])
 def test_bad_query_is_422_with_one_sentence(client, phantom, query: str, needle: str) -> None:

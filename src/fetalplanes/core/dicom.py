@@ -1,9 +1,23 @@
-"""DICOM decoding for the one image loader (:mod:`fetalplanes.core.io`): pixel data -> 8-bit frames.
+"""DICOM decoding, one frame at a time, bounded and with one error type.
 
-Handles the transfer syntaxes pydicom can decode (JPEG-LS and JPEG 2000 need the pylibjpeg
-extras), single frames and cine loops, MONOCHROME1/2 with the modality LUT then the VOI LUT
-or window, palette and RGB/YBR colour. Every failure is an :class:`ImageLoadError` that
-names the file. Torch-free; pydicom is imported on first use.
+:class:`DicomFrames` reads a Part 10 file (or a preamble-less dataset) and decodes each
+frame on request, so a cine loop with one corrupt frame still gives the others, and
+memory holds one decoded frame at a time. Before a frame is decoded:
+
+- Rows x Columns is checked against the pixel limit, and for compressed transfer syntaxes
+  so is the frame's own JPEG / JPEG-LS / JPEG 2000 codestream header
+  (:func:`fetalplanes.core.formats.codestream_size`); a codestream whose size differs from
+  Rows/Columns is refused, never decoded (a 64x64 header cannot smuggle a 12000x12000 frame);
+- a JPEG-family codestream must end with its EOI/EOC marker (FFD9) before the DICOM
+  padding (00 or FF), so a frame truncated or zeroed in transit is reported instead of decoded to a
+  silent black image by a lenient decoder.
+
+Declared (NumberOfFrames) and present frame counts are compared; a short read is noted in
+:attr:`DicomFrames.short_read`. JPEG baseline/extended and JPEG 2000 prefer Pillow, which
+raises on damaged data; JPEG Lossless, JPEG-LS and RLE use the ``[dicom]`` extra (pylibjpeg).
+Stored values become 8-bit by :class:`fetalplanes.core.intensity.DicomIntensity`.
+Every failure is an :class:`~fetalplanes.core.errors.ImageLoadError` naming the file and
+frame. Torch-free; pydicom is imported on first use.
 """
 
 from __future__ import annotations
@@ -15,31 +29,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from fetalplanes.core.io import ImageLoadError, _check_size, _finite_range, _scale_to_uint8
+from fetalplanes.core.errors import ImageLoadError
+from fetalplanes.core.formats import check_size, codestream_size
+from fetalplanes.core.intensity import DicomIntensity
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-_DICOM_PLUGIN_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)"
+__all__ = ["DICOM_EXTRA_HINT", "DicomFrames", "dicom_frames", "read_dataset"]
+
+DICOM_EXTRA_HINT = "pip install 'fetalplanes[dicom]' (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle)"
+
+# Transfer syntaxes whose frames are JPEG-family codestreams ending with FFD9 (EOI / J2K EOC).
+_JPEG_FAMILY = ("1.2.840.10008.1.2.4.",)
+_PREFERRED_PLUGIN = "pillow"  # raises on damaged JPEG/J2K data where pylibjpeg may return zeros
 
 
-def dicom_frames(data: bytes, label: str, max_pixels: int, first_only: bool) -> list[Image.Image]:
-    ds = _read_dicom(data, label)
-    count = _dicom_geometry(ds, label, max_pixels)
-    pixels = _decode_dicom(ds, label, index=0 if first_only else None)
-    frames = pixels[None] if first_only or count == 1 else pixels
-    palette = ds.get("PhotometricInterpretation") == "PALETTE COLOR"
-    colour = palette or int(ds.get("SamplesPerPixel", 1) or 1) > 1
-    try:
-        arrays = _dicom_colour(frames, ds) if colour else _dicom_gray(frames, ds)
-    # pydicom's LUT helpers raise these on inconsistent or missing LUT/window attributes.
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError) as exc:
-        reason = f"invalid DICOM LUT/window attributes ({type(exc).__name__}: {exc})"
-        raise ImageLoadError(label, reason) from None
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
-
-
-def _read_dicom(data: bytes, label: str) -> Dataset:
+def read_dataset(data: bytes, label: str) -> Dataset:
+    """Parse DICOM bytes; ImageLoadError for junk, for files without pixel data."""
     # Imported lazily: pydicom is only needed for DICOM and costs import time at startup.
     import pydicom
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -66,23 +73,163 @@ def _read_dicom(data: bytes, label: str) -> Dataset:
     return ds
 
 
-def _dicom_geometry(ds: Dataset, label: str, max_pixels: int) -> int:
-    """Check Rows/Columns against max_pixels before decoding; return the number of frames."""
+class DicomFrames:
+    """The frames of one DICOM file; ``frame(i)`` decodes frame ``i`` to an 8-bit PIL image.
+
+    ``declared`` is NumberOfFrames (1 when absent); ``len(self)`` the frames actually present
+    in the pixel data; ``short_read`` says why they differ (None when they do not).
+    Raises :class:`ImageLoadError` for a file-level fault (geometry, no decoder, LUTs).
+    """
+
+    def __init__(self, data: bytes, label: str, max_pixels: int) -> None:
+        with warnings.catch_warnings():
+            # pydicom warns (to stderr) about every deviation it meets; faults that matter
+            # become an ImageLoadError instead.
+            warnings.simplefilter("ignore")
+            try:
+                self._setup(data, label, max_pixels)
+            except ImageLoadError:
+                raise
+            # pydicom parses elements lazily, so a damaged element (unknown VR, missing
+            # attribute, bad value) surfaces on first use, with any exception type.
+            except Exception as exc:
+                reason = f"invalid DICOM image attributes ({type(exc).__name__}: {_one_line(exc)})"
+                raise ImageLoadError(label, reason) from None
+
+    def _setup(self, data: bytes, label: str, max_pixels: int) -> None:
+        self.label, self.max_pixels = label, max_pixels
+        self.ds = ds = read_dataset(data, label)
+        self.rows, self.cols, self.declared = _geometry(ds, label, max_pixels)
+        self.uid = ds.file_meta.TransferSyntaxUID
+        self.decoder = _decoder(self.uid, label)
+        self.short_read: str | None = None
+        self._codestreams: list[bytes] | None = None
+        self._options = _pixel_options(ds)
+        self.intensity = DicomIntensity(ds)
+        self.count = self._encapsulated_count() if self.uid.is_encapsulated else self._native_count()
+
+    def __len__(self) -> int:
+        return self.count
+
+    # ----------------------------------------------------------------- frame counts
+    def _encapsulated_count(self) -> int:
+        from pydicom.encaps import generate_frames
+
+        frames: list[bytes] = []
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for codestream in generate_frames(self.ds.PixelData, number_of_frames=self.declared):
+                    frames.append(codestream)
+        except Exception as exc:  # damaged item tags or offset table: keep what was read
+            self.short_read = f"encapsulated pixel data ends early ({type(exc).__name__}: {exc})"
+        self._codestreams = frames[: self.declared]
+        if len(frames) < self.declared and self.short_read is None:
+            self.short_read = "the pixel data holds fewer frames than NumberOfFrames"
+        if not frames:
+            raise ImageLoadError(self.label, f"no frame found in the pixel data ({self.short_read})")
+        return len(self._codestreams)
+
+    def _native_count(self) -> int:
+        from pydicom.pixels.utils import get_expected_length
+
+        expected = get_expected_length(self.ds, unit="bytes")
+        per_frame = max(1, expected // self.declared)
+        present = len(self.ds.PixelData) // per_frame
+        if present < self.declared:
+            self.short_read = f"pixel data is {len(self.ds.PixelData):,} bytes, {expected:,} expected"
+            if present == 0:
+                raise ImageLoadError(self.label, f"cannot decode DICOM pixel data: {self.short_read}")
+            self.ds.NumberOfFrames = present  # so pydicom decodes the frames that are there
+        return min(present, self.declared)
+
+    # ----------------------------------------------------------------- decoding
+    def frame(self, index: int) -> Image.Image:
+        """Frame ``index`` (0-based) as 'L' or 'RGB'; ImageLoadError naming the file and frame."""
+        raw = self._decode(index)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return Image.fromarray(np.ascontiguousarray(self.intensity(raw)))
+        except Exception as exc:  # LUT/window attributes that pydicom's helpers cannot apply
+            reason = f"invalid DICOM LUT or window attributes ({type(exc).__name__}: {_one_line(exc)})"
+            raise ImageLoadError(self.label, reason, frame=self._where(index)) from None
+
+    def _decode(self, index: int) -> np.ndarray:
+        label = self.label
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if self._codestreams is None:
+                    from pydicom.pixels import pixel_array
+
+                    return pixel_array(self.ds, index=index)
+                return self._decode_codestream(index)
+        except ImageLoadError:
+            raise
+        except Exception as exc:  # decoder plugins raise assorted types on damaged data
+            reason = f"cannot decode DICOM pixel data, {self.uid.name} ({type(exc).__name__}: {_one_line(exc)})"
+            raise ImageLoadError(label, reason, frame=self._where(index)) from None
+
+    def _where(self, index: int) -> int | None:
+        """The frame index for messages; None for a single-frame file (the file says it all)."""
+        return index if self.declared > 1 else None
+
+    def _decode_codestream(self, index: int) -> np.ndarray:
+        from pydicom.encaps import encapsulate
+
+        assert self._codestreams is not None
+        codestream = self._codestreams[index]
+        self._check_codestream(codestream, index)
+        plugin = _PREFERRED_PLUGIN if _PREFERRED_PLUGIN in self.decoder.available_plugins else ""
+        options = {**self._options, "number_of_frames": 1}
+        arr, _ = self.decoder.as_array(encapsulate([codestream]), index=0, decoding_plugin=plugin, **options)
+        return arr
+
+    def _check_codestream(self, codestream: bytes, index: int) -> None:
+        size, index = codestream_size(codestream), self._where(index)
+        if size is not None:
+            check_size(*size, self.label, self.max_pixels, index)
+            if size != (self.cols, self.rows):
+                reason = (f"the frame's codestream declares {size[0]}x{size[1]} pixels but the DICOM header "
+                          f"says {self.cols}x{self.rows} (Columns x Rows)")
+                raise ImageLoadError(self.label, reason, "a codestream matching Rows/Columns", index)
+        if str(self.uid).startswith(_JPEG_FAMILY) and not codestream.rstrip(b"\x00\xff").endswith(b"\xff\xd9"):
+            reason = "truncated or damaged JPEG codestream (no end-of-image marker)"
+            raise ImageLoadError(self.label, reason, "a complete codestream ending with FFD9", index)
+
+
+def dicom_frames(data: bytes, label: str, max_pixels: int, first_only: bool) -> list[Image.Image]:
+    """All frames (or the first) of a DICOM file; any bad frame raises (see :mod:`fetalplanes.core.frames`
+    for the per-frame robust iterator)."""
+    frames = DicomFrames(data, label, max_pixels)
+    if frames.short_read and not first_only:
+        raise ImageLoadError(label, f"{frames.short_read}: {len(frames)} of {frames.declared} frame(s) present")
+    return [frames.frame(i) for i in range(1 if first_only else len(frames))]
+
+
+def _geometry(ds: Dataset, label: str, max_pixels: int) -> tuple[int, int, int]:
+    """(rows, cols, NumberOfFrames) checked against max_pixels and the pixel module's rules
+    (PS3.3 C.7.6.3) before anything is decoded."""
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         count = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise ImageLoadError(label, f"DICOM image geometry is missing or invalid ({exc})") from None
-    _check_size(cols, rows, label, max_pixels)
+        allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored") or ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+        raise ImageLoadError(label, f"DICOM image geometry is missing or invalid ({_one_line(exc)})") from None
+    check_size(cols, rows, label, max_pixels)
     if count < 1:
-        raise ImageLoadError(label, f"DICOM NumberOfFrames is {count}")
-    return count
+        raise ImageLoadError(label, f"DICOM NumberOfFrames is {count}", "NumberOfFrames >= 1")
+    if allocated not in (1, 8, 16, 32) or not 1 <= stored <= allocated or samples not in (1, 3):
+        reason = f"DICOM BitsAllocated {allocated}, BitsStored {stored}, SamplesPerPixel {samples} are inconsistent"
+        raise ImageLoadError(label, reason, "BitsAllocated 1/8/16/32, 1 <= BitsStored <= BitsAllocated, 1 or 3 samples")
+    return rows, cols, count
 
 
-def _decode_dicom(ds: Dataset, label: str, index: int | None) -> np.ndarray:
-    from pydicom.pixels import get_decoder, pixel_array
+def _decoder(uid, label: str):  # noqa: ANN001, ANN202 - pydicom types, imported lazily
+    from pydicom.pixels import get_decoder
 
-    uid = ds.file_meta.TransferSyntaxUID
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:
@@ -90,75 +237,19 @@ def _decode_dicom(ds: Dataset, label: str, index: int | None) -> np.ndarray:
         raise ImageLoadError(label, reason) from None
     if not decoder.is_available:
         options = "; ".join(decoder.missing_dependencies) or "no plugin"
-        reason = (
-            f"DICOM transfer syntax {uid.name} ({uid}) needs a decoder that is not installed: "
-            f"{_DICOM_PLUGIN_HINT} [{options}]"
-        )
+        reason = (f"DICOM transfer syntax {uid.name} ({uid}) needs a decoder that is not installed: "
+                  f"{DICOM_EXTRA_HINT} [{options}]")
         raise ImageLoadError(label, reason)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pixel_array(ds, index=index)
-    except Exception as exc:  # decoder plugins raise assorted types on damaged data
-        reason = f"cannot decode DICOM pixel data, {uid.name} ({type(exc).__name__}: {exc})"
-        raise ImageLoadError(label, reason) from None
+    return decoder
 
 
-def _dicom_gray(frames: np.ndarray, ds: Dataset) -> list[np.ndarray]:
-    """Grayscale frames -> 8-bit: modality LUT, then VOI (window or LUT), then MONOCHROME1 inversion."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+def _pixel_options(ds: Dataset) -> dict:
+    from pydicom.pixels import as_pixel_options
 
-    lo, hi = _gray_range(frames, ds)
-    out = [_scale_to_uint8(apply_voi_lut(apply_modality_lut(f, ds), ds), lo, hi) for f in frames]
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
-        out = [255 - frame for frame in out]  # MONOCHROME1: the lowest value is white
-    return out
+    return as_pixel_options(ds)
 
 
-def _gray_range(frames: np.ndarray, ds: Dataset) -> tuple[float, float]:
-    """Input range that maps to 0..255, shared by all frames so a cine does not flicker."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    probe = _voi_probe(ds)
-    if probe is not None:
-        # The VOI output range is what the window/LUT maps its whole domain to, so the
-        # window's intent is kept even when the image does not fill it.
-        with np.errstate(over="ignore"):
-            limits = apply_voi_lut(probe, ds)
-        return float(np.min(limits)), float(np.max(limits))
-    if frames.dtype == np.uint8:
-        # 8-bit data without a window is shown as stored: stretching it would change the
-        # contrast the scanner chose and differ from the same image exported as PNG.
-        limits = apply_modality_lut(np.array([0, 255]), ds)
-        return float(np.min(limits)), float(np.max(limits))
-    lows, highs = zip(*(_finite_range(np.asarray(apply_modality_lut(f, ds))) for f in frames))
-    return min(lows), max(highs)
-
-
-def _voi_probe(ds: Dataset) -> np.ndarray | None:
-    """Inputs spanning the domain of the VOI transform pydicom will apply, or None without one."""
-    # Same precedence as apply_voi_lut(prefer_lut=True): a complete VOI LUT beats a window.
-    lut = ds.get("VOILUTSequence")
-    if lut and lut[0].get("LUTDescriptor") is not None and lut[0].get("LUTData") is not None:
-        entries, first = int(lut[0].LUTDescriptor[0]) or 65536, int(lut[0].LUTDescriptor[1])
-        return np.arange(first - 1, first + entries + 1)
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        return np.array([-1e300, 1e300])  # a window clamps anything outside it to its limits
-    return None
-
-
-def _dicom_colour(frames: np.ndarray, ds: Dataset) -> list[np.ndarray]:
-    """Colour frames (pydicom already converted YBR to RGB) or palette frames -> 8-bit RGB."""
-    from pydicom.pixels import apply_color_lut
-
-    palette = ds.get("PhotometricInterpretation") == "PALETTE COLOR"
-    out = []
-    for frame in frames:
-        if palette:
-            frame = apply_color_lut(frame, ds)
-            top = 255 if frame.dtype == np.uint8 else 65535  # 8- or 16-bit LUT entries
-        else:
-            top = 2 ** int(ds.get("BitsStored", 8)) - 1
-        keep = frame.dtype == np.uint8 and top == 255
-        out.append(frame if keep else _scale_to_uint8(frame, 0.0, float(top)))
-    return out
+def _one_line(exc: BaseException) -> str:
+    """Third-party messages can span lines (pydicom lists every plugin's failure): keep one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines)[:300] if lines else type(exc).__name__

@@ -4,13 +4,18 @@ Training, evaluation, the torch-free edge runtime, the CLI and the web service a
 images through :func:`load_image` (or :func:`load_frames` for cine loops and multi-page
 files), so every entry point accepts the same files and fails the same way: with an
 :class:`ImageLoadError` whose message names the file, says what is wrong and what was
-expected. The format is detected from the content (magic bytes), never from the suffix,
-because uploaded and exported files are often misnamed.
+expected (and the frame, for multi-frame files). The format is detected from the content
+in a fixed order (:mod:`fetalplanes.core.formats`: the DICOM marker first, then the image
+codecs), never from the suffix, because uploaded and exported files are often misnamed.
+The pixel limit is checked on every frame's own header before it is decoded.
+
+Intensities follow the one rule of :mod:`fetalplanes.core.intensity`: 8-bit as stored,
+DICOM through its LUTs to 8-bit; 16-bit gray PNG/TIFF stays 'I;16' here (full precision)
+and becomes 8-bit by its bit depth (v / 257) in :func:`fetalplanes.core.preprocess.to_gray`.
+For a per-frame robust iterator over cine loops and video see :mod:`fetalplanes.core.frames`.
 
 This module is part of ``core`` and must stay torch-free: stdlib, numpy, Pillow and
-pydicom only. It does no resizing or intensity normalisation beyond what is needed to
-turn DICOM pixel data into a displayable 8-bit image; 16-bit PNG/TIFF data is returned
-as 16-bit and rescaled later by :mod:`fetalplanes.core.preprocess`.
+pydicom only.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import struct
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -29,11 +33,18 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fetalplanes.core.dicom import dicom_frames
+from fetalplanes.core.errors import EXPECTED, BadFilesError, ImageLoadError
+from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, check_size, looks_like_text, sniff_format
+from fetalplanes.core.intensity import scale_by_bits, scale_float
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "EXPECTED",
     "IMAGE_SUFFIXES",
     "BadFilesError",
     "ImageLoadError",
+    "PilFrames",
     "check_files",
     "is_image_file",
     "list_images",
@@ -46,112 +57,16 @@ logger = logging.getLogger(__name__)
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
-DEFAULT_MAX_PIXELS: int = 50_000_000
-"""Largest accepted width*height per frame: far above any ultrasound frame, far below
-what would exhaust memory when a hostile upload claims a huge size in a tiny file."""
-
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp"}
 )
-
-EXPECTED = "a PNG, JPEG, BMP, TIFF or DICOM image"
 
 # sniff_format name -> Pillow plugin name; passing it to Image.open stops Pillow from
 # guessing another format when the data is damaged.
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "tiff": "TIFF", "gif": "GIF", "webp": "WEBP"}
 
-# Modes returned unchanged: 8-bit gray, gray+alpha, 16/32-bit gray, RGB, RGBA.
-_KEPT_MODES = frozenset({"L", "LA", "I;16", "I", "RGB", "RGBA"})
-
-# BITMAPINFOHEADER sizes Pillow understands; checking them keeps a text file that happens
-# to start with "BM" from being reported as a corrupt bitmap.
-_BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
-
-
-
-class ImageLoadError(ValueError):
-    """An image file cannot be loaded; the message names the file, the reason and what was expected.
-
-    Construct as ``ImageLoadError(name, reason, expected=...)``; a single preformatted
-    message, ``ImageLoadError("x.png: ...")``, is accepted too.
-    """
-
-    def __init__(self, name: str, reason: str | None = None, expected: str = EXPECTED) -> None:
-        message = name if reason is None else f"{name}: {reason}; expected {expected}"
-        super().__init__(message)
-        self.name = name
-        self.reason = reason if reason is not None else name
-        self.expected = expected
-        self._init_args = (name, reason, expected)
-
-    def __reduce__(self) -> tuple:
-        # Default exception pickling replays self.args (the message) as the only argument,
-        # which would lose .reason in worker processes (e.g. data-loader workers).
-        return (type(self), self._init_args)
-
-
-class BadFilesError(ValueError):
-    """Raised by :func:`check_files`; ``.bad`` lists every ``(name, reason)`` pair."""
-
-    def __init__(self, bad: list[tuple[str, str]]) -> None:
-        self.bad = list(bad)
-        lines = "\n".join(f"  {name}: {reason}" for name, reason in self.bad)
-        header = f"{len(self.bad)} image file(s) cannot be loaded (expected {EXPECTED} each):"
-        super().__init__(f"{header}\n{lines}")
-
-    def __reduce__(self) -> tuple:
-        return (type(self), (self.bad,))
-
-
-# --------------------------------------------------------------------------- format sniffing
-
-
-def sniff_format(data: bytes) -> str | None:
-    """Format from magic bytes: 'png', 'jpeg', 'bmp', 'tiff', 'gif', 'webp', 'dicom' or None.
-
-    'dicom' means "DICM" at offset 128 (a Part 10 file) or, for files written without the
-    128-byte preamble, a first element in group 0002/0008 that parses as a DICOM tag.
-    """
-    head = bytes(data[:132])
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:2] == b"BM" and len(head) >= 18 and struct.unpack_from("<I", head, 14)[0] in _BMP_HEADER_SIZES:
-        return "bmp"
-    if head[128:132] == b"DICM" or _looks_like_headerless_dicom(head):
-        return "dicom"
-    return None
-
-
-def _looks_like_headerless_dicom(head: bytes) -> bool:
-    """True when the bytes start with a little-endian group 0002/0008 element.
-
-    Some scanners and old PACS exports omit the preamble; only such files are read with
-    ``force=True``, so arbitrary binary junk is never handed to pydicom's lenient parser.
-    """
-    if len(head) < 8:
-        return False
-    group, _element = struct.unpack_from("<HH", head)
-    if group not in (0x0002, 0x0008):
-        return False
-    vr = head[4:6]
-    if vr.isalpha() and vr.isupper():  # explicit VR
-        return True
-    return struct.unpack_from("<I", head, 4)[0] < 0x10000  # implicit VR: a plausible length
-
-
-def _looks_like_text(head: bytes) -> bool:
-    text = head[:512].decode("utf-8", errors="replace")
-    if "\x00" in text or text.count("\ufffd") > 3:
-        return False
-    return all(ch.isprintable() or ch.isspace() or ch == "\ufffd" for ch in text)
+# Modes returned unchanged: 8-bit gray, gray+alpha, 16-bit gray, RGB, RGBA.
+_KEPT_MODES = frozenset({"L", "LA", "I;16", "RGB", "RGBA"})
 
 
 # --------------------------------------------------------------------------- reading bytes
@@ -194,18 +109,6 @@ def _read_file(path: Path, label: str, max_bytes: int | None) -> bytes:
         raise ImageLoadError(label, f"cannot read file ({exc.strerror or exc})") from None
 
 
-def _check_size(width: int, height: int, label: str, max_pixels: int) -> None:
-    """Reject empty and oversized frames from the header, before any pixel is decoded."""
-    if width <= 0 or height <= 0:
-        raise ImageLoadError(label, f"image has zero size ({width}x{height})")
-    if width * height > max_pixels:
-        raise ImageLoadError(
-            label,
-            f"image is {width}x{height} = {width * height:,} pixels (possible decompression bomb)",
-            f"at most {max_pixels:,} pixels (max_pixels)",
-        )
-
-
 # --------------------------------------------------------------------------- public loaders
 
 
@@ -246,11 +149,9 @@ def _load(
     data, label = _read_source(source, name, max_bytes)
     fmt = sniff_format(data)
     if fmt is None:
-        what = "the content looks like text" if _looks_like_text(data) else "unrecognised binary content"
+        what = "the content looks like text" if looks_like_text(data) else "unrecognised binary content"
         raise ImageLoadError(label, f"not an image: {what}")
     if fmt == "dicom":
-        from fetalplanes.core.dicom import dicom_frames  # lazy: dicom.py imports this module
-
         return dicom_frames(data, label, max_pixels, first_only)
     return _pil_frames(data, fmt, label, max_pixels, first_only)
 
@@ -259,8 +160,8 @@ def _load(
 
 
 @contextmanager
-def _pillow_errors(label: str, fmt: str, max_pixels: int) -> Iterator[None]:
-    """Turn every Pillow failure inside the block into an ImageLoadError naming `label`.
+def _pillow_errors(label: str, fmt: str, max_pixels: int, frame: int | None = None) -> Iterator[None]:
+    """Turn every Pillow failure inside the block into an ImageLoadError naming `label` (and `frame`).
 
     Pillow's own bomb guard only warns between MAX_IMAGE_PIXELS and twice that; it is made
     an error here, locally, because changing warning filters or MAX_IMAGE_PIXELS globally
@@ -274,32 +175,51 @@ def _pillow_errors(label: str, fmt: str, max_pixels: int) -> Iterator[None]:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             expected = f"at most {max_pixels:,} pixels"
-            raise ImageLoadError(label, f"too many pixels ({exc})", expected) from None
+            raise ImageLoadError(label, f"too many pixels ({exc})", expected, frame) from None
         except UnidentifiedImageError:
             reason = f"starts like {fmt.upper()} but its header cannot be parsed"
-            raise ImageLoadError(label, reason) from None
+            raise ImageLoadError(label, reason, frame=frame) from None
         # Pillow's decoders raise a zoo of types on malformed input (OSError, SyntaxError,
-        # ValueError, EOFError, struct.error, IndexError...): all mean "unreadable file".
+        # ValueError, EOFError, struct.error, IndexError, MemoryError...): all mean "unreadable file".
         except Exception as exc:
             reason = f"corrupt or truncated {fmt.upper()} data ({type(exc).__name__}: {exc})"
-            raise ImageLoadError(label, reason) from exc
+            raise ImageLoadError(label, reason, frame=frame) from None
+
+
+class PilFrames:
+    """The frames (pages) of a Pillow-readable file; ``frame(i)`` decodes one, checked first.
+
+    ``declared`` is the frame count in the header (1 for a still image). Frames must be read
+    in order (GIF/APNG frames build on the previous one).
+    """
+
+    def __init__(self, data: bytes, fmt: str, label: str, max_pixels: int) -> None:
+        self.fmt, self.label, self.max_pixels = fmt, label, max_pixels
+        self.short_read: str | None = None
+        with _pillow_errors(label, fmt, max_pixels):
+            self._image = Image.open(BytesIO(data), formats=[_PIL_FORMATS[fmt]])
+            self.declared = self.count = max(1, int(getattr(self._image, "n_frames", 1)))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def frame(self, index: int) -> Image.Image:
+        frame = index if self.count > 1 else None
+        with _pillow_errors(self.label, self.fmt, self.max_pixels, frame):
+            image = self._image
+            if index:
+                image.seek(index)
+            check_size(*image.size, self.label, self.max_pixels, frame)  # header size, before decoding
+            image.load()
+            return _finish(image if self.count == 1 else image.copy(), self.label)
 
 
 def _pil_frames(data: bytes, fmt: str, label: str, max_pixels: int, first_only: bool) -> list[Image.Image]:
-    with _pillow_errors(label, fmt, max_pixels):
-        image = Image.open(BytesIO(data), formats=[_PIL_FORMATS[fmt]])
-        count = 1 if first_only else getattr(image, "n_frames", 1)
-        frames = []
-        for index in range(count):
-            if index:
-                image.seek(index)
-            _check_size(*image.size, label, max_pixels)  # header size, before decoding
-            image.load()
-            frames.append(_finish(image if count == 1 else image.copy()))
-    return frames
+    frames = PilFrames(data, fmt, label, max_pixels)
+    return [frames.frame(i) for i in range(1 if first_only else len(frames))]
 
 
-def _finish(image: Image.Image) -> Image.Image:
+def _finish(image: Image.Image, label: str) -> Image.Image:
     """Apply EXIF orientation, then bring the mode into the documented set."""
     # Browsers honour EXIF orientation; without this, overlays drawn on our pixels would be
     # rotated relative to the image the clinician sees.
@@ -307,10 +227,11 @@ def _finish(image: Image.Image) -> Image.Image:
         ImageOps.exif_transpose(image, in_place=True)
     except Exception as exc:  # damaged EXIF must not make intact pixels unreadable
         logger.debug("ignoring unreadable EXIF orientation: %s", exc)
-    return _normalise_mode(image)
+    return _normalise_mode(image, label)
 
 
-def _normalise_mode(image: Image.Image) -> Image.Image:
+def _normalise_mode(image: Image.Image, label: str) -> Image.Image:
+    """Modes into {'L', 'LA', 'I;16', 'RGB', 'RGBA'}, by the intensity rule (core.intensity)."""
     mode = image.mode
     if mode in _KEPT_MODES:
         return image
@@ -322,28 +243,27 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
     if mode in ("I;16B", "I;16L", "I;16N"):
         # Other byte orders of 16-bit gray: same values, native 'I;16' mode.
         return Image.fromarray(np.asarray(image).astype(np.uint16))
+    if mode == "I":
+        return _from_int32(image)
     if mode == "F":
-        # Float TIFFs have no fixed range; min-max to 8-bit is the only neutral choice.
-        values = np.asarray(image)
-        return Image.fromarray(_scale_to_uint8(values, *_finite_range(values)))
+        return Image.fromarray(scale_float(np.asarray(image), label))
     if mode in ("RGBa", "La"):
         return image.convert("RGBA")
     return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
 
 
-def _finite_range(values: np.ndarray) -> tuple[float, float]:
-    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-    if finite.size == 0:
-        return 0.0, 0.0
-    return float(finite.min()), float(finite.max())
-
-
-def _scale_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Linear map of [lo, hi] to [0, 255], clipped; a flat range gives black."""
-    if not hi > lo:
-        return np.zeros(np.shape(values), dtype=np.uint8)
-    x = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=lo, posinf=hi, neginf=lo)
-    return np.rint((np.clip(x, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+def _from_int32(image: Image.Image) -> Image.Image:
+    """Pillow's 32-bit integer mode: 16-bit data stays 16-bit; wider data is scaled by its bits."""
+    values = np.asarray(image)
+    tag = getattr(image, "tag_v2", None)
+    declared = tag.get(258) if tag is not None else None  # TIFF BitsPerSample
+    bits = int(declared[0] if isinstance(declared, tuple) else declared) if declared else None
+    if bits is None:
+        bits = 16 if values.size == 0 or (values.min() >= 0 and values.max() <= 65535) else 32
+    if bits <= 16 and values.size and values.min() >= 0:
+        return Image.fromarray(values.clip(0, 65535).astype(np.uint16))
+    signed = bool(values.size and values.min() < 0)
+    return Image.fromarray(scale_by_bits(values, bits, signed))
 
 
 # --------------------------------------------------------------------------- folders and checks

@@ -11,18 +11,23 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from fetalplanes.core.intensity import scale_by_bits
 from fetalplanes.core.spec import Preprocessing
 
 
 def to_gray(image: Image.Image) -> Image.Image:
-    """Grayscale 8-bit view of any loaded image (ultrasound B-mode is grayscale)."""
+    """Grayscale 8-bit view of any loaded image (ultrasound B-mode is grayscale).
+
+    16-bit gray is scaled by its bit depth (v / 257), never by the image's own min/max, so
+    the 8-bit and 16-bit exports of one frame give identical pixels (the intensity rule of
+    :mod:`fetalplanes.core.intensity`). Pillow's 32-bit 'I' mode is read as 16-bit data
+    (what :func:`fetalplanes.core.io.load_image` leaves in it), clipped to 0..65535.
+    """
     if image.mode == "L":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(scaled.round().astype(np.uint8))
+        arr = np.asarray(image).astype(np.int64).clip(0, 65535)
+        return Image.fromarray(scale_by_bits(arr, 16))
     if image.mode in ("RGBA", "LA", "P", "PA"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))

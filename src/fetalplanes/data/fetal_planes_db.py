@@ -12,11 +12,11 @@ the index notes, because they are not a sub-plane class.
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
 from fetalplanes.core.classes import BRAIN_PLANES, classes_for_task
+from fetalplanes.core.tables import TableFormatError, read_table
 from fetalplanes.data.records import DatasetIndex, Sample
 
 log = logging.getLogger(__name__)
@@ -45,27 +45,19 @@ def find_root(path: str | Path) -> Path | None:
 
 
 def read_metadata(csv_path: str | Path) -> list[dict[str, str]]:
-    """Rows of the official CSV with keys and values stripped of the shipped trailing spaces."""
+    """Rows of the official CSV, read by the one CSV rule (:mod:`fetalplanes.core.tables`: the
+    shipped trailing spaces stripped, blank rows skipped); raises DatasetFormatError."""
     csv_path = Path(csv_path)
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh, delimiter=";")
-            header = [h.strip() for h in next(reader, [])]
-            missing = [c for c in COLUMNS if c not in header]
-            if missing:
-                raise DatasetFormatError(
-                    f"{csv_path}: missing column(s) {missing}; expected a ';'-separated header with {list(COLUMNS)}"
-                )
-            rows = []
-            for lineno, values in enumerate(reader, start=2):
-                if not any(v.strip() for v in values):
-                    continue
-                if len(values) != len(header):
-                    raise DatasetFormatError(f"{csv_path}:{lineno}: {len(values)} fields, expected {len(header)}")
-                rows.append({h: v.strip() for h, v in zip(header, values)})
-    except UnicodeDecodeError as err:
-        raise DatasetFormatError(f"{csv_path}: not a UTF-8 text CSV ({err})") from None
-    return rows
+        table = read_table(csv_path)
+    except TableFormatError as err:
+        raise DatasetFormatError(str(err)) from None
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise DatasetFormatError(
+            f"{csv_path}: missing column(s) {missing}; expected a ';'-separated header with {list(COLUMNS)}"
+        )
+    return table.rows
 
 
 def _official_split(row: dict[str, str], csv_path: Path) -> str:

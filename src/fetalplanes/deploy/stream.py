@@ -1,7 +1,8 @@
 """``fetalplanes stream``: standard-plane detection on every frame of an ultrasound cine.
 
 Input is a video file (mp4/avi/..., decoded with PyAV, i.e. FFmpeg), a folder of frame
-images (sorted by name) or a multi-frame DICOM cine loop (``core.io.load_frames``). Every
+images (sorted by name) or a multi-frame DICOM cine loop, read frame by frame by
+``core.frames.open_frames`` (bad frames skipped and reported by index). Every
 frame goes through the one preprocessing (``core.preprocess``) and the exported ONNX model
 (``runtime.predictor.OnnxPredictor``); class probabilities are smoothed over time (EMA or a
 causal sliding-window mean) so that the label does not flicker between frames; the frame
@@ -29,100 +30,29 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-from PIL import Image
 
 from fetalplanes.core.atomic import write_json, write_text
+from fetalplanes.core.frames import DEFAULT_FPS, VIDEO_SUFFIXES, Frame  # noqa: F401 - re-exported
+from fetalplanes.core.frames import open_frames as open_frames_core
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
-DEFAULT_FPS = 25.0  # time stamps for frame folders / DICOM without a frame time
 CSV_FIELDS = ("frame", "time_s", "raw_label", "raw_confidence", "smoothed_label", "smoothed_confidence", "abstain", "latency_ms")
-
-
-@dataclass(frozen=True)
-class Frame:
-    index: int
-    time_s: float
-    image: Image.Image
 
 
 # ------------------------------------------------------------------------------ readers
 def open_frames(path: str | os.PathLike[str], fps: float | None = None) -> tuple[Iterator[Frame], dict[str, Any]]:
-    """(frame iterator, info) for a video file, a folder of frames or a multi-frame image."""
+    """(frame iterator, info) for a video file, a folder of frames or a multi-frame image.
+
+    Reading is :func:`fetalplanes.core.frames.open_frames`: a bad frame is skipped and
+    reported by index, a short read is reported, invalid DICOM timing falls back with a
+    warning. ``info`` is filled in while the frames are read (decoded/skipped counts).
+    """
     path = Path(path)
-    if path.is_dir():
-        return _folder_frames(path, fps)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such video, frame folder or DICOM file")
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        return _video_frames(path)
-    return _image_frames(path, fps)
-
-
-def _video_frames(path: Path) -> tuple[Iterator[Frame], dict[str, Any]]:
-    try:
-        import av
-    except ImportError as err:  # pragma: no cover - depends on the install
-        raise ValueError(f"{path}: reading video needs PyAV (pip install 'fetalplanes[video]')") from err
-    try:
-        container = av.open(str(path))
-    except av.error.FFmpegError as err:
-        raise ValueError(f"{path}: cannot open video ({err})") from None
-    if not container.streams.video:
-        container.close()
-        raise ValueError(f"{path}: the file has no video stream")
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"  # FFmpeg's own frame/slice threads
-    rate = float(stream.average_rate) if stream.average_rate else DEFAULT_FPS
-    info = {"kind": "video", "codec": stream.codec_context.name, "fps": rate, "frames_declared": stream.frames or None,
-            "width": stream.codec_context.width, "height": stream.codec_context.height}
-
-    def gen() -> Iterator[Frame]:
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                t = float(frame.time) if frame.time is not None else i / rate
-                # B-mode is grayscale: decoding straight to 8-bit luma skips a colour conversion.
-                yield Frame(i, t, Image.fromarray(frame.to_ndarray(format="gray")))
-        finally:
-            container.close()
-
-    return gen(), info
-
-
-def _folder_frames(path: Path, fps: float | None) -> tuple[Iterator[Frame], dict[str, Any]]:
-    from fetalplanes.core.io import list_images, load_image
-
-    files = sorted(list_images(path, recursive=False), key=lambda p: p.name)
-    if not files:
-        raise ValueError(f"{path}: no frame images in this folder")
-    rate = fps or DEFAULT_FPS
-    gen = (Frame(i, i / rate, load_image(f)) for i, f in enumerate(files))
-    return gen, {"kind": "folder", "fps": rate, "frames_declared": len(files)}
-
-
-def _dicom_frame_rate(path: Path) -> float | None:
-    """Frames per second from a DICOM cine's FrameTime (ms) or CineRate, if present."""
-    try:
-        import pydicom
-
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except Exception:  # noqa: BLE001 - not DICOM or unreadable header: caller falls back
-        return None
-    if getattr(ds, "FrameTime", None):
-        return 1000.0 / float(ds.FrameTime)
-    if getattr(ds, "CineRate", None):
-        return float(ds.CineRate)
-    return None
-
-
-def _image_frames(path: Path, fps: float | None) -> tuple[Iterator[Frame], dict[str, Any]]:
-    from fetalplanes.core.io import load_frames
-
-    images = load_frames(path)
-    rate = fps or _dicom_frame_rate(path) or DEFAULT_FPS
-    gen = (Frame(i, i / rate, im) for i, im in enumerate(images))
-    return gen, {"kind": "multi-frame image", "fps": rate, "frames_declared": len(images)}
+    reader = open_frames_core(path, fps=fps)
+    return iter(reader), reader.info
 
 
 def write_phantom_video(

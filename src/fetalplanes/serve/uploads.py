@@ -5,12 +5,19 @@ promises that nothing an upload contains is written to disk, so the body is pars
 with python-multipart's streaming parser straight into memory. The size limit is enforced
 while the body streams in (a lying or absent Content-Length does not help a client), and
 upload file names are only ever echoed back for display, never used as paths.
+
+A part's Content-Disposition is read with the standard library's RFC 2231 support
+(:mod:`email.message`), so ``filename*=UTF-8''...`` (RFC 6266 / RFC 5987, sent by some
+clients for non-ASCII names) names a file part, and wins over a plain ``filename`` when
+both are sent (RFC 6266 section 4.3). python-multipart ignores the extended form.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
+from email.message import Message
+from email.utils import collapse_rfc2231_value
 from typing import AsyncIterator
 
 from python_multipart.exceptions import FormParserError
@@ -50,6 +57,25 @@ def safe_filename(raw: str | None) -> str | None:
     return name[:MAX_FILENAME_CHARS] or None
 
 
+def content_disposition(raw: bytes) -> tuple[str, str | None]:
+    """(part name, file name or None) of a multipart part's Content-Disposition header.
+
+    ``filename*`` (RFC 5987 encoded, e.g. ``UTF-8''%C3%A9cho.png``) is preferred over
+    ``filename``; None means the part carries no file (a plain form field).
+    """
+    message = Message()
+    message["Content-Disposition"] = _decode(raw)
+    params = message.get_params(header="content-disposition", failobj=[])[1:]
+    names = [value for key, value in params if key.lower() == "name"]
+    files = [value for key, value in params if key.lower() == "filename"]
+    # decode_params turns filename* into a (charset, language, value) tuple: RFC 6266 prefers it.
+    extended = [value for value in files if isinstance(value, tuple)]
+    chosen = (extended or files or [None])[0]
+    filename = None if chosen is None else collapse_rfc2231_value(chosen)
+    name = collapse_rfc2231_value(names[0]) if names else ""
+    return str(name), None if filename is None else str(filename)
+
+
 def _decode(value: bytes) -> str:
     try:
         return value.decode("utf-8")
@@ -70,6 +96,7 @@ class _Collector:
         self._header_value = b""
         self._disposition = b""
         self._parts = 0
+        self.fields: list[str] = []  # names of parts that carried no file
 
     def callbacks(self) -> dict:
         return {
@@ -102,13 +129,14 @@ class _Collector:
         self._header_name = self._header_value = b""
 
     def on_headers_finished(self) -> None:
-        _, options = parse_options_header(self._disposition)
-        if b"filename" not in options:
-            return  # a plain form field: its data is dropped
+        name, filename = content_disposition(self._disposition)
+        if filename is None:
+            self.fields.append(name)  # a plain form field: its data is dropped, its name reported
+            return
         if len(self.uploads) >= self.max_files:
             # 422, not 413: the count is a documented constraint of the request (maxItems).
             raise UploadError(422, f"too many files: at most {self.max_files} per request")
-        self._current = Upload(_decode(options.get(b"name", b"")), safe_filename(_decode(options[b"filename"])))
+        self._current = Upload(name, safe_filename(filename))
         self.uploads.append(self._current)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -184,5 +212,10 @@ async def read_uploads(
     if not collector.ended:
         raise UploadError(422, "truncated multipart/form-data body (no closing boundary)")
     if not collector.uploads:
-        raise UploadError(422, "no file in the request; send the image as a multipart file field")
+        hint = "send the image as a multipart file field (Content-Disposition: form-data; name=\"file\"; filename=\"scan.png\")"
+        if collector.fields:
+            shown = ", ".join(repr(safe_filename(n) or n[:40]) for n in collector.fields[:5])
+            raise UploadError(422, f"no file in the request: part(s) {shown} carry no filename, so they are form "
+                                   f"fields, not files; {hint}")
+        raise UploadError(422, f"no file in the request; {hint}")
     return collector.uploads

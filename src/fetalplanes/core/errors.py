@@ -1,0 +1,72 @@
+"""The one user-facing input error: :class:`ImageLoadError` (file, frame, reason, expected).
+
+Every loader in :mod:`fetalplanes.core` (images, DICOM, cine loops, video, frame folders)
+raises this type and nothing else for bad input, so the CLI and the service can print one
+line per bad file (or frame) and carry on with the good ones. It lives in its own module,
+below :mod:`~fetalplanes.core.io` and :mod:`~fetalplanes.core.dicom`, so that neither has
+to import the other for it.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["EXPECTED", "BadFilesError", "ImageLoadError"]
+
+EXPECTED = "a PNG, JPEG, BMP, TIFF or DICOM image"
+
+
+class ImageLoadError(ValueError):
+    """An input cannot be loaded; the message names the file (and frame), the reason and what was expected.
+
+    Construct as ``ImageLoadError(name, reason, expected=..., frame=...)``; a single
+    preformatted message, ``ImageLoadError("x.png: ...")``, is accepted too. ``frame`` is the
+    0-based frame index inside a multi-frame file (DICOM cine, video, multi-page TIFF), the
+    same index the frame iterator and ``stream``'s frames.csv use.
+    """
+
+    def __init__(self, name: str, reason: str | None = None, expected: str = EXPECTED, frame: int | None = None) -> None:
+        where = name if frame is None else f"{name}: frame {frame}"
+        message = name if reason is None else f"{where}: {reason}; expected {expected}"
+        super().__init__(_one_line(message))
+        self.name = name
+        self.reason = reason if reason is not None else name
+        self.expected = expected
+        self.frame = frame
+        self._init_args = (name, reason, expected, frame)
+
+    @property
+    def file(self) -> str:
+        """The file (or upload) name, as given to the loader."""
+        return self.name
+
+    def with_frame(self, frame: int) -> ImageLoadError:
+        """The same error, located at ``frame`` of its file."""
+        return ImageLoadError(self.name, self.reason, self.expected, frame)
+
+    def __reduce__(self) -> tuple:
+        # Default exception pickling replays self.args (the message) as the only argument,
+        # which would lose .reason in worker processes (e.g. data-loader workers).
+        return (type(self), self._init_args)
+
+
+def _one_line(text: str) -> str:
+    """Control characters (newlines from a decoder's message or a damaged file's own text) become
+    spaces, so every error prints as exactly one line."""
+    return _CONTROL.sub(" ", text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+class BadFilesError(ValueError):
+    """Raised by :func:`fetalplanes.core.io.check_files`; ``.bad`` lists every ``(name, reason)`` pair."""
+
+    def __init__(self, bad: list[tuple[str, str]]) -> None:
+        self.bad = list(bad)
+        lines = "\n".join(f"  {name}: {reason}" for name, reason in self.bad)
+        header = f"{len(self.bad)} image file(s) cannot be loaded (expected {EXPECTED} each):"
+        super().__init__(f"{header}\n{lines}")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.bad,))

@@ -1,0 +1,315 @@
+"""Frames of a cine loop, video, multi-page image or frame folder, one at a time, robust per frame.
+
+:func:`open_frames` returns a :class:`FrameReader`: iterate it for :class:`Frame` objects
+(0-based index, time stamp in seconds, decoded PIL image). It is what ``stream`` reads and
+what ``predict`` can use for a multi-frame DICOM:
+
+- a frame that cannot be decoded is skipped, logged as one warning line naming the file and
+  frame (:class:`~fetalplanes.core.errors.ImageLoadError`), and kept in ``reader.skipped``;
+- the declared frame count (DICOM NumberOfFrames, the video header, the TIFF/GIF page count)
+  is compared with what was read; a short read is logged and kept in ``reader.info``;
+- third-party decoder errors (pydicom plugins, Pillow, FFmpeg via PyAV) become one line; no
+  third-party traceback leaves this module; a source where no frame decodes raises
+  ImageLoadError at the end of iteration;
+- time stamps come from the user's fps, else the DICOM timing attributes (FrameTime in ms,
+  CineRate, RecommendedDisplayFrameRate, in that order; PS3.3 C.7.6.5), else the video's
+  own time stamps and rate, else :data:`DEFAULT_FPS`. Each DICOM attribute is validated (a
+  finite number, a rate between 0 and :data:`MAX_FPS` frames/s); an invalid one, e.g.
+  ``FrameTime = "33,3"``, ``0`` or ``-40``, is skipped with one warning naming the file and
+  attribute. Time stamps are never negative.
+
+Frames follow the one intensity rule (:mod:`fetalplanes.core.intensity`); video frames are
+decoded to 8-bit luma. Torch-free; PyAV (``fetalplanes[video]``) is imported only for video.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from fetalplanes.core.errors import ImageLoadError
+from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, sniff_format, sniff_video
+from fetalplanes.core.io import IMAGE_SUFFIXES, PilFrames, Source, _read_source, list_images, load_image
+
+__all__ = ["DEFAULT_FPS", "MAX_FPS", "VIDEO_SUFFIXES", "Frame", "FrameReader", "dicom_frame_rate", "open_frames"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FPS = 25.0
+"""Frame rate assumed when neither the user nor the file gives a valid one (frames/s)."""
+MAX_FPS = 1000.0
+"""Highest plausible frame rate; ultrasound cine runs at 10-200 frames/s."""
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
+VIDEO_EXPECTED = "a readable video (MP4, AVI, MOV, MKV, WebM, MPEG)"
+_DICOM_TIMING = (  # attribute, its value -> frames per second
+    ("FrameTime", lambda ms: 1000.0 / ms),
+    ("CineRate", float),
+    ("RecommendedDisplayFrameRate", float),
+)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: 0-based ``index`` in its source, ``time_s`` (>= 0) and the image."""
+
+    index: int
+    time_s: float
+    image: Image.Image
+
+
+class FrameReader:
+    """Iterable of :class:`Frame`; ``info`` and ``skipped`` fill in while it is iterated.
+
+    ``info`` keys: kind, fps, fps_source, frames_declared, frames_decoded, frames_skipped,
+    skipped (list of {frame, error}), short_read (str or None), warnings (list of str), plus
+    codec/width/height for video. Iterate once.
+    """
+
+    def __init__(self, label: str, info: dict[str, Any], frames: Callable[[FrameReader], Iterator[Frame]]) -> None:
+        self.label = label
+        self.info: dict[str, Any] = {"frames_decoded": 0, "frames_skipped": 0, "skipped": [], "short_read": None,
+                                     "warnings": [], **info}
+        self.skipped: list[ImageLoadError] = []
+        self._frames = frames
+
+    @property
+    def fps(self) -> float:
+        return float(self.info["fps"])
+
+    def __iter__(self) -> Iterator[Frame]:
+        for frame in self._frames(self):
+            self.info["frames_decoded"] += 1
+            yield frame
+        self._finish()
+
+    def skip(self, err: ImageLoadError) -> None:
+        """Record a bad frame (called by the source generators)."""
+        self.skipped.append(err)
+        self.info["frames_skipped"] += 1
+        self.info["skipped"].append({"frame": err.frame, "error": str(err)})
+        logger.warning("%s", err)
+
+    def short(self, reason: str) -> None:
+        self.info["short_read"] = reason
+
+    def warn(self, message: str) -> None:
+        self.info["warnings"].append(message)
+        logger.warning("%s", message)
+
+    def _finish(self) -> None:
+        info, read = self.info, self.info["frames_decoded"] + self.info["frames_skipped"]
+        declared = info.get("frames_declared")
+        if declared and read < declared and not info["short_read"]:
+            info["short_read"] = f"{read} of {declared} declared frame(s) present"
+        if info["short_read"]:
+            logger.warning("%s: short read: %s", self.label, info["short_read"])
+        if info["frames_skipped"]:
+            listed = ", ".join(str(e.frame) for e in self.skipped[:10]) + (", ..." if len(self.skipped) > 10 else "")
+            logger.warning("%s: %d of %d frame(s) skipped (frame %s)", self.label, info["frames_skipped"], read, listed)
+        if info["frames_decoded"] == 0:
+            first = f"; first: {self.skipped[0].reason}" if self.skipped else ""
+            why = f"{info['frames_skipped']} bad frame(s){first}" if info["frames_skipped"] else info["short_read"] or "empty"
+            raise ImageLoadError(self.label, f"no frame could be decoded ({why})", "at least one readable frame")
+
+
+def open_frames(
+    source: Source,
+    *,
+    name: str | None = None,
+    fps: float | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = None,
+) -> FrameReader:
+    """A :class:`FrameReader` over a DICOM cine, video, multi-page image, still image or frame folder.
+
+    ``fps`` (frames/s, > 0) overrides the file's timing. Raises :class:`ImageLoadError` for
+    a source that cannot be opened at all (not found, not a supported format, no decoder).
+    """
+    if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise ValueError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps!r}")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        label = name or os.fspath(source)
+        if path.is_dir():
+            return _folder(path, label, fps, max_pixels)
+        if path.is_file() and _is_video_file(path):
+            return _video(path, label, fps)
+    data, label = _read_source(source, name, max_bytes)
+    fmt = sniff_format(data)
+    if fmt is None and sniff_video(data):
+        return _video(BytesIO(data), label, fps)
+    if fmt == "dicom":
+        return _dicom(data, label, fps, max_pixels)
+    if fmt is None:
+        load_image(data, name=label)  # raises the loader's one-line "not an image" error
+    return _pages(data, fmt, label, fps, max_pixels)
+
+
+def _is_video_file(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if sniff_format(head) is not None:
+        return False
+    return sniff_video(head) is not None or path.suffix.lower() in VIDEO_SUFFIXES
+
+
+# ------------------------------------------------------------------------------ DICOM and pages
+def _dicom(data: bytes, label: str, fps: float | None, max_pixels: int) -> FrameReader:
+    from fetalplanes.core.dicom import DicomFrames
+
+    frames = DicomFrames(data, label, max_pixels)
+    rate, source, problems = (fps, "user", []) if fps else dicom_frame_rate(frames.ds, label)
+    info = {"kind": "dicom", "fps": rate, "fps_source": source, "frames_declared": frames.declared}
+
+    def gen(reader: FrameReader) -> Iterator[Frame]:
+        for message in problems:
+            reader.warn(message)
+        if frames.short_read:
+            reader.short(f"{frames.short_read}: {len(frames)} of {frames.declared} frame(s) present")
+        for i in range(len(frames)):
+            try:
+                image = frames.frame(i)
+            except ImageLoadError as err:
+                if frames.declared == 1:
+                    raise  # a single-frame file: its error is the file's error
+                reader.skip(err if err.frame is not None else err.with_frame(i))
+                continue
+            yield Frame(i, i / rate, image)
+
+    return FrameReader(label, info, gen)
+
+
+def dicom_frame_rate(ds: Any, label: str) -> tuple[float, str, list[str]]:
+    """(frames/s, attribute used or 'default', one warning line per invalid timing attribute)."""
+    problems = []
+    for attribute, to_fps in _DICOM_TIMING:
+        if attribute not in ds:
+            continue
+        raw: Any = "<unreadable>"
+        try:
+            raw = ds[attribute].value  # parsed lazily: a damaged element raises here
+            rate = to_fps(float(raw[0] if isinstance(raw, (list, tuple)) else raw))
+        except Exception:  # noqa: BLE001 - any unreadable value is "invalid": warn and fall back
+            rate = None
+        if rate is not None and math.isfinite(rate) and 0 < rate <= MAX_FPS:
+            return rate, attribute, problems
+        problems.append(f"{label}: invalid {attribute} {str(raw)!r} (expected a positive number"
+                        f"{' of milliseconds per frame' if attribute == 'FrameTime' else ' of frames per second'}); "
+                        "ignored")
+    if problems:
+        problems[-1] += f"; using the default {DEFAULT_FPS:g} frames/s"
+    return DEFAULT_FPS, "default", problems
+
+
+def _pages(data: bytes, fmt: str, label: str, fps: float | None, max_pixels: int) -> FrameReader:
+    frames = PilFrames(data, fmt, label, max_pixels)
+    rate = fps or DEFAULT_FPS
+    info = {"kind": "image" if len(frames) == 1 else "multi-frame image", "fps": rate,
+            "fps_source": "user" if fps else "default", "frames_declared": len(frames)}
+
+    def gen(reader: FrameReader) -> Iterator[Frame]:
+        for i in range(len(frames)):
+            try:
+                image = frames.frame(i)
+            except ImageLoadError as err:
+                if len(frames) == 1:
+                    raise
+                reader.skip(err)
+                continue
+            yield Frame(i, i / rate, image)
+
+    return FrameReader(label, info, gen)
+
+
+def _folder(path: Path, label: str, fps: float | None, max_pixels: int) -> FrameReader:
+    files = sorted(list_images(path, recursive=False), key=lambda p: p.name)
+    if not files:
+        raise ImageLoadError(label, "no frame images in this folder", f"files ending in {sorted(IMAGE_SUFFIXES)}")
+    rate = fps or DEFAULT_FPS
+    info = {"kind": "folder", "fps": rate, "fps_source": "user" if fps else "default", "frames_declared": len(files)}
+
+    def gen(reader: FrameReader) -> Iterator[Frame]:
+        for i, file in enumerate(files):
+            try:
+                image = load_image(file, max_pixels=max_pixels)
+            except ImageLoadError as err:
+                reader.skip(err.with_frame(i))
+                continue
+            yield Frame(i, i / rate, image)
+
+    return FrameReader(label, info, gen)
+
+
+# ------------------------------------------------------------------------------ video
+def _video(source: Path | BytesIO, label: str, fps: float | None) -> FrameReader:
+    try:
+        import av
+    except ImportError:  # pragma: no cover - depends on the install
+        raise ImageLoadError(label, "reading video needs PyAV", "pip install 'fetalplanes[video]'") from None
+    try:
+        container = av.open(str(source) if isinstance(source, Path) else source)
+    except Exception as exc:  # FFmpegError, OSError, ValueError... on a damaged or truncated file
+        raise ImageLoadError(label, f"cannot open video ({type(exc).__name__}: {exc})", VIDEO_EXPECTED) from None
+    if not container.streams.video:
+        container.close()
+        raise ImageLoadError(label, "the file has no video stream", VIDEO_EXPECTED)
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # FFmpeg's own frame/slice threads
+    rate, source_name = _video_rate(stream, fps)
+    info = {"kind": "video", "codec": stream.codec_context.name, "fps": rate, "fps_source": source_name,
+            "frames_declared": int(stream.frames or 0) or None,
+            "width": stream.codec_context.width, "height": stream.codec_context.height}
+
+    def gen(reader: FrameReader) -> Iterator[Frame]:
+        try:
+            yield from _decode_video(container, stream, rate, fps is not None, reader, label)
+        finally:
+            container.close()
+
+    return FrameReader(label, info, gen)
+
+
+def _video_rate(stream: Any, fps: float | None) -> tuple[float, str]:
+    if fps:
+        return fps, "user"
+    for attribute in ("average_rate", "guessed_rate"):
+        value = getattr(stream, attribute, None)
+        rate = float(value) if value else 0.0
+        if math.isfinite(rate) and 0 < rate <= MAX_FPS:
+            return rate, attribute
+    return DEFAULT_FPS, "default"
+
+
+def _decode_video(container: Any, stream: Any, rate: float, user_rate: bool, reader: FrameReader,
+                  label: str) -> Iterator[Frame]:
+    """Packet by packet, so one damaged packet costs its frame, not the rest of the video."""
+    index, packets = 0, container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except Exception as exc:  # the container itself is damaged or truncated here: stop
+            reader.short(f"the video ends early after {index} frame(s) ({type(exc).__name__}: {exc})")
+            return
+        try:
+            decoded = packet.decode()
+        except Exception as exc:  # a damaged packet: its frame is lost, the next may be fine
+            reader.skip(ImageLoadError(label, f"cannot decode video frame ({type(exc).__name__}: {exc})",
+                                       VIDEO_EXPECTED, index))
+            index += 1
+            continue
+        for frame in decoded:
+            t = None if user_rate else frame.time
+            time_s = float(t) if t is not None and math.isfinite(t) and t >= 0 else index / rate
+            # B-mode is grayscale: decoding straight to 8-bit luma skips a colour conversion.
+            yield Frame(index, time_s, Image.fromarray(frame.to_ndarray(format="gray")))
+            index += 1
