@@ -79,7 +79,7 @@ def test_preset_reader_is_torch_free():
 
 
 def _one_step(name: str, data: Path, out: Path) -> None:
-    from fetalplanes.training.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_checkpoint
     from fetalplanes.training.fit import fit
 
     overrides = {"model.pretrained": "none", "data.image_size": 32, "data.num_workers": 0, "data.augment": 0.0,
