@@ -119,8 +119,8 @@ def time_calls(fn: Callable[[], Any], batch: int, timing: Timing) -> dict[str, A
     }
 
 
-def ort_session(path: str | Path, opts: OrtOptions, profile_prefix: str | None = None):
-    """An ONNX Runtime CPU session with the given knobs (and optional op profiling)."""
+def ort_options(opts: OrtOptions, profile_prefix: str | None = None):
+    """ONNX Runtime session options with the given knobs (and optional op profiling)."""
     import onnxruntime as ort
 
     levels = {
@@ -142,7 +142,14 @@ def ort_session(path: str | Path, opts: OrtOptions, profile_prefix: str | None =
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return so
+
+
+def ort_session(path: str | Path, opts: OrtOptions, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session with the given knobs (and optional op profiling)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), ort_options(opts, profile_prefix), providers=["CPUExecutionProvider"])
 
 
 def _input(batch: int, image_size: int) -> np.ndarray:
@@ -153,32 +160,32 @@ def _torch_cells(job: dict[str, Any], timing: Timing) -> tuple[list[dict[str, An
     import torch
 
     from fetalplanes.deploy.bench_models import BenchModel, build
+    from fetalplanes.models.predictor import TorchPredictor
 
     torch.set_num_threads(int(job["threads"]))
     base = peak_rss_mb()
     model, spec = build(BenchModel.from_dict(job["model"]), job.get("image_size"))
     size = spec.preprocessing.image_size
-    channels_last = job["backend"] == "torch_cl"
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    # Timed through the Predictor that every command uses (its one backend call per batch).
+    predictor = TorchPredictor.from_model(model, spec, channels_last=job["backend"] == "torch_cl")
     cells = []
-    with torch.inference_mode():
-        for bs in sorted(job["batch_sizes"]):
-            x = torch.from_numpy(_input(bs, size)).contiguous(memory_format=fmt)
-            cell = time_calls(lambda: model(x), bs, timing.for_batch(bs))
-            cells.append({**cell, "peak_rss_mb": peak_rss_mb(), "image_size": size})
+    for bs in sorted(job["batch_sizes"]):
+        x = _input(bs, size)
+        cell = time_calls(lambda: predictor.predict_arrays(x), bs, timing.for_batch(bs))
+        cells.append({**cell, "peak_rss_mb": peak_rss_mb(), "image_size": size})
     return cells, base
 
 
 def _ort_cells(job: dict[str, Any], timing: Timing) -> tuple[list[dict[str, Any]], float]:
+    from fetalplanes.runtime.predictor import OnnxPredictor
+
     base = peak_rss_mb()
-    sess = ort_session(job["onnx_path"], OrtOptions(**job.get("ort", {})))
-    name = sess.get_inputs()[0].name
+    predictor = OnnxPredictor(job["onnx_path"], options=ort_options(OrtOptions(**job.get("ort", {}))))
     size = int(job["image_size"])
     cells = []
     for bs in sorted(job["batch_sizes"]):
         x = _input(bs, size)
-        cell = time_calls(lambda: sess.run(None, {name: x}), bs, timing.for_batch(bs))
+        cell = time_calls(lambda: predictor.predict_arrays(x), bs, timing.for_batch(bs))
         cells.append({**cell, "peak_rss_mb": peak_rss_mb(), "image_size": size})
     return cells, base
 

@@ -35,16 +35,19 @@ class TorchPredictor(BasePredictor):
         self.path = Path(path)
         model, self.spec = load_model(self.path)
         self.device = torch.device(device)
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last
+        self.model = model.eval().to(self.device, memory_format=self.memory_format)
         self.lock = threading.RLock()
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, spec: ModelSpec, path: str | os.PathLike[str] = "<in memory>",
-                   device: str = "cpu") -> "TorchPredictor":
-        """A Predictor around a model already in memory (e.g. right after training, or for export parity)."""
+                   device: str = "cpu", channels_last: bool = True) -> "TorchPredictor":
+        """A Predictor around a model already in memory (after training, for export parity, or in
+        ``bench``, which also times the NCHW layout with ``channels_last=False``)."""
         self = cls.__new__(cls)
         self.path, self.spec, self.device = Path(path), spec, torch.device(device)
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.eval().to(self.device, memory_format=self.memory_format)
         self.lock = threading.RLock()
         return self
 
@@ -53,7 +56,7 @@ class TorchPredictor(BasePredictor):
         x = self.check_batch(x)
         if len(x) == 0:
             return np.zeros((0, self.spec.num_classes), dtype=np.float32)
-        t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
+        t = torch.from_numpy(x).to(self.device).contiguous(memory_format=self.memory_format)
         with self.lock, torch.inference_mode():
             return self.model(t).float().cpu().numpy()
 

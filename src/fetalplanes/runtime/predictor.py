@@ -64,14 +64,17 @@ def session_options(threads: int | None = None) -> Any:
     return opts
 
 
-def load_session(path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[Any] | None = None) -> Any:
-    """An ONNX Runtime session for ``path``; ``ModelFileError`` naming the file when it cannot load."""
+def load_session(path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[Any] | None = None,
+                 options: Any = None) -> Any:
+    """An ONNX Runtime session for ``path`` (``options``: an ``ort.SessionOptions`` replacing
+    :func:`session_options`); ``ModelFileError`` naming the file when it cannot load."""
     ort = _onnxruntime()
     path = Path(path)
     if not path.is_file():
         raise ModelFileNotFound(f"{path}: ONNX model file not found")
     try:
-        return ort.InferenceSession(str(path), session_options(threads), providers=list(providers or ["CPUExecutionProvider"]))
+        opts = options if options is not None else session_options(threads)
+        return ort.InferenceSession(str(path), opts, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as err:  # ORT raises its own exception types for bad files
         raise ModelFileError(f"{path}: cannot load as an ONNX model ({type(err).__name__}: {err})") from None
 
@@ -82,10 +85,11 @@ class OnnxPredictor(BasePredictor):
     kind = "onnx"
 
     def __init__(
-        self, model_path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[Any] | None = None
+        self, model_path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[Any] | None = None,
+        options: Any = None,
     ) -> None:
         self.path = Path(model_path)
-        self.session = load_session(self.path, threads, providers)
+        self.session = load_session(self.path, threads, providers, options)
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.spec: ModelSpec = spec_from_metadata(meta, str(self.path))
         self.metadata = meta
