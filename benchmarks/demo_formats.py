@@ -1,0 +1,63 @@
+"""Test top-1 of one trained model as a .ckpt, an fp32 ONNX and an int8 ONNX, from the same command.
+
+Runs the CLI exactly as a user would, on the run that ``fetalplanes demo`` (``make demo``) wrote:
+
+    fetalplanes export   --checkpoint RUN/run/checkpoints/best.ckpt --out OUT/model.onnx \
+                         --int8 --calibration RUN/data
+    fetalplanes evaluate --model M --data RUN/data --out OUT/eval_<format>    # for each M
+
+and prints one table (and writes ``OUT/demo_formats.json``). Synthetic phantom data: the numbers
+show that the three formats answer alike, nothing about clinical accuracy.
+
+    python benchmarks/demo_formats.py --run runs/demo --out runs/demo_formats
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def cli(*args: str) -> None:
+    cmd = [sys.executable, "-m", "fetalplanes", *args]
+    print("$ fetalplanes " + " ".join(args), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, default=Path("runs/demo"), help="Output folder of `fetalplanes demo`.")
+    ap.add_argument("--out", type=Path, default=Path("runs/demo_formats"))
+    ap.add_argument("--n-boot", type=int, default=1000)
+    args = ap.parse_args(argv)
+    ckpt, data = args.run / "run" / "checkpoints" / "best.ckpt", args.run / "data"
+    if not ckpt.is_file() or not data.is_dir():
+        ap.error(f"{args.run}: no demo run there (expected {ckpt} and {data}); run `make demo` first")
+    fp32, int8 = args.out / "model.onnx", args.out / "model.int8.onnx"
+    cli("export", "--checkpoint", str(ckpt), "--out", str(fp32), "--int8", "--calibration", str(data),
+        "--int8-out", str(int8), "--report", str(args.out / "export.json"))
+    rows = []
+    for name, model in (("checkpoint (.ckpt)", ckpt), ("ONNX fp32", fp32), ("ONNX int8 (QDQ)", int8)):
+        out = args.out / f"eval_{model.name.replace('.', '_')}"
+        t0 = time.perf_counter()
+        cli("evaluate", "--model", str(model), "--data", str(data), "--out", str(out), "--n-boot", str(args.n_boot))
+        m = json.loads((out / "metrics.json").read_text())
+        ci = m["ci95"]["top1"]
+        rows.append({"format": name, "file": str(model), "size_mb": model.stat().st_size / 1e6, "n": m["n"],
+                     "top1": m["top1"], "top1_low": ci["low"], "top1_high": ci["high"], "top2": m["top2"],
+                     "f1_macro": m["f1_macro"], "evaluate_s": time.perf_counter() - t0})
+    print("\n| format | file MB | n | test top-1 (95 % CI) | top-2 | macro-F1 | evaluate s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['format']} | {r['size_mb']:.1f} | {r['n']} | {r['top1']:.4f} ({r['top1_low']:.3f}-{r['top1_high']:.3f}) "
+              f"| {r['top2']:.4f} | {r['f1_macro']:.4f} | {r['evaluate_s']:.1f} |")
+    (args.out / "demo_formats.json").write_text(json.dumps({"run": str(args.run), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
