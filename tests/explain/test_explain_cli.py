@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fetalplanes.core.errors import BadFilesError
+
 
 def _cli():
     from fetalplanes.cli import app
@@ -94,16 +96,24 @@ def test_explicit_target_and_user_errors(tiny_checkpoint: Path, synth_data: Path
     assert isinstance(bad.exception, ValueError) and "--data" in str(bad.exception)
 
 
-def test_unreadable_file_is_skipped_not_fatal(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
+def test_unreadable_files_stop_the_run_or_are_skipped(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(sorted((synth_data / "Images").glob("*.png"))[0], folder / "ok.png")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    res = run_cli(folder, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "o")
+    (folder / "empty.png").write_bytes(b"")
+    # By default every bad file is listed at once and nothing is explained ...
+    res = run_cli(folder, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "stop")
+    assert isinstance(res.exception, BadFilesError), res.output
+    assert [Path(name).name for name, _ in res.exception.bad] == ["broken.png", "empty.png"]
+    assert "--skip-bad" in str(res.exception) and not (tmp_path / "stop" / "index.html").exists()
+    # ... with --skip-bad the good ones are explained and the bad ones named.
+    res = run_cli(folder, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "o", "--skip-bad")
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "o" / "explanations.json").read_text())
     assert [r["name"] for r in doc["images"]] == ["ok"]
-    assert len(doc["skipped"]) == 1 and "broken.png" in doc["skipped"][0]["image"]
+    assert [Path(r["image"]).name for r in doc["skipped"]] == ["broken.png", "empty.png"]
+    assert "empty file" in doc["skipped"][1]["error"]
 
 
 def test_real_hc18_images_with_their_head_masks(tiny_checkpoint: Path, shared_data: Path, tmp_path: Path) -> None:

@@ -27,16 +27,20 @@ app = typer.Typer(
 
 @app.callback()
 def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    import sys
+
     from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        # Logs go to stderr: stdout carries the JSON / CSV answers of `predict --format`.
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=verbose)],
-        force=True,
-    )
+    # Logs go to stderr: stdout carries the JSON / CSV answers of `predict --format`. Rich's
+    # layout is for a terminal; into a pipe or file it would wrap each message at 80 columns,
+    # so there every message is one plain line (what a script greps for a bad file or frame).
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=verbose)
+        fmt = "%(message)s"
+    else:
+        handler, fmt = logging.StreamHandler(sys.stderr), "%(levelname)s %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler], force=True)
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

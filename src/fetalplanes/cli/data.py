@@ -40,15 +40,23 @@ def synth(
 def scan(
     data: Path = typer.Argument(..., help="Dataset folder, CSV list or class folders."),
     task: str = typer.Option("planes", help="planes | brain"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="List the unreadable files as warnings and summarise "
+                                  "the readable ones (exit 0) instead of stopping with the list (exit 2)."),
 ) -> None:
-    """Index a dataset, check every image decodes, and list ALL bad files at once."""
-    from fetalplanes.core.io import check_files
+    """Index a dataset, check every image decodes, and list ALL bad files at once (one line each)."""
+    from fetalplanes.core.io import screen_files
     from fetalplanes.data.sources import load_source
 
     index = load_source(data, task)
-    check_files([s.path for s in index.samples])
+    for note in index.notes:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    good, bad = screen_files([s.path for s in index.samples], skip_bad=skip_bad)
+    if bad:
+        readable = set(good)
+        index = index.subset([s for s in index.samples if s.path in readable])
     s = index.summary()
-    console.print(f"{s['n_images']} images, {s['n_patients']} patients, all readable")
+    status = f"{len(bad)} unreadable left out (listed above)" if bad else "all readable"
+    console.print(f"{s['n_images']} images, {s['n_patients']} patients, {status}")
     for c, n in s["class_counts"].items():
         console.print(f"  {c}: {n}")
 

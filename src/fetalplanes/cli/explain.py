@@ -36,6 +36,8 @@ def explain(
         None, "--aug-smooth/--no-aug-smooth",
         help="Average over flip/intensity test-time augmentations, 6x time (default: the checkpoint's).",
     ),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave unreadable images out (named in explanations.json) "
+                                  "instead of stopping with the list of them."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Explain predictions: overlay PNG + raw CAM (.npy) per image, index.html gallery, localization.json."""
@@ -51,6 +53,7 @@ def explain(
         summary = run_explain(
             checkpoint, out, inputs or [], data, split, method, target, masks or [], occlusion, limit,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total), layer=layer, aug_smooth=aug_smooth,
+            skip_bad=skip_bad,
         )
     secs = summary["seconds_per_cam_median"]
     console.print(

@@ -65,11 +65,16 @@ def evaluate(
     out: Path = typer.Option(..., "--out"),
     batch_size: int = typer.Option(32, "--batch-size"),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95 % intervals."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave unreadable images out (named in the report) "
+                                  "instead of stopping with the list of them."),
 ) -> None:
     """Evaluate a model (.ckpt or .onnx): metrics.json (patient-level 95 % CIs), report.md, confusion matrix."""
     from fetalplanes.evaluation.report import evaluate as run_eval
 
-    m = run_eval(checkpoint, data, out, split, batch_size, n_boot)
+    m = run_eval(checkpoint, data, out, split, batch_size, n_boot, skip_bad=skip_bad)
+    if m["n_skipped"]:
+        err_console.print(f"{m['n_skipped']} unreadable image(s) left out (--skip-bad); listed in {out / 'report.md'}",
+                          soft_wrap=True, highlight=False, markup=False)
     ci = m["ci95"]
     console.print(
         f"{split}: n={m['n']} top-1 {m['top1']:.4f} [{ci['top1']['low']:.4f}, {ci['top1']['high']:.4f}]  "
@@ -78,7 +83,7 @@ def evaluate(
 
 
 def predict(
-    inputs: List[Path] = typer.Argument(..., help="Image files or folders."),
+    inputs: List[Path] = typer.Argument(..., help="Image files or folders (a multi-frame DICOM cine is answered per frame)."),
     checkpoint: Path = typer.Option(..., "--checkpoint", "--model", help=MODEL_HELP),
     fmt: str = typer.Option("table", "--format", help="table | json | csv"),
     top_k: int = typer.Option(2, "--top-k"),
@@ -86,7 +91,9 @@ def predict(
     """Predict the plane of images: top-k classes and probabilities per image.
 
     Every readable file is answered; each unreadable one gets its own row with the error, and
-    the command then exits with status 1.
+    the command then exits with status 1. A multi-frame file (DICOM cine, multi-page TIFF) gets
+    one row per frame, named FILE#frame=N (0-based, with its time stamp); a bad frame gets its
+    own error row and the other frames are still answered.
     """
     from fetalplanes.runtime import load_predictor
 
@@ -99,13 +106,31 @@ def predict(
     FORMATS[fmt](results, predictor.spec, top_k)
     failed = [r for r in results if not r.ok]
     if failed:
-        err_console.print(f"{len(failed)} of {len(results)} file(s) could not be read; the others were answered")
+        err_console.print(_failure_summary(results), soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(1)
 
 
+def _failure_summary(results) -> str:  # noqa: ANN001 - runtime.FileResult list
+    """One line: how many files could not be read and how many frames were skipped, of how many."""
+    files = {r.path for r in results}
+    bad_files = {r.path for r in results if not r.ok and r.frame is None}
+    bad_frames = [r for r in results if not r.ok and r.frame is not None]
+    parts = [f"{len(bad_files)} of {len(files)} file(s) could not be read"] if bad_files else []
+    if bad_frames:
+        loops = {r.path for r in bad_frames}
+        parts.append(f"{len(bad_frames)} frame(s) of {len(loops)} multi-frame file(s) skipped")
+    return "; ".join(parts) + "; the others were answered"
+
+
+def _row(r) -> dict:  # noqa: ANN001 - runtime.FileResult
+    """One JSON entry: ``image`` (FILE or FILE#frame=N), ``file``, ``frame``, ``time_s`` (None for a
+    still image), then the prediction or ``error``."""
+    where = {"image": r.name, "file": str(r.path), "frame": r.frame, "time_s": r.time_s}
+    return {**where, **(r.prediction.to_dict() if r.ok else {"error": r.error})}
+
+
 def _print_json(results, spec, top_k: int) -> None:  # noqa: ANN001 - runtime.FileResult list, ModelSpec
-    rows = [{"image": str(r.path), **(r.prediction.to_dict() if r.ok else {"error": r.error})} for r in results]
-    typer.echo(json.dumps(rows, indent=2))
+    typer.echo(json.dumps([_row(r) for r in results], indent=2))
 
 
 def _print_csv(results, spec, top_k: int) -> None:  # noqa: ANN001
@@ -113,18 +138,21 @@ def _print_csv(results, spec, top_k: int) -> None:  # noqa: ANN001
     import sys
 
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["image", "label", "confidence", "abstain", *[f"{c}{i + 1}" for i in range(top_k) for c in ("top", "p")], "error"])
+    tops = [f"{c}{i + 1}" for i in range(top_k) for c in ("top", "p")]
+    writer.writerow(["image", "label", "confidence", "abstain", *tops, "file", "frame", "time_s", "error"])
     for r in results:
+        where = [str(r.path), "" if r.frame is None else r.frame, "" if r.time_s is None else f"{r.time_s:.4f}"]
         if not r.ok:
-            writer.writerow([str(r.path), "", "", "", *[""] * (2 * top_k), r.error])
+            writer.writerow([r.name, "", "", "", *[""] * (2 * top_k), *where, r.error])
             continue
         p = r.prediction
-        tops = [v for c, prob in p.topk for v in (c, f"{prob:.4f}")]
-        tops += [""] * (2 * top_k - len(tops))
-        writer.writerow([str(r.path), p.label, f"{p.confidence:.4f}", str(p.abstain).lower(), *tops, ""])
+        cells = [v for c, prob in p.topk for v in (c, f"{prob:.4f}")]
+        cells += [""] * (2 * top_k - len(cells))
+        writer.writerow([r.name, p.label, f"{p.confidence:.4f}", str(p.abstain).lower(), *cells, *where, ""])
 
 
 def _print_table(results, spec, top_k: int) -> None:  # noqa: ANN001
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{spec.name} ({spec.task})")
@@ -132,11 +160,12 @@ def _print_table(results, spec, top_k: int) -> None:  # noqa: ANN001
     for i in range(top_k):
         table.add_column(f"top-{i + 1}")
     for r in results:
+        name = r.path.name if r.frame is None else f"{r.path.name}#frame={r.frame}"
         if not r.ok:
-            table.add_row(r.path.name, f"[red]error: {r.error}[/]", *[""] * (top_k - 1))
+            table.add_row(escape(name), f"[red]error: {escape(r.error or '')}[/]", *[""] * (top_k - 1))
             continue
         cells = [f"{c} {v:.1%}" for c, v in r.prediction.topk]
-        table.add_row(r.path.name + (" (abstain)" if r.prediction.abstain else ""), *cells)
+        table.add_row(escape(name) + (" (abstain)" if r.prediction.abstain else ""), *cells)
     console.print(table)
 
 

@@ -65,7 +65,8 @@ class BadFilesError(ValueError):
     def __init__(self, bad: list[tuple[str, str]]) -> None:
         self.bad = list(bad)
         lines = "\n".join(f"  {name}: {reason}" for name, reason in self.bad)
-        header = f"{len(self.bad)} image file(s) cannot be loaded (expected {EXPECTED} each):"
+        header = (f"{len(self.bad)} image file(s) cannot be loaded (expected {EXPECTED} each; "
+                  "--skip-bad leaves them out and goes on):")
         super().__init__(f"{header}\n{lines}")
 
     def __reduce__(self) -> tuple:

@@ -39,7 +39,8 @@ from fetalplanes.core.errors import ImageLoadError
 from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, sniff_format, sniff_video
 from fetalplanes.core.io import IMAGE_SUFFIXES, PilFrames, Source, _read_source, list_images, load_image
 
-__all__ = ["DEFAULT_FPS", "MAX_FPS", "VIDEO_SUFFIXES", "Frame", "FrameReader", "dicom_frame_rate", "open_frames"]
+__all__ = ["DEFAULT_FPS", "MAX_FPS", "VIDEO_SUFFIXES", "Frame", "FrameReader", "dicom_frame_rate", "is_video_file",
+           "open_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def open_frames(
         label = name or os.fspath(source)
         if path.is_dir():
             return _folder(path, label, fps, max_pixels)
-        if path.is_file() and _is_video_file(path):
+        if is_video_file(path):
             return _video(path, label, fps)
     data, label = _read_source(source, name, max_bytes)
     fmt = sniff_format(data)
@@ -153,12 +154,21 @@ def open_frames(
     return _pages(data, fmt, label, fps, max_pixels)
 
 
-def _is_video_file(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(132)
+def is_video_file(path: str | os.PathLike[str]) -> bool:
+    """True for a regular file that is a video container: by content, else by a video suffix when
+    the content is no image format either (an image or DICOM named .mp4 is still an image)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False  # the loader reports the file's own error
     if sniff_format(head) is not None:
         return False
     return sniff_video(head) is not None or path.suffix.lower() in VIDEO_SUFFIXES
+
 
 
 # ------------------------------------------------------------------------------ DICOM and pages

@@ -24,7 +24,7 @@ import logging
 import os
 import stat
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
@@ -45,11 +45,14 @@ __all__ = [
     "BadFilesError",
     "ImageLoadError",
     "PilFrames",
+    "bad_entry",
     "check_files",
     "is_image_file",
     "list_images",
     "load_frames",
     "load_image",
+    "report_bad_files",
+    "screen_files",
     "sniff_format",
 ]
 
@@ -309,6 +312,17 @@ def check_files(
     Raises :class:`BadFilesError` listing every bad file, unless `skip_bad`, in which case
     the bad files are logged as a warning and only the good paths are returned.
     """
+    return screen_files(paths, skip_bad=skip_bad, max_pixels=max_pixels)[0]
+
+
+def screen_files(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    skip_bad: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(readable paths, [(file, reason)] for the unreadable ones), each file decoded once (its first
+    frame, as :func:`load_image`); the bad ones handled by :func:`report_bad_files`."""
     good: list[Path] = []
     bad: list[tuple[str, str]] = []
     for item in paths:
@@ -316,13 +330,27 @@ def check_files(
         try:
             load_image(path, max_pixels=max_pixels)
         except ImageLoadError as exc:
-            bad.append((str(path), exc.reason))
+            bad.append(bad_entry(exc, path))
         else:
             good.append(path)
+    report_bad_files(bad, len(good) + len(bad), skip_bad)
+    return good, bad
+
+
+def bad_entry(err: ImageLoadError, path: str | os.PathLike[str] | None = None) -> tuple[str, str]:
+    """``(file, reason)`` of a load error, the frame named in the reason when there is one."""
+    reason = err.reason if err.frame is None else f"frame {err.frame}: {err.reason}"
+    return (os.fspath(path) if path is not None else err.file), reason
+
+
+def report_bad_files(bad: Sequence[tuple[str, str]], total: int, skip_bad: bool) -> None:
+    """The one rule for unreadable inputs of a batch command (scan, evaluate, explain, training).
+
+    Every bad file is listed at once, one line each (file: reason): raised as
+    :class:`BadFilesError` unless ``skip_bad``, else logged as one warning and left out.
+    """
     if bad and not skip_bad:
-        raise BadFilesError(bad)
+        raise BadFilesError(list(bad))
     if bad:
         listing = "\n".join(f"  {name}: {reason}" for name, reason in bad)
-        total = len(bad) + len(good)
         logger.warning("skipping %d of %d image file(s) that cannot be loaded:\n%s", len(bad), total, listing)
-    return good

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from fetalplanes.core.io import bad_entry, report_bad_files
 from fetalplanes.data.records import Sample
 from fetalplanes.runtime.base import BasePredictor, expand_inputs, load_predictor
 
@@ -28,6 +29,21 @@ def sample_logits(predictor: BasePredictor, samples: Sequence[Sample], batch_siz
                   workers: int = DECODE_WORKERS) -> np.ndarray:
     """(N, C) float32 logits for ``samples`` in order, preprocessed exactly as in training."""
     return predictor.logits([s.path for s in samples], batch_size, workers)
+
+
+def score_samples(predictor: BasePredictor, samples: Sequence[Sample], batch_size: int = 32, skip_bad: bool = False,
+                  workers: int = DECODE_WORKERS) -> tuple[list[Sample], np.ndarray, list[dict[str, str]]]:
+    """(readable samples, their logits (n, C) float32, ``[{"image", "error"}]`` for the left-out ones).
+
+    Each image is decoded once; every unreadable one is listed at once by the one rule
+    (:func:`fetalplanes.core.io.report_bad_files`): ``BadFilesError`` unless ``skip_bad``.
+    """
+    logits, errors = predictor.readable_logits([s.path for s in samples], batch_size, workers)
+    bad = [bad_entry(err, samples[i].path) for i, err in errors]
+    report_bad_files(bad, len(samples), skip_bad)
+    failed = {i for i, _ in errors}
+    kept = [s for i, s in enumerate(samples) if i not in failed]
+    return kept, logits, [{"image": name, "error": reason} for name, reason in bad]
 
 
 def samples_from_paths(paths: Sequence[str | Path]) -> list[Sample]:

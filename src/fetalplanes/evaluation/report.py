@@ -18,7 +18,9 @@ from fetalplanes.evaluation.metrics import evaluate_arrays
 
 log = logging.getLogger(__name__)
 
-BREAKDOWN_COLUMNS = ("US_Machine", "Operator", "us_machine", "operator")
+# Subgroups reported when every sample has the column: FETAL_PLANES_DB's machine and operator;
+# Center for multi-centre sets such as the African fetal-planes data (Sendra-Balcells et al. 2023).
+BREAKDOWN_COLUMNS = ("US_Machine", "Operator", "Center", "us_machine", "operator", "center")
 
 
 def select_split(index: DatasetIndex, spec: ModelSpec, split: str) -> list[Sample]:
@@ -112,16 +114,39 @@ def render_report(m: dict[str, Any], spec: ModelSpec) -> str:
     for col, groups in m.get("breakdown", {}).items():
         lines += ["", f"## By {col}", "", "| value | n | top-1 | macro-F1 |", "|---|---|---|---|"]
         lines += [f"| {k} | {v['n']} | {v['top1']:.3f} | {v['f1_macro']:.3f} |" for k, v in groups.items()]
+    lines += input_section(m)
     lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
     return "\n".join(lines)
 
 
+def input_section(m: dict[str, Any]) -> list[str]:
+    """report.md lines on what was read: the data's notes (e.g. classes absent from the source)
+    and the unreadable files left out with ``--skip-bad`` (file and reason, all of them)."""
+    notes, skipped, absent = m.get("data_notes") or [], m.get("skipped") or [], m.get("classes_absent") or []
+    if not notes and not skipped and not absent:
+        return []
+    lines = ["", "## Input", ""] + [f"- {note}" for note in notes]
+    if absent:
+        lines.append(f"- classes of the model absent from the scored images (support 0): {', '.join(absent)}")
+    if skipped:
+        total = m["n"] + len(skipped)
+        lines += [f"- **{len(skipped)} of {total} image file(s) could not be read and were left out** "
+                  f"(`--skip-bad`); the metrics above are on the other {m['n']}:", ""]
+        lines += ["| file | reason |", "|---|---|"]
+        lines += [f"| `{s['image']}` | {s['error'].replace('|', '/')} |" for s in skipped]
+    return lines
+
+
 def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, split: str = "test",
-             batch_size: int = 32, n_boot: int = 1000) -> dict[str, Any]:
+             batch_size: int = 32, n_boot: int = 1000, skip_bad: bool = False) -> dict[str, Any]:
     """Evaluate a model file (``.ckpt`` or ``.onnx``) or a loaded Predictor on one split of a
-    dataset; writes metrics.json, predictions.csv, confusion_matrix.png and report.md."""
+    dataset; writes metrics.json, predictions.csv, confusion_matrix.png and report.md.
+
+    Unreadable images are all listed at once (``BadFilesError``); with ``skip_bad`` they are left
+    out and named in metrics.json (``skipped``) and report.md.
+    """
     from fetalplanes.data.sources import load_source
-    from fetalplanes.evaluation.predict import open_model, sample_logits
+    from fetalplanes.evaluation.predict import open_model, score_samples
 
     predictor = open_model(model)
     spec = predictor.spec
@@ -129,14 +154,18 @@ def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, spl
     samples = select_split(index, spec, split)
     if not samples:
         raise ValueError(f"{data}: split {split!r} is empty")
-    probs = predictor.probabilities(sample_logits(predictor, samples, batch_size))
+    samples, logits, skipped = score_samples(predictor, samples, batch_size, skip_bad)
+    if not samples:
+        raise ValueError(f"{data}: none of the {len(skipped)} image(s) of split {split!r} could be read")
+    probs = predictor.probabilities(logits)
     y = np.array([s.label for s in samples])
     meta = {c: [s.meta[c] for s in samples] for c in BREAKDOWN_COLUMNS if all(c in s.meta for s in samples)}
     patients = [s.patient for s in samples]
     m = evaluate_arrays(y, probs, spec.class_names, patients, meta, n_boot)
     m.update(split=split, data=str(data), data_kind=index.kind, checkpoint=str(predictor.path),
              model_kind=predictor.kind, model=spec.name, temperature=spec.temperature,
-             class_names=list(spec.class_names))
+             class_names=list(spec.class_names), data_notes=list(index.notes), n_skipped=len(skipped),
+             skipped=skipped, classes_absent=[c for c, v in m["per_class"].items() if v["support"] == 0])
     out = Path(out_dir)
     atomic.write_json(out / "metrics.json", m)
     atomic.write_text(out / "predictions.csv", predictions_csv(samples, probs, spec.class_names))

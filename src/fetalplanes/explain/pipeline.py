@@ -144,15 +144,20 @@ def explain(
     on_progress: ProgressFn | None = None,
     layer: str | None = None,
     aug_smooth: bool | None = None,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Explain every input; write overlays, CAMs, JSON and index.html; return a summary.
+
+    Every input is checked before the first heat map (a decode costs far less than a CAM):
+    unreadable files are all listed at once (``core.io.BadFilesError``), or with ``skip_bad``
+    left out and named in explanations.json (``skipped``) and the page.
 
     ``method``, ``layer``, ``aug_smooth``: None takes the checkpoint's ``explain`` settings
     (``explain.settings``). ``layer``: the feature map(s) to explain ('cam_layer' is the
     model's declared layer; see ``explain.cam.cam_target_layer`` for 'stage:N', dotted names
     and 'a,b' lists); ``aug_smooth``: average over pytorch-grad-cam's test-time augmentations.
     """
-    from fetalplanes.core.io import ImageLoadError, load_image
+    from fetalplanes.core.io import ImageLoadError, bad_entry, load_image, screen_files
     from fetalplanes.explain.cam import cam_target_layers, get_method, resolve_target
     from fetalplanes.explain.settings import cam_settings
     from fetalplanes.runtime import load_predictor
@@ -177,13 +182,18 @@ def explain(
     samples = ins.samples[:limit] if limit else ins.samples
     if not samples:
         raise ValueError(f"no images to explain in {data if data is not None else [str(i) for i in inputs]}")
-    records, skipped = [], []
+    readable, bad = screen_files([s.path for s in samples], skip_bad=skip_bad)
+    skipped: list[dict[str, str]] = [{"image": name, "error": reason} for name, reason in bad]
+    if bad:
+        keep = set(readable)
+        samples = [s for s in samples if s.path in keep]
+    records = []
     for i, (sample, name) in enumerate(zip(samples, _unique_names(samples))):
         try:
             image = load_image(sample.path)
-        except ImageLoadError as err:  # one bad file in a folder must not stop the run
+        except ImageLoadError as err:  # changed on disk since the check: it must not stop the run
             log.warning("skipping %s", err)
-            skipped.append({"image": str(sample.path), "error": str(err)})
+            skipped.append({"image": str(sample.path), "error": bad_entry(err)[1]})
         else:
             rec = _explain_one(model, spec, image, name, out, method, target, i < occlusion, layer, aug_smooth)
             rec.update(sample=sample, name=name, image_size=image.size)
@@ -192,7 +202,7 @@ def explain(
         if on_progress:
             on_progress(i + 1, len(samples))
     if not records:
-        raise ValueError(f"none of the {len(samples)} input image(s) could be read, e.g. {skipped[0]['error']}")
+        raise ValueError(f"none of the {len(skipped)} input image(s) could be read, e.g. {skipped[0]['image']}: {skipped[0]['error']}")
     settings = {"layer": layer, "aug_smooth": aug_smooth}
     return _write_outputs(out, records, skipped, ins, spec, checkpoint, method, target, data, split, settings)
 

@@ -25,16 +25,16 @@ import importlib.util
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Iterable, Iterator, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
-from fetalplanes.core.io import ImageLoadError, list_images, load_image
+from fetalplanes.core.io import EXPECTED, ImageLoadError, list_images, load_image
 from fetalplanes.core.postprocess import Prediction, decide, softmax
-from fetalplanes.core.preprocess import preprocess_batch
+from fetalplanes.core.preprocess import preprocess, preprocess_batch
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.runtime.artifact import ACCEPTED, KINDS, ModelFileError, detect_kind
 
@@ -71,15 +71,27 @@ class Predictor(Protocol):
 
 @dataclass(frozen=True)
 class FileResult:
-    """One input file's answer in a batch: a prediction, or the one-line reason it was refused."""
+    """One input's answer in a batch: a prediction, or the one-line reason it was refused.
+
+    For a multi-frame file (DICOM cine, multi-page TIFF, animated GIF) there is one result per
+    frame: ``frame`` is the 0-based index (the one ``stream``'s frames.csv and the error lines
+    use) and ``time_s`` its time stamp in seconds; both are None for a still image.
+    """
 
     path: Path
     prediction: Prediction | None = None
     error: str | None = None
+    frame: int | None = None
+    time_s: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.prediction is not None
+
+    @property
+    def name(self) -> str:
+        """``path``, or ``path#frame=N`` for a frame of a multi-frame file."""
+        return str(self.path) if self.frame is None else f"{self.path}#frame={self.frame}"
 
 
 class BasePredictor:
@@ -122,25 +134,46 @@ class BasePredictor:
             return load_image(bytes(item))
         return load_image(Path(item))
 
+    def _try_decode(self, item: ImageInput) -> Image.Image | ImageLoadError:
+        try:
+            return self._decode(item)
+        except ImageLoadError as err:
+            return err
+
     def logits(self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH, workers: int = 0) -> np.ndarray:
         """Logits (N, C) for images, files or encoded bytes, preprocessed as in training.
 
         ``workers`` > 0 decodes files in that many threads (Pillow and pydicom release the GIL
         for most of the decode). Raises ``ImageLoadError`` naming the first unreadable input.
         """
+        out, errors = self.readable_logits(images, batch_size, workers)
+        if errors:
+            raise errors[0][1]
+        return out
+
+    def readable_logits(
+        self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH, workers: int = 0
+    ) -> tuple[np.ndarray, list[tuple[int, ImageLoadError]]]:
+        """Logits (n_readable, C) of the readable inputs, in input order, and ``(position, error)``
+        for every unreadable one: each input is decoded once and no error stops the batch, so a
+        command can list all bad files at once (``core.io.report_bad_files``)."""
         images = list(images)
         step = max(1, int(batch_size))
-        out = []
+        out, errors = [], []
         pool = ThreadPoolExecutor(workers) if workers > 0 else None
         try:
             for i in range(0, len(images), step):
                 chunk = images[i : i + step]
-                decoded = list(pool.map(self._decode, chunk)) if pool else [self._decode(c) for c in chunk]
-                out.append(self.predict_arrays(self.check_batch(preprocess_batch(decoded, self.spec.preprocessing))))
+                decoded = list(pool.map(self._try_decode, chunk)) if pool else [self._try_decode(c) for c in chunk]
+                errors += [(i + j, d) for j, d in enumerate(decoded) if isinstance(d, ImageLoadError)]
+                good = [d for d in decoded if not isinstance(d, ImageLoadError)]
+                if good:
+                    out.append(self.predict_arrays(self.check_batch(preprocess_batch(good, self.spec.preprocessing))))
         finally:
             if pool:
                 pool.shutdown()
-        return np.concatenate(out) if out else np.zeros((0, self.spec.num_classes), dtype=np.float32)
+        logits = np.concatenate(out) if out else np.zeros((0, self.spec.num_classes), dtype=np.float32)
+        return logits, errors
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (N, C) float64: softmax of logits / the spec's temperature."""
@@ -179,22 +212,35 @@ class BasePredictor:
     ) -> list[FileResult]:
         """Every readable file answered; each unreadable one gets its own one-line error.
 
-        A corrupt file never costs the answers of the good files in the same call.
+        A corrupt file never costs the answers of the good files in the same call. A multi-frame
+        file (DICOM cine, multi-page TIFF, animated GIF) is answered frame by frame through
+        :func:`fetalplanes.core.frames.open_frames`: one result per frame, a bad frame an error
+        naming its index, the good frames still answered. A video file is refused with a
+        pointer to ``stream``. Results come in input order, frames in index order.
         """
         files = expand_inputs(paths)
-        results: list[FileResult] = []
         step = max(1, int(batch_size))
-        for i in range(0, len(files), step):
-            good: list[tuple[Path, Image.Image]] = []
-            for f in files[i : i + step]:
-                try:
-                    good.append((f, load_image(f)))
-                except ImageLoadError as err:
-                    results.append(FileResult(f, error=str(err)))
-            preds = self.predict_images([img for _, img in good], k, step) if good else []
-            results += [FileResult(f, prediction=p) for (f, _), p in zip(good, preds)]
+        results: list[FileResult] = []
+        pending: list[tuple[FileResult, np.ndarray]] = []
+        for f in files:
+            for item in _file_frames(f, self.spec.preprocessing):
+                if isinstance(item, FileResult):
+                    results.append(item)
+                    continue
+                pending.append(item)
+                if len(pending) >= step:
+                    results += self._answer(pending, k)
+                    pending = []
+        results += self._answer(pending, k)
         order = {f: n for n, f in enumerate(files)}
-        return sorted(results, key=lambda r: order[r.path])
+        return sorted(results, key=lambda r: (order[r.path], -1 if r.frame is None else r.frame))
+
+    def _answer(self, pending: list[tuple[FileResult, np.ndarray]], k: int) -> list[FileResult]:
+        """The waiting inputs (result stub, preprocessed (3, S, S) array) answered in one model call."""
+        if not pending:
+            return []
+        logits = self.predict_arrays(self.check_batch(np.stack([x for _, x in pending])))
+        return [replace(stub, prediction=p) for (stub, _), p in zip(pending, self.decide(logits, k))]
 
     def describe(self) -> dict[str, Any]:
         """What the model is and expects (for logs, ``--info`` output and the web service)."""
@@ -212,6 +258,35 @@ class BasePredictor:
             "abstain_threshold": self.spec.abstain_threshold,
             "spec_format_version": self.spec.format_version,
         }
+
+
+def _file_frames(path: Path, pre: Any) -> Iterator[FileResult | tuple[FileResult, np.ndarray]]:
+    """One file's inputs for :meth:`BasePredictor.predict_batch`: ``(stub, array)`` per decoded
+    frame; a ``FileResult`` with the error per bad frame, for a short read, or once for an
+    unreadable file."""
+    from fetalplanes.core.frames import is_video_file, open_frames
+
+    if is_video_file(path):
+        err = ImageLoadError(str(path), "a video, not a still image or DICOM cine",
+                             f"{EXPECTED}; `fetalplanes stream` classifies every frame of a video")
+        yield FileResult(path, error=str(err))
+        return
+    reader = None
+    try:
+        reader = open_frames(path)
+        multi = (reader.info.get("frames_declared") or 1) > 1
+        for frame in reader:
+            stub = FileResult(path, frame=frame.index, time_s=frame.time_s) if multi else FileResult(path)
+            yield stub, preprocess(frame.image, pre)
+    except ImageLoadError as err:
+        if reader is None or not reader.skipped:
+            yield FileResult(path, error=str(err))
+    if reader is None:
+        return
+    for bad in reader.skipped:
+        yield FileResult(path, error=str(bad), frame=bad.frame)
+    if reader.info.get("short_read"):
+        yield FileResult(path, error=f"{path}: short read: {reader.info['short_read']}")
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

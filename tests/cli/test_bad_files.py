@@ -1,0 +1,72 @@
+"""`scan` and `evaluate` list ALL unreadable files at once (one line each, file and reason) and stop,
+or with --skip-bad go on and say which files were left out (tiny synthetic class folders)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "fetalplanes", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture()
+def folder_with_bad_files(synth_data: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
+    """Class folders with 3 good phantoms each and two unreadable files in different classes."""
+    images = sorted((synth_data / "Images").glob("*.png"))
+    root = tmp_path / "set"
+    for cls, chunk in (("Fetal brain", images[:3]), ("Other", images[3:6])):
+        (root / cls).mkdir(parents=True)
+        for p in chunk:
+            shutil.copy(p, root / cls / p.name)
+    truncated, empty = root / "Fetal brain" / "cut.png", root / "Other" / "empty.png"
+    truncated.write_bytes(images[0].read_bytes()[:120])
+    empty.write_bytes(b"")
+    return root, [truncated, empty]
+
+
+def _listed(stderr: str, files: list[Path]) -> list[str]:
+    """The stderr lines that name one of ``files``, in order."""
+    return [line for line in stderr.splitlines() if any(str(f) in line for f in files)]
+
+
+def test_scan_lists_all_bad_files_or_skips_them(folder_with_bad_files) -> None:
+    root, bad = folder_with_bad_files
+    proc = _cli("scan", str(root))
+    assert proc.returncode == 2 and "2 image file(s) cannot be loaded" in proc.stderr and "--skip-bad" in proc.stderr
+    lines = _listed(proc.stderr, bad)
+    assert len(lines) == 2 and "corrupt or truncated PNG" in lines[0] and "empty file" in lines[1]
+    proc = _cli("scan", str(root), "--skip-bad")
+    assert proc.returncode == 0 and "6 images" in proc.stdout and "2 unreadable left out" in proc.stdout
+    assert len(_listed(proc.stderr, bad)) == 2
+
+
+def test_evaluate_stops_with_the_list_or_reports_what_it_skipped(folder_with_bad_files, onnx_model: Path,
+                                                                 tmp_path: Path) -> None:
+    root, bad = folder_with_bad_files
+    out = tmp_path / "eval"
+    proc = _cli("evaluate", "--model", str(onnx_model), "--data", str(root), "--out", str(out), "--n-boot", "20")
+    assert proc.returncode == 2 and len(_listed(proc.stderr, bad)) == 2, proc.stderr
+    assert not (out / "metrics.json").exists()  # nothing half-written
+    proc = _cli("evaluate", "--model", str(onnx_model), "--data", str(root), "--out", str(out), "--n-boot", "20",
+                "--skip-bad")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 6 and m["n_skipped"] == 2
+    assert [s["image"] for s in m["skipped"]] == [str(p) for p in bad]
+    assert "truncated" in m["skipped"][0]["error"] and "empty file" in m["skipped"][1]["error"]
+    report = (out / "report.md").read_text()
+    assert "2 of 8 image file(s) could not be read and were left out" in report
+    assert all(f"`{p}`" in report for p in bad)
+    assert "2 unreadable image(s) left out" in proc.stderr
