@@ -62,15 +62,17 @@ def evaluate(
     out: Path = typer.Option(..., "--out"),
     batch_size: int = typer.Option(32, "--batch-size"),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95 % intervals."),
+    unit: str = typer.Option("patient", "--unit", help="What the bootstrap resamples: patient (needs a patient id "
+                             "per image) | image (treats images as independent: narrower intervals)."),
 ) -> None:
     """Evaluate a checkpoint: metrics.json (with patient-level 95 % CIs), report.md, confusion matrix."""
-    from fetalplanes.evaluation.report import evaluate as run_eval
+    from fetalplanes.evaluation.metrics import fmt
+    from fetalplanes.evaluation.report import ci_text, evaluate as run_eval, interval_text
 
-    m = run_eval(checkpoint, data, out, split, batch_size, n_boot)
-    ci = m["ci95"]
+    m = run_eval(checkpoint, data, out, split, batch_size, n_boot, unit=unit)
     console.print(
-        f"{split}: n={m['n']} top-1 {m['top1']:.4f} [{ci['top1']['low']:.4f}, {ci['top1']['high']:.4f}]  "
-        f"top-2 {m['top2']:.4f}  macro-F1 {m['f1_macro']:.4f}  -> {out / 'report.md'}"
+        f"{split}: n={m['n']} top-1 {ci_text(m, 'top1')}  top-2 {fmt(m['top2'])}  macro-F1 {ci_text(m, 'f1_macro')}"
+        f"\n  intervals: {interval_text(m['ci95'])}  -> {out / 'report.md'}"
     )
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from fetalplanes.core.atomic import atomic_path
+from fetalplanes.core.errors import UserError
 from fetalplanes.core.preprocess import preprocess_batch
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.runtime.predictor import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, session_options
@@ -45,7 +46,7 @@ EXPORTERS = ("dynamo", "torchscript")
 _BUILTIN_PER_CLASS = 2
 
 
-class ParityError(ValueError):
+class ParityError(UserError, ValueError):
     """ONNX Runtime does not reproduce the PyTorch model; the file was not written."""
 
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from fetalplanes.core.errors import UserError
 from fetalplanes.core.io import load_image
 from fetalplanes.core.postprocess import Prediction, decide, softmax
 from fetalplanes.core.preprocess import preprocess_batch
@@ -30,7 +31,7 @@ OUTPUT_NAME = "logits"
 DEFAULT_BATCH = 32
 
 
-class RuntimeModelError(ValueError):
+class RuntimeModelError(UserError, ValueError):
     """The file is not a usable fetalplanes ONNX model (the message names the file)."""
 
 

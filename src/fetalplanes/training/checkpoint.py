@@ -8,13 +8,14 @@ from typing import Any
 import torch
 
 from fetalplanes.core.atomic import atomic_path
+from fetalplanes.core.errors import UserError
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.models.registry import ModelConfig, build_model
 
 CKPT_KEY = "fetalplanes"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """The file is not a usable fetalplanes checkpoint (message names the file)."""
 
 
