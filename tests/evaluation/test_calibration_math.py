@@ -69,11 +69,13 @@ def test_bin_edges_are_left_closed_and_confidence_one_has_its_own_bin() -> None:
 
 @SETTINGS
 @given(st.integers(1, 30).flatmap(lambda n: st.tuples(
-    st.lists(st.lists(st.floats(-15, 15), min_size=6, max_size=6), min_size=n, max_size=n),
+    st.lists(st.lists(st.floats(-15, 15).map(lambda v: round(v, 4)), min_size=6, max_size=6), min_size=n, max_size=n),
     st.floats(cal.T_BOUNDS[0], cal.T_BOUNDS[1]))))
 def test_temperature_never_changes_top1_or_top2(case) -> None:
     """The docs' promise, within the stated range (logits spanning < 35 at T >= 0.05). Tied
-    logits stay tied at any T, so the tie rule orders them the same way."""
+    logits stay tied at any T, so the tie rule orders them the same way. Logits are on a 1e-4
+    grid: two logits a few ulp apart (hypothesis found 0 and -2.2e-16) can round to the same
+    probability at one T and not at another: a float64 resolution limit, stated in the docs."""
     rows, t = case
     logits = np.array(rows)
     assert np.array_equal(topk_indices(softmax(logits, t), 2), topk_indices(softmax(logits, 1.0), 2))

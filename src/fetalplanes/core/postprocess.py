@@ -5,7 +5,8 @@ Conventions every caller shares (``docs/metrics.md``):
 - ``softmax`` works and returns float64. With float32, ``exp`` underflows to exactly 0 once a
   class trails the top logit by ~103 / T, and tied zeros reorder top-2; float64 underflows only
   past ~745 / T, so for the temperatures calibration can choose (T >= 0.05) the order of the
-  probabilities is the order of the logits whenever the logits span less than ~37.
+  probabilities is the order of the logits whenever the logits span less than ~37 and no two
+  of them differ by only a few ulp (such near-ties can round to equal probabilities).
 - ties: ``topk_indices`` ranks classes like ``sklearn.metrics.top_k_accuracy_score`` (stable
   sort, then reversed), so among equal probabilities the class with the higher index ranks first.
   ``decide`` (predict, serve, stream) and the evaluation metrics use this one rule.

@@ -74,6 +74,9 @@ def aggregate(out: Path, records: Sequence[dict[str, Any]]) -> list[dict[str, An
             "finetune": first["finetune"], "pretrained": pretrained, "train_path": first["train_path"],
             "image_size": first["image_size"], "max_epochs": first["max_epochs"],
             "seeds": len(runs), "seed_list": " ".join(str(r["seed"]) for r in runs), "n_test": ms[0].get("n"),
+            # what the per-run bootstrap resampled: unit, number of clusters, resamples
+            "boot_unit": (ms[0].get("ci95") or {}).get("unit"), "boot_n_units": (ms[0].get("ci95") or {}).get("n_units"),
+            "boot_n_boot": (ms[0].get("ci95") or {}).get("n_boot"),
         }
         for key in METRICS:
             vals = [float(m[key]) for m in ms]
@@ -126,6 +129,13 @@ def _cell(row: dict[str, Any], key: str) -> str:
     return f"{mean:.4f} ± {spread}{ci}{mark}"
 
 
+def _boot_legend(rows: Sequence[dict[str, Any]]) -> str:
+    """'1000 resamples of 24 patients' per distinct setting; unit and clusters travel with every interval."""
+    kinds = sorted({f"{r.get('boot_n_boot')} resamples of {r.get('boot_n_units')} {r.get('boot_unit')}s"
+                    for r in rows if r.get("boot_unit")})
+    return "; ".join(kinds) or "none"
+
+
 def _split_cell(row: dict[str, Any]) -> str:
     return f"{row['split']} **{LEAKY_FLAG}**" if row["leaky"] else row["split"]
 
@@ -157,7 +167,7 @@ def to_markdown(rows: Sequence[dict[str, Any]], info: dict[str, Any]) -> str:
               f"{info.get('image_sizes')} px; max epochs {info.get('max_epochs')}; bootstrap resamples "
               f"{info.get('n_boot')}; written {info.get('written')}",
               "- cells: mean ± std over seeds [95 % t-interval of the mean over seeds]; ᵇ = one seed (std n/a), "
-              "so the run's patient-level bootstrap interval instead.",
+              "so the run's bootstrap interval instead (" + _boot_legend(rows) + ").",
               f"- rows marked **{LEAKY_FLAG}** use the image-level 80:20 split (patients shared between "
               "train and test): they reproduce the paper's likely protocol and overstate accuracy on new patients.",
               "- GFLOPs: torch.utils.flop_counter at the trained input size, 2 FLOPs per multiply-add. CPU ms: "
