@@ -60,3 +60,11 @@ def test_bad_inputs_raise_user_errors() -> None:
     for t in (0, -1, float("nan"), float("inf")):
         with pytest.raises(UsageError):
             softmax(np.zeros((1, 2)), t)
+
+
+def test_prediction_fields() -> None:
+    p = decide(np.array([[0.1, 0.7, 0.2]]), ["a", "b", "c"])[0]
+    assert p.to_dict() == {"label": "b", "confidence": 0.7,
+                           "topk": [{"label": "b", "probability": 0.7}, {"label": "c", "probability": 0.2}],
+                           "probabilities": {"a": 0.1, "b": 0.7, "c": 0.2}, "abstain": False}
+    assert isinstance(p.confidence, float) and isinstance(p.probabilities["a"], float)

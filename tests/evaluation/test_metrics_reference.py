@@ -229,3 +229,29 @@ def test_evaluate_arrays_checks_its_inputs() -> None:
     assert issubclass(DataError, ValueError) and issubclass(DataError, UserError)
     m = M.evaluate_arrays([0, 1, 2], np.eye(3), names, ["p1", "p1", "p2"], {"m": ["x", "y", "x"]}, n_boot=20)
     assert m["ci95"]["n_units"] == 2 and m["breakdown"]["m"]["x"]["n"] == 2
+
+
+def test_evaluate_arrays_passes_its_settings_to_the_bootstrap() -> None:
+    y, probs, pats = _clustered(12, 3)
+    names = ["a", "b", "c"]
+    m = M.evaluate_arrays(list(y), probs.tolist(), names, pats, n_boot=150, seed=4, unit="image", method="BCa")
+    assert m["ci95"] == M.bootstrap_ci(y, probs, pats, 3, 150, 4, unit="image", method="BCa")
+    d = M.evaluate_arrays(y, probs, names, pats)["ci95"]
+    assert (d["n_boot"], d["seed"], d["unit"], d["method"], d["level"]) == (1000, 0, "patient", "percentile", 0.95)
+    assert d == M.bootstrap_ci(y, probs, pats, 3)
+
+
+def test_batched_macro_f1_and_patient_id_checks() -> None:
+    """Survivors of the mutation run: the bootstrap's stacked (B, C, C) matrices, empty and
+    mismatched patient ids, the reported minimum number of units."""
+    rng = np.random.default_rng(0)
+    cms = rng.integers(0, 5, (4, 3, 3)) * (rng.random((4, 3, 3)) < 0.7)
+    cms[1, 0, :] = 0  # class 0 absent in one matrix
+    assert np.allclose(M._macro_f1_from_cm(cms), [M._macro_f1_from_cm(c) for c in cms])
+    y, probs, pats = _clustered(12, 2)
+    with pytest.raises(DataError, match="23 patient ids for 24 images"):
+        M.bootstrap_ci(y, probs, pats[:-1], 3)
+    pats[3] = " "
+    with pytest.raises(DataError, match="1 of 24 images have no patient id"):
+        M.bootstrap_ci(y, probs, pats, 3)
+    assert M.bootstrap_ci(*_clustered(12, 2), 3, n_boot=20)["min_units"] == M.MIN_CLUSTERS == 10

@@ -98,3 +98,20 @@ def test_chance_levels_come_from_the_masks_not_from_the_maps() -> None:
     prior = loc.center_prior((20, 20))
     assert en["chance_center"] == pytest.approx(np.mean([prior[corner].sum() / prior.sum()] * 2 + [prior[centre].sum() / prior.sum()]))
     assert pg["se"] == pytest.approx(np.sqrt((2 / 3) * (1 / 3) / 3))
+
+
+def test_summary_fields_and_edge_maps() -> None:
+    mask = _mask()
+    neg = np.full(mask.shape, -1.0)
+    neg[4, 4], neg[15, 15] = 2.0, 2.0  # negative values carry no mass: half of the positive mass inside
+    assert loc.energy_share(neg, mask) == pytest.approx(0.5)
+    assert loc.is_empty(np.full((2, 2), np.nan)) and not loc.is_empty(neg)
+    with pytest.raises(ValueError, match=r"CAM shape \(3, 3\) != mask shape \(20, 20\)"):
+        loc.energy_share(np.zeros((3, 3)), mask)
+    assert loc.summarize([]) == {"n": 0}
+    rows = [loc.score_one(neg, mask), loc.score_one(np.zeros(mask.shape), mask)]
+    s = loc.summarize(rows)
+    assert s["mask_area_fraction"] == pytest.approx(36 / 400)
+    assert s["energy_share"] == {"mean": pytest.approx(0.5), "n_scored": 1, "n_empty_cams": 1,
+                                 "chance_uniform": pytest.approx(36 / 400),
+                                 "chance_center": pytest.approx(rows[0]["center_energy"])}
