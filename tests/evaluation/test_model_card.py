@@ -41,7 +41,11 @@ def test_card_written_next_to_checkpoint(evaluated: tuple[Path, dict]) -> None:
     assert values["Macro F1"] == pytest.approx(metrics["f1_macro"], abs=1e-4)
     assert "Not a medical device" in text
     assert "SYNTHETIC" in text and "synthetic-data" in meta["tags"]  # the fixture data are phantoms
-    assert f"{metrics['ci95']['top1']['low']:.4f}" in text
+    ci = metrics["ci95"]
+    if ci["top1"]:
+        assert f"{ci['top1']['low']:.4f}" in text
+    else:  # the fixture's test split has fewer than 10 patients: the card says why there is no interval
+        assert f"only {ci['n_units']} patient(s)" in text
     for name in metrics["per_class"]:
         assert f"| {name} |" in text
     assert "By US_Machine" in text

@@ -44,3 +44,74 @@ def test_trained_model_points_at_the_structure(tmp_path: Path, trainer) -> None:
         mask = loc.load_mask(rec["localization"]["mask"], tuple(rec["size"]))
         rows.append(loc.score_one(rng.random(mask.shape).astype(np.float32), mask))
     assert not passes(loc.summarize(rows))
+
+
+# ------------------------------------------------------------ the scores by definition (fast)
+def _mask(h: int = 20, w: int = 20, box=(2, 8, 2, 8)) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[box[0]:box[1], box[2]:box[3]] = True
+    return m
+
+
+def test_pointing_hit_and_energy_share_by_definition() -> None:
+    mask = _mask()
+    cam = np.zeros(mask.shape)
+    cam[4, 4], cam[15, 15] = 1.0, 3.0  # peak outside the mask, a quarter of the mass inside
+    assert loc.pointing_hit(cam, mask) is False
+    assert loc.energy_share(cam, mask) == pytest.approx(0.25)
+    cam[4, 4] = 5.0
+    assert loc.pointing_hit(cam, mask) is True
+    assert loc.energy_share(cam, mask) == pytest.approx(5 / 8)
+    with pytest.raises(ValueError, match="CAM shape"):
+        loc.pointing_hit(np.zeros((3, 3)), mask)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.7])
+def test_empty_maps_are_left_out_of_the_pointing_game_and_counted(value: float) -> None:
+    """A constant map has no peak: its 'hit' (the old code picked the centre pixel) is None."""
+    mask = _mask(box=(5, 15, 5, 15))  # contains the centre: a constant map used to score a hit
+    flat = np.full(mask.shape, value)
+    assert loc.is_empty(flat) and loc.pointing_hit(flat, mask) is None
+    good = np.zeros(mask.shape)
+    good[0, 0] = 1.0  # one real miss
+    rows = [loc.score_one(flat, mask), loc.score_one(good, mask)]
+    s = loc.summarize(rows)
+    pg = s["pointing_game"]
+    assert s["n"] == 2 and pg["n_scored"] == 1 and pg["n_empty_cams"] == 1 and pg["hit_rate"] == 0.0
+    assert s["energy_share"]["n_empty_cams"] == (1 if value == 0 else 0)
+    only_empty = loc.summarize([loc.score_one(flat, mask)])["pointing_game"]
+    assert only_empty["hit_rate"] is None and only_empty["se"] is None
+
+
+def test_chance_levels_come_from_the_masks_not_from_the_maps() -> None:
+    """Centre chance = how often a centred Gaussian hits; uniform = mask area; never the model's rate."""
+    centre = _mask(box=(8, 12, 8, 12))
+    corner = _mask(box=(0, 4, 0, 4))
+    cam_corner = np.zeros((20, 20))
+    cam_corner[1, 1] = 1.0  # hits the corner mask, misses the centre one
+    rows = [loc.score_one(cam_corner, corner), loc.score_one(cam_corner, corner), loc.score_one(cam_corner, centre)]
+    s = loc.summarize(rows)
+    pg, en = s["pointing_game"], s["energy_share"]
+    assert pg["hit_rate"] == pytest.approx(2 / 3)
+    assert pg["chance_center"] == pytest.approx(1 / 3)  # only the centre mask catches the prior's peak
+    assert pg["chance_uniform"] == pytest.approx(16 / 400)
+    prior = loc.center_prior((20, 20))
+    assert en["chance_center"] == pytest.approx(np.mean([prior[corner].sum() / prior.sum()] * 2 + [prior[centre].sum() / prior.sum()]))
+    assert pg["se"] == pytest.approx(np.sqrt((2 / 3) * (1 / 3) / 3))
+
+
+def test_summary_fields_and_edge_maps() -> None:
+    mask = _mask()
+    neg = np.full(mask.shape, -1.0)
+    neg[4, 4], neg[15, 15] = 2.0, 2.0  # negative values carry no mass: half of the positive mass inside
+    assert loc.energy_share(neg, mask) == pytest.approx(0.5)
+    assert loc.is_empty(np.full((2, 2), np.nan)) and not loc.is_empty(neg)
+    with pytest.raises(ValueError, match=r"CAM shape \(3, 3\) != mask shape \(20, 20\)"):
+        loc.energy_share(np.zeros((3, 3)), mask)
+    assert loc.summarize([]) == {"n": 0}
+    rows = [loc.score_one(neg, mask), loc.score_one(np.zeros(mask.shape), mask)]
+    s = loc.summarize(rows)
+    assert s["mask_area_fraction"] == pytest.approx(36 / 400)
+    assert s["energy_share"] == {"mean": pytest.approx(0.5), "n_scored": 1, "n_empty_cams": 1,
+                                 "chance_uniform": pytest.approx(36 / 400),
+                                 "chance_center": pytest.approx(rows[0]["center_energy"])}

@@ -58,3 +58,17 @@ def test_intervals_stay_in_unit_range(tmp_path: Path) -> None:
     assert 0.0 <= row["top1_ci_low"] <= row["top1_ci_high"] <= 1.0
     assert "top1_boot_low" in to_csv([row]).splitlines()[0]
     assert "| `x` |" in to_markdown([row], {})
+
+
+def test_one_seed_shows_std_na_and_survives_a_refused_interval(tmp_path: Path) -> None:
+    rec = _record(tmp_path, "x", "official", 0, 0.8)
+    row = aggregate(tmp_path, [rec])[0]
+    assert row["top1_std"] != row["top1_std"]  # NaN: undefined with one seed
+    rec.pop("metrics_path")  # aggregate from the record's copy, edited below
+    rec["metrics"]["ci95"].update(unit="patient", n_units=12, n_boot=1000)
+    row = aggregate(tmp_path, [rec])[0]
+    md = to_markdown([row], {})
+    assert "0.8000 ± n/a [0.700, 0.900]ᵇ" in md and "1000 resamples of 12 patients" in md
+    rec["metrics"]["ci95"] = {"top1": None, "f1_macro": None, "status": "too few units", "n_units": 3}
+    row = aggregate(tmp_path, [rec])[0]
+    assert row["top1_ci_kind"] == "none" and "0.8000 ± n/a |" in to_markdown([row], {})

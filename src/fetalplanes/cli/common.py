@@ -1,4 +1,10 @@
-"""Shared CLI helpers: turning expected errors into one readable line and exit code 2."""
+"""Shared CLI helpers: turning the user's errors into one readable line and exit code 2.
+
+Only the project's own user-facing errors (``core.errors.UserError`` and its subclasses) and the
+OS errors that name a path the user gave become one line. Anything else (a ``KeyError`` or a plain
+``ValueError`` from a bug) propagates with its traceback and exit code 1: a bug must not be
+dressed as bad input.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,13 @@ import sys
 import typer
 from rich.console import Console
 
+from fetalplanes.core.errors import UserError
+
 console = Console()
 err_console = Console(stderr=True)
 
-# Errors a user can fix (bad path, bad config, bad file): show the message, not a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, KeyError, PermissionError)
+# Errors a user can fix (bad option, bad data, bad path): show the message, not a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, FileExistsError, PermissionError)
 
 
 def run_app(app: typer.Typer) -> None:
@@ -21,7 +29,7 @@ def run_app(app: typer.Typer) -> None:
         # Without standalone mode click returns typer.Exit's code instead of exiting.
         if isinstance(code, int) and code:
             sys.exit(code)
-    except SystemExit as exc:
+    except SystemExit:
         raise
     except USER_ERRORS as exc:
         if logging.getLogger().isEnabledFor(logging.DEBUG):

@@ -66,11 +66,11 @@ def explain(
     if loc:
         for name, s in loc["maps"].items():
             pg, en = s["pointing_game"], s["energy_share"]
-            energy = "n/a" if en["mean"] is None else f"{en['mean']:.3f}"
+            f3 = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731  (undefined: every CAM empty)
             console.print(
-                f"  {name}: n={s['n']} pointing game {pg['hit_rate']:.3f} (uniform chance {pg['chance_uniform']:.3f}, "
-                f"centre prior {pg['chance_center']:.3f}); energy in mask {energy} "
-                f"(chance {en['chance_uniform']:.3f}, centre prior {en['chance_center']:.3f})"
+                f"  {name}: n={s['n']} pointing game {f3(pg['hit_rate'])} (uniform chance {f3(pg['chance_uniform'])}, "
+                f"centre prior {f3(pg['chance_center'])}; {pg['n_empty_cams']} empty map(s) left out); energy in mask "
+                f"{f3(en['mean'])} (chance {f3(en['chance_uniform'])}, centre prior {f3(en['chance_center'])})"
             )
         console.print(f"  -> {out / 'localization.json'}")
 

@@ -67,18 +67,20 @@ def evaluate(
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95 % intervals."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave unreadable images out (named in the report) "
                                   "instead of stopping with the list of them."),
+    unit: str = typer.Option("patient", "--unit", help="What the bootstrap resamples: patient (needs a patient id "
+                             "per image) | image (treats images as independent: narrower intervals)."),
 ) -> None:
     """Evaluate a model (.ckpt or .onnx): metrics.json (patient-level 95 % CIs), report.md, confusion matrix."""
-    from fetalplanes.evaluation.report import evaluate as run_eval
+    from fetalplanes.evaluation.metrics import fmt
+    from fetalplanes.evaluation.report import ci_text, evaluate as run_eval, interval_text
 
-    m = run_eval(checkpoint, data, out, split, batch_size, n_boot, skip_bad=skip_bad)
+    m = run_eval(checkpoint, data, out, split, batch_size, n_boot, unit=unit, skip_bad=skip_bad)
     if m["n_skipped"]:
         err_console.print(f"{m['n_skipped']} unreadable image(s) left out (--skip-bad); listed in {out / 'report.md'}",
                           soft_wrap=True, highlight=False, markup=False)
-    ci = m["ci95"]
     console.print(
-        f"{split}: n={m['n']} top-1 {m['top1']:.4f} [{ci['top1']['low']:.4f}, {ci['top1']['high']:.4f}]  "
-        f"top-2 {m['top2']:.4f}  macro-F1 {m['f1_macro']:.4f}  -> {out / 'report.md'}"
+        f"{split}: n={m['n']} top-1 {ci_text(m, 'top1')}  top-2 {fmt(m['top2'])}  macro-F1 {ci_text(m, 'f1_macro')}"
+        f"\n  intervals: {interval_text(m['ci95'])}  -> {out / 'report.md'}"
     )
 
 

@@ -1,22 +1,42 @@
-"""The one user-facing input error: :class:`ImageLoadError` (file, frame, reason, expected).
+"""The project's user-facing exception types: the only errors the CLI shows as one line.
 
-Every loader in :mod:`fetalplanes.core` (images, DICOM, cine loops, video, frame folders)
-raises this type and nothing else for bad input, so the CLI and the service can print one
-line per bad file (or frame) and carry on with the good ones. It lives in its own module,
-below :mod:`~fetalplanes.core.io` and :mod:`~fetalplanes.core.dicom`, so that neither has
-to import the other for it.
+Everything the user can fix (a bad option value, data that cannot give the asked-for result, an
+unreadable input) raises a subclass of :class:`UserError`; ``fetalplanes.cli.common`` prints its
+message and exits with code 2. Any other exception is a bug: the CLI lets it through with its
+traceback (exit code 1), so a ``KeyError`` from a typo is never mistaken for bad input.
+
+Subclasses that replace an older ``raise ValueError(...)`` also derive from ``ValueError`` so
+callers (and tests) that catch ``ValueError`` keep working.
+
+The one input error, :class:`ImageLoadError` (file, frame, reason, expected), lives here too:
+every loader in :mod:`fetalplanes.core` (images, DICOM, cine loops, video, frame folders) raises
+it and nothing else for bad input, so the CLI and the service print one line per bad file (or
+frame) and carry on with the good ones. It sits below :mod:`~fetalplanes.core.io` and
+:mod:`~fetalplanes.core.dicom`, so neither has to import the other for it.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["EXPECTED", "BadFilesError", "ImageLoadError"]
+__all__ = ["EXPECTED", "BadFilesError", "DataError", "ImageLoadError", "UsageError", "UserError"]
 
 EXPECTED = "a PNG, JPEG, BMP, TIFF or DICOM image"
 
 
-class ImageLoadError(ValueError):
+class UserError(Exception):
+    """Base of every error the user can fix; its message is one line naming what was wrong."""
+
+
+class UsageError(UserError, ValueError):
+    """An argument or option value outside its valid set; the message lists the valid options."""
+
+
+class DataError(UserError, ValueError):
+    """The data given cannot produce the asked-for result (empty split, missing ids, shape mismatch)."""
+
+
+class ImageLoadError(DataError):
     """An input cannot be loaded; the message names the file (and frame), the reason and what was expected.
 
     Construct as ``ImageLoadError(name, reason, expected=..., frame=...)``; a single
@@ -59,7 +79,7 @@ def _one_line(text: str) -> str:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
-class BadFilesError(ValueError):
+class BadFilesError(DataError):
     """Raised by :func:`fetalplanes.core.io.check_files`; ``.bad`` lists every ``(name, reason)`` pair."""
 
     def __init__(self, bad: list[tuple[str, str]]) -> None:

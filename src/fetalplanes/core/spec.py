@@ -19,6 +19,8 @@ import logging
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from fetalplanes.core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # 1.0: the unversioned records of fetalplanes <= 0.1 (heat-map settings under training["explain"]).
@@ -140,7 +142,7 @@ class ModelSpec:
         return ModelSpec(**d)
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A stored ModelSpec cannot be read (the message names the file or source)."""
 
 

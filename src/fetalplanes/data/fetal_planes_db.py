@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fetalplanes.core.classes import BRAIN_PLANES, classes_for_task
 from fetalplanes.core.tables import TableFormatError, read_table
+from fetalplanes.core.errors import UserError
 from fetalplanes.data.records import DatasetIndex, Sample
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ IMAGES_DIR = "Images"
 COLUMNS = ("Image_name", "Patient_num", "Plane", "Brain_plane", "Operator", "US_Machine", "Train")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """The data on disk is not in the expected format (message names the file and field)."""
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from fetalplanes.core.atomic import atomic_path
+from fetalplanes.core.errors import UserError
 from fetalplanes.core.preprocess import preprocess_batch
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.runtime.artifact import SPEC_KEY, onnx_metadata, set_onnx_metadata, spec_to_metadata
@@ -46,7 +47,7 @@ EXPORTERS = ("dynamo", "torchscript")
 _BUILTIN_PER_CLASS = 2
 
 
-class ParityError(ValueError):
+class ParityError(UserError, ValueError):
     """ONNX Runtime does not reproduce the PyTorch model; the file was not written."""
 
 

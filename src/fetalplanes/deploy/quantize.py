@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fetalplanes.core.atomic import atomic_path
+from fetalplanes.core.errors import UserError
 from fetalplanes.core.io import load_image
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.core.spec import ModelSpec
@@ -39,7 +40,7 @@ HOLDOUT_FRACTION = 0.3
 _BATCH = 16
 
 
-class QuantizationGateError(ValueError):
+class QuantizationGateError(UserError, ValueError):
     """The int8 model lost too much accuracy on the calibration hold-out; not written."""
 
 

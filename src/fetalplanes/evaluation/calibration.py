@@ -6,13 +6,18 @@ diagrams and an abstain threshold, stored in the checkpoint's ModelSpec.
   rescales confidence; the predicted class (top-1, top-2, F1) never changes. When validation
   has no error at all, T is not identifiable (NLL falls towards T -> 0) and stays 1; a T at
   the search bounds is flagged in ``temperature_note``.
-- ECE: top-label expected calibration error with 15 equal-width confidence bins (the
-  definition of torchmetrics' ``multiclass_calibration_error`` with ``norm='l1'``).
+- ECE: top-label expected calibration error with 15 equal-width, left-closed confidence bins
+  [k/15, (k+1)/15) and confidence 1 in a bin of its own: torchmetrics'
+  ``multiclass_calibration_error(norm='l1')`` convention (exceptions: ``ece``'s docstring).
+  Everything runs in float64 (``core.postprocess.softmax``), so T never reorders the classes
+  while the logits of an image span less than ~700 x T (35 at the lower bound T = 0.05).
 - Abstain threshold (on calibrated confidence): the lowest t such that validation cases with
   confidence >= t reach ``target_accuracy`` while at least ``min_coverage`` of them are kept;
   if the target cannot be met at that coverage, the threshold that keeps ``min_coverage``
-  (and ``target_reached: false``). With an explicit ``coverage`` the threshold keeps that
-  fraction. On a small validation split the threshold is noisy: treat it as a starting point.
+  (and ``target_reached: false``). With an explicit ``coverage`` the threshold keeps at least
+  that fraction. Cases tied at a threshold are kept together, and ``target_reached`` is measured
+  on exactly the cases the threshold keeps. On a small validation split the threshold is
+  noisy: treat it as a starting point.
 
 Both numbers go into the model file (``runtime.artifact.update_spec``); the ONNX exporter
 copies the whole ModelSpec, so exported models carry them too. ECE is also reported on the
@@ -30,7 +35,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from fetalplanes.core import atomic
-from fetalplanes.core.postprocess import softmax
+from fetalplanes.core.errors import DataError, UsageError
+from fetalplanes.core.postprocess import softmax, top1
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +58,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     labels = np.asarray(labels, dtype=int)
     if len(labels) == 0:
-        raise ValueError("cannot fit a temperature on an empty validation split")
+        raise DataError("cannot fit a temperature on an empty validation split")
     lo, hi = (math.log(b) for b in T_BOUNDS)
     res = minimize_scalar(lambda lt: nll(logits, labels, math.exp(lt)), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-4})
@@ -61,63 +67,103 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return t if nll(logits, labels, t) <= nll(logits, labels, 1.0) else 1.0
 
 
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> dict[str, list[float]]:
-    """Per equal-width confidence bin: count, mean confidence and accuracy (empty bins: 0)."""
-    probs = np.asarray(probs, dtype=np.float64)
+def bin_index(conf: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """Bin of each top-label confidence: k for k/B <= c < (k+1)/B, and B (its own bin) for c == 1.
+
+    torchmetrics' convention (``torch.bucketize(c, linspace(0, 1, B + 1), right=True) - 1``),
+    with the edges computed as k / B in float64.
+    """
+    edges = np.arange(n_bins + 1, dtype=np.float64) / n_bins
+    return np.clip(np.searchsorted(edges, np.asarray(conf, dtype=np.float64), side="right") - 1, 0, n_bins)
+
+
+def _binned(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count, confidence sum and correct count in each of the B + 1 bins of ``bin_index``."""
+    probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
     conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == np.asarray(labels)).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # Bins are (lo, hi] like torchmetrics; confidence 0 cannot occur for a top-label.
-    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    count = np.bincount(which, minlength=n_bins).astype(float)
-    conf_sum = np.bincount(which, weights=conf, minlength=n_bins)
-    acc_sum = np.bincount(which, weights=correct, minlength=n_bins)
+    correct = (top1(probs) == np.asarray(labels)).astype(float)
+    which = bin_index(conf, n_bins)
+    return (np.bincount(which, minlength=n_bins + 1).astype(float),
+            np.bincount(which, weights=conf, minlength=n_bins + 1),
+            np.bincount(which, weights=correct, minlength=n_bins + 1))
+
+
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> dict[str, list[float]]:
+    """Per equal-width confidence bin: count, mean confidence and accuracy (empty bins: 0).
+
+    For display the confidence-1 bin of ``bin_index`` is folded into the last bin, so the lists
+    have ``n_bins`` entries; ``ece`` keeps it apart, as torchmetrics does.
+    """
+    count, conf_sum, acc_sum = (a.copy() for a in _binned(probs, labels, n_bins))
+    for a in (count, conf_sum, acc_sum):
+        a[n_bins - 1] += a[n_bins]
+    count, conf_sum, acc_sum = count[:n_bins], conf_sum[:n_bins], acc_sum[:n_bins]
     safe = np.maximum(count, 1)
+    edges = np.arange(n_bins + 1, dtype=np.float64) / n_bins
     return {"edges": edges.tolist(), "count": count.tolist(), "confidence": (conf_sum / safe).tolist(),
             "accuracy": (acc_sum / safe).tolist()}
 
 
 def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> float:
-    """Top-label expected calibration error (L1, equal-width bins)."""
-    b = reliability_bins(probs, labels, n_bins)
-    count = np.asarray(b["count"])
-    if count.sum() == 0:
+    """Top-label expected calibration error: sum over bins of |accuracy - confidence| x share of cases.
+
+    Bins of ``bin_index``. Equal to torchmetrics' ``MulticlassCalibrationError(n_bins=B,
+    norm='l1')`` on the same probabilities up to float32 rounding (torchmetrics casts the
+    confidences to float32, so a case within ~1e-7 of an edge may land in the neighbouring bin
+    there), and except for a tie at the top probability, where the predicted class follows
+    ``core.postprocess.top1`` (the higher index) rather than ``torch.max``. NaN for no cases.
+    """
+    count, conf_sum, acc_sum = _binned(probs, labels, n_bins)
+    total = count.sum()
+    if total == 0:
         return float("nan")
-    gap = np.abs(np.asarray(b["accuracy"]) - np.asarray(b["confidence"]))
-    return float((gap * count).sum() / count.sum())
+    return float(np.abs(acc_sum - conf_sum).sum() / total)
+
+
+def _needed(fraction: float, n: int) -> int:
+    """The smallest count of n cases that is at least ``fraction`` of them (no float round-up)."""
+    return max(1, math.ceil(round(fraction * n, 9)))
 
 
 def choose_abstain_threshold(probs: np.ndarray, labels: np.ndarray, target_accuracy: float = 0.95,
                              coverage: float | None = None, min_coverage: float = 0.5) -> dict[str, Any]:
-    """Confidence threshold below which a prediction is withheld (see module docstring)."""
-    probs = np.asarray(probs, dtype=np.float64)
+    """Confidence threshold below which a prediction is withheld (see module docstring).
+
+    Only thresholds that a rule ``keep = confidence >= t`` can realise are considered: cases tied
+    at the threshold are all kept or all withheld, and ``target_reached`` is the accuracy of
+    exactly the kept cases. Raises ``UsageError`` for a coverage outside (0, 1].
+    """
+    probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
     conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == np.asarray(labels)
-    n = len(conf)
+    correct = top1(probs) == np.asarray(labels)
+    n = len(np.asarray(labels))
     if n == 0:
         return {"threshold": 0.0, "rule": "empty", "target_reached": False}
+    if coverage is not None and not 0 < coverage <= 1:
+        raise UsageError(f"coverage must be in (0, 1], got {coverage}")
     order = np.argsort(-conf, kind="stable")
-    cum_acc = np.cumsum(correct[order]) / np.arange(1, n + 1)
+    c_sorted = conf[order]
+    # Achievable kept counts: the end of each group of equal confidences.
+    ends = np.nonzero(np.r_[c_sorted[1:] < c_sorted[:-1], True])[0] + 1
+    acc_at = np.cumsum(correct[order])[ends - 1] / ends
     if coverage is not None:
-        if not 0 < coverage <= 1:
-            raise ValueError(f"coverage must be in (0, 1], got {coverage}")
-        m, rule, reached = max(1, math.ceil(coverage * n)), "coverage", None
+        m, rule = int(ends[ends >= _needed(coverage, n)][0]), "coverage"
     else:
-        floor = max(1, math.ceil(min_coverage * n))
-        ok = np.nonzero(cum_acc[floor - 1 :] >= target_accuracy)[0]
-        m, rule = (floor + int(ok.max()), "target") if ok.size else (floor, "min_coverage")
-        reached = bool(ok.size)
-    threshold = 0.0 if m >= n else float(conf[order[m - 1]])
+        enough = ends >= _needed(min_coverage, n)
+        ok = enough & (acc_at >= target_accuracy)
+        m, rule = (int(ends[ok][-1]), "target") if ok.any() else (int(ends[enough][0]), "min_coverage")
+    threshold = 0.0 if m >= n else float(c_sorted[m - 1])
     keep = conf >= threshold
+    retained = float(correct[keep].mean())
     return {
         "threshold": threshold,
         "rule": rule,
         "target_accuracy": target_accuracy,
         "min_coverage": min_coverage,
         "coverage_requested": coverage,
-        "target_reached": reached,
+        "target_reached": None if rule == "coverage" else bool(retained >= target_accuracy),
         "coverage": float(keep.mean()),
-        "accuracy_retained": float(correct[keep].mean()) if keep.any() else float("nan"),
+        "accuracy_retained": retained,
         "accuracy_all": float(correct.mean()),
     }
 
@@ -126,7 +172,7 @@ def split_summary(logits: np.ndarray, labels: np.ndarray, temperature: float, th
     """NLL / ECE / accuracy before and after scaling, and what the threshold keeps."""
     before, after = softmax(logits, 1.0), softmax(logits, temperature)
     conf = after.max(axis=1)
-    correct = after.argmax(axis=1) == labels
+    correct = top1(after) == labels
     keep = conf >= threshold
     return {
         "n": int(len(labels)),
@@ -142,7 +188,7 @@ def split_summary(logits: np.ndarray, labels: np.ndarray, temperature: float, th
 
 def _temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, str]:
     """T and a note; T stays 1 when the validation data cannot identify it."""
-    if len(labels) and bool(np.all(logits.argmax(axis=1) == labels)):
+    if len(labels) and bool(np.all(top1(logits) == labels)):
         # With no validation error the NLL keeps falling as T -> 0: the 'optimum' is the lower
         # bound and makes the model absurdly over-confident on new data (seen on the demo model:
         # test NLL 0.49 -> 4.77). Such a split cannot calibrate; keep the model as it is.
@@ -226,7 +272,7 @@ def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out
     from fetalplanes.runtime.artifact import update_spec
 
     if not val_samples:
-        raise ValueError(f"{checkpoint}: no validation images to calibrate on")
+        raise DataError(f"{checkpoint}: no validation images to calibrate on")
     predictor = open_model(checkpoint)
     spec = predictor.spec
     val_logits, val_y = _logits_and_labels(predictor, val_samples, batch_size)

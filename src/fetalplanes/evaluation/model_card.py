@@ -75,7 +75,12 @@ def _metric_lines(m: dict[str, Any]) -> list[str]:
         c = ci.get(key)
         return f"{_fmt(m[key])} (95 % CI {_fmt(c['low'])}-{_fmt(c['high'])})" if c else _fmt(m[key])
 
-    unit = f"{ci.get('n_boot', '?')} bootstrap resamples of {ci.get('n_units', '?')} {ci.get('unit', '?')}s" if ci else "none"
+    if ci.get("status"):  # metrics.json written since the small-sample guard: says how, or why none
+        from fetalplanes.evaluation.report import interval_text
+
+        unit = interval_text(ci)
+    else:
+        unit = f"{ci.get('n_boot', '?')} bootstrap resamples of {ci.get('n_units', '?')} {ci.get('unit', '?')}s" if ci else "none"
     return [
         f"| Top-1 accuracy | {with_ci('top1')} |",
         f"| Top-2 accuracy | {_fmt(m['top2'])} |",
@@ -83,14 +88,14 @@ def _metric_lines(m: dict[str, Any]) -> list[str]:
         f"| Weighted F1 | {_fmt(m['f1_weighted'])} |",
         f"| Test images | {m.get('n', '?')} |",
         "",
-        f"Intervals: {unit} (percentile bootstrap; patients are resampled when patient ids are known).",
+        f"Intervals: {unit}.",
     ]
 
 
 def _per_class(m: dict[str, Any]) -> list[str]:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for c, v in m.get("per_class", {}).items():
-        lines.append(f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
+        lines.append(f"| {c} | {_fmt(v['precision'], 3)} | {_fmt(v['recall'], 3)} | {_fmt(v['f1'], 3)} | {v['support']} |")
     return lines
 
 
@@ -98,7 +103,7 @@ def _breakdowns(m: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for col, groups in m.get("breakdown", {}).items():
         lines += ["", f"**By {col}**", "", "| value | n | top-1 | macro-F1 |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['n']} | {v['top1']:.3f} | {v['f1_macro']:.3f} |" for k, v in groups.items()]
+        lines += [f"| {k} | {v['n']} | {_fmt(v['top1'], 3)} | {_fmt(v['f1_macro'], 3)} |" for k, v in groups.items()]
     return lines or ["", "No per-machine / per-operator columns in this data source."]
 
 

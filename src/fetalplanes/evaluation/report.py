@@ -11,10 +11,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from fetalplanes.core import atomic
-from fetalplanes.core.postprocess import softmax
+from fetalplanes.core.errors import DataError
+from fetalplanes.core.postprocess import softmax, top1
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.data.records import DatasetIndex, Sample
-from fetalplanes.evaluation.metrics import evaluate_arrays
+from fetalplanes.evaluation.metrics import evaluate_arrays, fmt
 
 log = logging.getLogger(__name__)
 
@@ -82,27 +83,46 @@ def predictions_csv(samples: Sequence[Sample], probs: np.ndarray, class_names: S
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["image", "patient", "true", "predicted", "confidence", *class_names])
-    for s, p in zip(samples, probs):
+    for s, p, k in zip(samples, probs, top1(probs)):
         true = class_names[s.label] if s.label >= 0 else ""
-        w.writerow([s.path.name, s.patient or "", true, class_names[int(p.argmax())], f"{p.max():.4f}", *(f"{v:.4f}" for v in p)])
+        w.writerow([s.path.name, s.patient or "", true, class_names[int(k)], f"{p.max():.4f}", *(f"{v:.4f}" for v in p)])
     return buf.getvalue()
 
 
-def _fmt_ci(m: dict[str, Any], key: str) -> str:
-    ci = m["ci95"][key]
-    return f"{m[key]:.4f} (95 % CI {ci['low']:.4f}-{ci['high']:.4f})"
+def ci_text(m: dict[str, Any], key: str, digits: int = 4) -> str:
+    """``0.9583 (95 % CI 0.9290-0.9840)``, or ``(95 % CI n/a)`` when no interval was computed."""
+    ci = m.get("ci95", {})
+    c = ci.get(key)
+    level = f"{100 * ci.get('level', 0.95):g} %"
+    if not c:
+        return f"{fmt(m.get(key), digits)} ({level} CI n/a)"
+    return f"{fmt(m.get(key), digits)} ({level} CI {fmt(c['low'], digits)}-{fmt(c['high'], digits)})"
+
+
+def interval_text(ci: dict[str, Any]) -> str:
+    """How the intervals were made: method, resamples, unit and number of clusters, or why none."""
+    units = f"{ci['n_units']} {ci['unit']}s"
+    if ci.get("status") != "ok":
+        return f"none: {ci.get('note', ci.get('status'))} ({units})"
+    how = ("clusters: all images of a patient move together" if ci["unit"] == "patient" else
+           "images resampled as if independent: too narrow when a patient has several images")
+    return f"{ci['method']} bootstrap, {ci['n_boot']} resamples of {units} ({how})"
 
 
 def render_report(m: dict[str, Any], spec: ModelSpec) -> str:
+    """report.md: point metrics with intervals (n/a where undefined), per class, per subgroup."""
+    ci = m["ci95"]
     lines = [
         f"# Evaluation of `{spec.name}` ({spec.task})",
         "",
-        f"- data: `{m['data']}` ({m['data_kind']}), split **{m['split']}**, n = {m['n']} images",
-        f"- top-1: {_fmt_ci(m, 'top1')}",
-        f"- top-2: {m['top2']:.4f}",
-        f"- macro-F1: {_fmt_ci(m, 'f1_macro')}",
-        f"- weighted-F1: {m['f1_weighted']:.4f}",
-        f"- intervals: {m['ci95']['n_boot']} bootstrap resamples of {m['ci95']['n_units']} {m['ci95']['unit']}s",
+        f"- data: `{m['data']}` ({m['data_kind']}), split **{m['split']}**, n = {m['n']} images, "
+        f"{ci['n_units']} {ci['unit']}s",
+        f"- top-1: {ci_text(m, 'top1')}",
+        f"- top-2: {fmt(m['top2'])}",
+        f"- macro-F1: {ci_text(m, 'f1_macro')}; averaged over the {m['n_classes_present']} {m['macro_over']}",
+        f"- weighted-F1: {fmt(m['f1_weighted'])}",
+        f"- intervals: {interval_text(ci)}",
+        "- n/a: undefined (0/0), e.g. the precision of a class that was never predicted",
         "",
         "## Per class",
         "",
@@ -110,10 +130,12 @@ def render_report(m: dict[str, Any], spec: ModelSpec) -> str:
         "|---|---|---|---|---|",
     ]
     for c, v in m["per_class"].items():
-        lines.append(f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
+        lines.append(f"| {c} | {fmt(v['precision'], 3)} | {fmt(v['recall'], 3)} | {fmt(v['f1'], 3)} | {v['support']} |")
     for col, groups in m.get("breakdown", {}).items():
-        lines += ["", f"## By {col}", "", "| value | n | top-1 | macro-F1 |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['n']} | {v['top1']:.3f} | {v['f1_macro']:.3f} |" for k, v in groups.items()]
+        lines += ["", f"## By {col}", "", "macro-F1 over the classes present in each row (no intervals).", "",
+                  "| value | n | classes present | top-1 | macro-F1 |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['n']} | {v['n_classes_present']} | {fmt(v['top1'], 3)} | {fmt(v['f1_macro'], 3)} |"
+                  for k, v in groups.items()]
     lines += input_section(m)
     lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
     return "\n".join(lines)
@@ -137,10 +159,27 @@ def input_section(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def write_report(out_dir: str | Path, m: dict[str, Any], spec: ModelSpec, samples: Sequence[Sample],
+                 probs: np.ndarray, split: str) -> None:
+    """All report files, rendered first and then written as one folder (``core.atomic.atomic_dir``)."""
+    files = {
+        "predictions.csv": predictions_csv(samples, probs, spec.class_names).encode("utf-8"),
+        "confusion_matrix.png": confusion_png(m["confusion_matrix"], spec.class_names, f"{spec.name} - {split}"),
+        "report.md": render_report(m, spec).encode("utf-8"),
+    }
+    with atomic.atomic_dir(out_dir) as tmp:
+        atomic.write_json(tmp / "metrics.json", m)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+
+
 def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, split: str = "test",
-             batch_size: int = 32, n_boot: int = 1000, skip_bad: bool = False) -> dict[str, Any]:
+             batch_size: int = 32, n_boot: int = 1000, unit: str = "patient", skip_bad: bool = False) -> dict[str, Any]:
     """Evaluate a model file (``.ckpt`` or ``.onnx``) or a loaded Predictor on one split of a
-    dataset; writes metrics.json, predictions.csv, confusion_matrix.png and report.md.
+    dataset; writes metrics.json, predictions.csv, confusion_matrix.png and report.md as one folder.
+
+    ``unit``: what the bootstrap resamples, ``"patient"`` (every image needs a patient id) or
+    ``"image"`` (asked for explicitly). Raises ``DataError`` for an empty split or missing ids.
 
     Unreadable images are all listed at once (``BadFilesError``); with ``skip_bad`` they are left
     out and named in metrics.json (``skipped``) and report.md.
@@ -153,22 +192,18 @@ def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, spl
     index = load_source(data, spec.task, spec.class_names)
     samples = select_split(index, spec, split)
     if not samples:
-        raise ValueError(f"{data}: split {split!r} is empty")
+        raise DataError(f"{data}: split {split!r} is empty")
     samples, logits, skipped = score_samples(predictor, samples, batch_size, skip_bad)
     if not samples:
-        raise ValueError(f"{data}: none of the {len(skipped)} image(s) of split {split!r} could be read")
+        raise DataError(f"{data}: none of the {len(skipped)} image(s) of split {split!r} could be read")
     probs = predictor.probabilities(logits)
     y = np.array([s.label for s in samples])
     meta = {c: [s.meta[c] for s in samples] for c in BREAKDOWN_COLUMNS if all(c in s.meta for s in samples)}
     patients = [s.patient for s in samples]
-    m = evaluate_arrays(y, probs, spec.class_names, patients, meta, n_boot)
+    m = evaluate_arrays(y, probs, spec.class_names, patients, meta, n_boot, unit=unit)
     m.update(split=split, data=str(data), data_kind=index.kind, checkpoint=str(predictor.path),
              model_kind=predictor.kind, model=spec.name, temperature=spec.temperature,
              class_names=list(spec.class_names), data_notes=list(index.notes), n_skipped=len(skipped),
              skipped=skipped, classes_absent=[c for c, v in m["per_class"].items() if v["support"] == 0])
-    out = Path(out_dir)
-    atomic.write_json(out / "metrics.json", m)
-    atomic.write_text(out / "predictions.csv", predictions_csv(samples, probs, spec.class_names))
-    atomic.write_bytes(out / "confusion_matrix.png", confusion_png(m["confusion_matrix"], spec.class_names, f"{spec.name} - {split}"))
-    atomic.write_text(out / "report.md", render_report(m, spec))
+    write_report(out_dir, m, spec, samples, probs, split)
     return m

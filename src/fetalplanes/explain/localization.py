@@ -3,7 +3,12 @@
 - pointing-game hit: the CAM's peak pixel lies inside the structure mask;
 - energy share: the fraction of the CAM's total mass that falls inside the mask.
 
-Each score comes with chance levels so a number is never read alone:
+An empty heat map (constant, e.g. all zero) has no peak and points nowhere: it is left out of
+the pointing game and counted (``n_empty_cams``); energy share is undefined only for a map with
+no positive mass. Undefined values are None (``n/a`` in reports).
+
+Each score comes with chance levels, computed over the same images as the score it goes with,
+so a number is never read alone:
 - ``uniform``: a flat CAM (energy share = mask area fraction) whose peak is a uniformly
   random pixel (hit probability = mask area fraction);
 - ``center``: a centred Gaussian (sigma = 1/4 of each side), the "always look at the
@@ -21,6 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
+
+from fetalplanes.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,7 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
                 gray = gray.resize(tuple(size), Image.NEAREST)
             return np.asarray(gray) > 0
     except OSError as err:
-        raise ValueError(f"{path}: cannot read mask ({err})") from None
+        raise DataError(f"{path}: cannot read mask ({err})") from None
 
 
 def peak(cam: np.ndarray) -> tuple[int, int]:
@@ -73,9 +80,18 @@ def peak(cam: np.ndarray) -> tuple[int, int]:
     return int(rows[i]), int(cols[i])
 
 
-def pointing_hit(cam: np.ndarray, mask: np.ndarray) -> bool:
-    """True when the CAM's peak (see ``peak``) lies inside the mask."""
+def is_empty(cam: np.ndarray) -> bool:
+    """True for a map without a peak: constant (all zero included) or with no finite value."""
+    cam = np.asarray(cam, dtype=np.float64)
+    finite = cam[np.isfinite(cam)]
+    return finite.size == 0 or bool(finite.max() == finite.min())
+
+
+def pointing_hit(cam: np.ndarray, mask: np.ndarray) -> bool | None:
+    """True when the CAM's peak (see ``peak``) lies inside the mask; None for an empty CAM."""
     _check(cam, mask)
+    if is_empty(cam):
+        return None
     return bool(mask[peak(cam)])
 
 
@@ -96,7 +112,10 @@ def center_prior(shape: tuple[int, int]) -> np.ndarray:
 
 
 def score_one(cam: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """Scores of one CAM and its chance levels (uniform and centre prior) against one mask."""
+    """Scores of one CAM and its chance levels (uniform and centre prior) against one mask.
+
+    ``hit`` is None for an empty CAM (``is_empty``), ``energy`` None for a CAM without mass.
+    """
     area = float(mask.mean())
     prior = center_prior(mask.shape)
     return {
@@ -108,33 +127,44 @@ def score_one(cam: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     }
 
 
+def _mean(values: Sequence[Any]) -> float | None:
+    return float(np.mean(np.asarray(values, dtype=float))) if len(values) else None
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Aggregate per-image scores: means, chance levels, and a bootstrap-free binomial SE."""
+    """Aggregate per-image scores: means, chance levels on the same images, a binomial SE.
+
+    The pointing game runs over the images whose CAM has a peak (``n_scored``); empty CAMs are
+    counted in ``n_empty_cams``, not scored as hits or misses. The energy share runs over the
+    CAMs with mass. Each chance level averages over the same images as its score.
+    """
     n = len(rows)
     if n == 0:
         return {"n": 0}
-    hits = np.array([r["hit"] for r in rows], dtype=float)
-    energies = [r["energy"] for r in rows if r["energy"] is not None]
-    area = np.array([r["area"] for r in rows], dtype=float)
-    hit_rate = float(hits.mean())
+    pg_rows = [r for r in rows if r["hit"] is not None]
+    en_rows = [r for r in rows if r["energy"] is not None]
+    hit_rate = _mean([r["hit"] for r in pg_rows])
     return {
         "n": n,
         "pointing_game": {
             "hit_rate": hit_rate,
-            "se": float(np.sqrt(hit_rate * (1 - hit_rate) / n)),
-            "chance_uniform": float(area.mean()),
-            "chance_center": float(np.mean([r["center_hit"] for r in rows])),
+            "n_scored": len(pg_rows),
+            "n_empty_cams": n - len(pg_rows),
+            "se": None if hit_rate is None else float(np.sqrt(hit_rate * (1 - hit_rate) / len(pg_rows))),
+            "chance_uniform": _mean([r["area"] for r in pg_rows]),
+            "chance_center": _mean([r["center_hit"] for r in pg_rows]),
         },
         "energy_share": {
-            "mean": float(np.mean(energies)) if energies else None,
-            "n_empty_cams": n - len(energies),
-            "chance_uniform": float(area.mean()),
-            "chance_center": float(np.mean([r["center_energy"] for r in rows])),
+            "mean": _mean([r["energy"] for r in en_rows]),
+            "n_scored": len(en_rows),
+            "n_empty_cams": n - len(en_rows),
+            "chance_uniform": _mean([r["area"] for r in en_rows]),
+            "chance_center": _mean([r["center_energy"] for r in en_rows]),
         },
-        "mask_area_fraction": float(area.mean()),
+        "mask_area_fraction": _mean([r["area"] for r in rows]),
     }
 
 
 def _check(cam: np.ndarray, mask: np.ndarray) -> None:
     if np.shape(cam) != np.shape(mask):
-        raise ValueError(f"CAM shape {np.shape(cam)} != mask shape {np.shape(mask)}")
+        raise DataError(f"CAM shape {np.shape(cam)} != mask shape {np.shape(mask)}")

@@ -91,7 +91,8 @@ def _card(item: ReportItem, method_title: str) -> str:
         lines.append("true: " + _esc(item.true_label))
     loc = item.localization
     if loc:
-        cls, word = ("hit", "peak in mask") if loc["hit"] else ("miss", "peak outside mask")
+        cls, word = {True: ("hit", "peak in mask"), False: ("miss", "peak outside mask")}.get(
+            loc["hit"], ("miss", "empty map (no peak)"))
         energy = "" if loc.get("energy") is None else f", energy in mask {loc['energy']:.0%} (area {loc['area']:.0%})"
         lines.append(f'<span class="{cls}">{word}</span>{energy}')
     lines.append(f'<span title="{_esc(item.name)}">{_esc(item.name[:40])}</span>')
@@ -105,6 +106,11 @@ def _gallery(title: str, items: Sequence[ReportItem], method_title: str) -> str:
     return f"<h3>{_esc(title)} ({len(items)})</h3><div class=\"grid\">{body}</div>"
 
 
+def _f3(x: float | None) -> str:
+    """Three decimals, or n/a for an undefined value (e.g. a pointing game where every CAM was empty)."""
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def _localization_table(loc: dict[str, Any]) -> str:
     rows = []
     for name, s in loc.get("maps", {}).items():
@@ -113,8 +119,8 @@ def _localization_table(loc: dict[str, Any]) -> str:
         pg, en = s["pointing_game"], s["energy_share"]
         energy = "n/a" if en["mean"] is None else f"{en['mean']:.3f}"
         rows.append(
-            f"<tr><td>{_esc(name)}</td><td>{s['n']}</td><td>{pg['hit_rate']:.3f}</td><td>{energy}</td>"
-            f"<td>{pg['chance_uniform']:.3f}</td><td>{pg['chance_center']:.3f}</td><td>{en['chance_center']:.3f}</td></tr>"
+            f"<tr><td>{_esc(name)}</td><td>{s['n']}</td><td>{_f3(pg['hit_rate'])}</td><td>{energy}</td>"
+            f"<td>{_f3(pg['chance_uniform'])}</td><td>{_f3(pg['chance_center'])}</td><td>{_f3(en['chance_center'])}</td></tr>"
         )
     if not rows:
         return ""

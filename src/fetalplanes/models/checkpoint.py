@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from fetalplanes.core.atomic import atomic_path
+from fetalplanes.core.errors import UserError
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.models.registry import ModelConfig, build_model
 
@@ -38,7 +39,7 @@ CHECKPOINT_SUFFIXES: tuple[str, ...] = (".ckpt", ".pt", ".pth")
 STATE_PREFIX = "model."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """The file is not a usable fetalplanes checkpoint (the message names the file)."""
 
 

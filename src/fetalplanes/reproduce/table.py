@@ -7,8 +7,10 @@ One row per (task, split, variant, initialisation), over its seeds. Each metric 
   (mean ± t(0.975, n-1) * std / sqrt(n), clipped to [0, 1]). It captures training variability (initialisation,
   data order, validation carve and, for image-8020, the test draw); with few seeds it is wide,
   honestly so.
-- with one seed it is that run's patient-level bootstrap interval (test-sample variability),
-  and only for top-1 and macro-F1, the metrics ``evaluate`` bootstraps.
+- with one seed the std over seeds is undefined and printed as ``± n/a`` (NaN in the CSV); the
+  interval is then that run's patient-level bootstrap interval (test-sample variability), and
+  only for top-1 and macro-F1, the metrics ``evaluate`` bootstraps (none when ``evaluate`` gave
+  none, e.g. fewer than 10 patients).
 
 ``results.csv`` also keeps the mean per-run bootstrap bounds (``*_boot_low/high``) of top-1 and
 macro-F1, so both kinds of uncertainty are available. Rows on the image-level split are
@@ -72,20 +74,24 @@ def aggregate(out: Path, records: Sequence[dict[str, Any]]) -> list[dict[str, An
             "finetune": first["finetune"], "pretrained": pretrained, "train_path": first["train_path"],
             "image_size": first["image_size"], "max_epochs": first["max_epochs"],
             "seeds": len(runs), "seed_list": " ".join(str(r["seed"]) for r in runs), "n_test": ms[0].get("n"),
+            # what the per-run bootstrap resampled: unit, number of clusters, resamples
+            "boot_unit": (ms[0].get("ci95") or {}).get("unit"), "boot_n_units": (ms[0].get("ci95") or {}).get("n_units"),
+            "boot_n_boot": (ms[0].get("ci95") or {}).get("n_boot"),
         }
         for key in METRICS:
             vals = [float(m[key]) for m in ms]
             row[f"{key}_mean"] = statistics.fmean(vals)
-            row[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            row[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else float("nan")
             ci = t_interval(vals)
-            if ci is None and key in BOOTSTRAPPED and "ci95" in ms[0]:
-                ci, row[f"{key}_ci_kind"] = (ms[0]["ci95"][key]["low"], ms[0]["ci95"][key]["high"]), "bootstrap"
+            boots = [m["ci95"][key] for m in ms if key in BOOTSTRAPPED and (m.get("ci95") or {}).get(key)]
+            if ci is None and len(ms) == 1 and boots:
+                ci, row[f"{key}_ci_kind"] = (boots[0]["low"], boots[0]["high"]), "bootstrap"
             else:
                 row[f"{key}_ci_kind"] = "t" if ci else "none"
             row[f"{key}_ci_low"], row[f"{key}_ci_high"] = ci if ci else (float("nan"), float("nan"))
             if key in BOOTSTRAPPED:
-                row[f"{key}_boot_low"] = statistics.fmean(m["ci95"][key]["low"] for m in ms if "ci95" in m)
-                row[f"{key}_boot_high"] = statistics.fmean(m["ci95"][key]["high"] for m in ms if "ci95" in m)
+                row[f"{key}_boot_low"] = statistics.fmean(b["low"] for b in boots) if boots else float("nan")
+                row[f"{key}_boot_high"] = statistics.fmean(b["high"] for b in boots) if boots else float("nan")
         cal = [r.get("calibration", {}) for r in runs]
         for key in ("temperature", "test_ece_before", "test_ece_after"):
             vals = [c[key] for c in cal if c.get(key) is not None]
@@ -119,7 +125,15 @@ def _cell(row: dict[str, Any], key: str) -> str:
     lo, hi = row[f"{key}_ci_low"], row[f"{key}_ci_high"]
     ci = f" [{lo:.3f}, {hi:.3f}]" if lo == lo else ""
     mark = "ᵇ" if row.get(f"{key}_ci_kind") == "bootstrap" else ""
-    return f"{mean:.4f} ± {sd:.4f}{ci}{mark}"
+    spread = f"{sd:.4f}" if sd == sd else "n/a"  # one seed: no spread over seeds
+    return f"{mean:.4f} ± {spread}{ci}{mark}"
+
+
+def _boot_legend(rows: Sequence[dict[str, Any]]) -> str:
+    """'1000 resamples of 24 patients' per distinct setting; unit and clusters travel with every interval."""
+    kinds = sorted({f"{r.get('boot_n_boot')} resamples of {r.get('boot_n_units')} {r.get('boot_unit')}s"
+                    for r in rows if r.get("boot_unit")})
+    return "; ".join(kinds) or "none"
 
 
 def _split_cell(row: dict[str, Any]) -> str:
@@ -152,8 +166,8 @@ def to_markdown(rows: Sequence[dict[str, Any]], info: dict[str, Any]) -> str:
     lines += [f"- data: `{info.get('data')}`; base config `{info.get('base_config')}`; input "
               f"{info.get('image_sizes')} px; max epochs {info.get('max_epochs')}; bootstrap resamples "
               f"{info.get('n_boot')}; written {info.get('written')}",
-              "- cells: mean ± std over seeds [95 % t-interval of the mean over seeds]; ᵇ = one seed, so the "
-              "run's patient-level bootstrap interval instead.",
+              "- cells: mean ± std over seeds [95 % t-interval of the mean over seeds]; ᵇ = one seed (std n/a), "
+              "so the run's bootstrap interval instead (" + _boot_legend(rows) + ").",
               f"- rows marked **{LEAKY_FLAG}** use the image-level 80:20 split (patients shared between "
               "train and test): they reproduce the paper's likely protocol and overstate accuracy on new patients.",
               "- GFLOPs: torch.utils.flop_counter at the trained input size, 2 FLOPs per multiply-add. CPU ms: "

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fetalplanes.core.errors import UserError
 from fetalplanes.core.spec import ModelSpec, SpecError
 
 SPEC_KEY = "fetalplanes_spec"
@@ -28,7 +29,7 @@ KINDS: tuple[str, ...] = ("checkpoint", "onnx")
 ACCEPTED = "a fetalplanes checkpoint (.ckpt/.pt/.pth from `fetalplanes train`) or an ONNX model (.onnx from `fetalplanes export`)"
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UserError, ValueError):
     """A model file cannot be used; the one-line message names the file and the accepted formats."""
 
 

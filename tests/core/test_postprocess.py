@@ -1,0 +1,70 @@
+"""Softmax in float64, the one tie rule of top-k (scikit-learn's) and the abstain flag."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fetalplanes.core.errors import DataError, UsageError
+from fetalplanes.core.postprocess import decide, softmax, top1, topk_indices
+
+SETTINGS = settings(max_examples=int(os.environ.get("FP_HYPOTHESIS_EXAMPLES", "80")), deadline=None)
+
+
+@SETTINGS
+@given(st.integers(1, 8).flatmap(lambda n: st.lists(st.lists(st.floats(-50, 50), min_size=4, max_size=4),
+                                                    min_size=n, max_size=n)), st.floats(0.05, 20))
+def test_softmax_is_float64_rows_sum_to_one_and_matches_scipy(rows, t: float) -> None:
+    from scipy.special import softmax as ref
+
+    logits = np.array(rows)
+    p = softmax(logits, t)
+    assert p.dtype == np.float64 and p.shape == logits.shape
+    assert np.allclose(p.sum(axis=1), 1.0, atol=1e-12)
+    assert np.allclose(p, ref(logits / t, axis=1), rtol=1e-12, atol=1e-300)
+
+
+@SETTINGS
+@given(st.integers(1, 10).flatmap(lambda n: st.lists(st.lists(st.integers(0, 3), min_size=5, max_size=5),
+                                                     min_size=n, max_size=n)), st.integers(1, 6))
+def test_topk_order_is_sklearns(rows, k: int) -> None:
+    """scikit-learn's ranking: ``argsort(mergesort)[:, ::-1]``: ties put the higher index first."""
+    scores = np.array(rows, dtype=float)
+    ref = np.argsort(scores, axis=1, kind="mergesort")[:, ::-1][:, : min(k, 5)]
+    assert np.array_equal(topk_indices(scores, k), ref)
+    assert np.array_equal(top1(scores), ref[:, 0])
+
+
+def test_ties_and_k_in_decide() -> None:
+    p = decide(np.array([[0.4, 0.3, 0.3]]), ["a", "b", "c"], k=2)[0]
+    assert p.label == "a" and [c for c, _ in p.topk] == ["a", "c"]  # the tie 0.3/0.3 ranks c first
+    assert len(decide(np.array([[0.2, 0.5, 0.3]]), ["a", "b", "c"], k=3)[0].topk) == 3
+    assert decide(np.array([[0.5, 0.5]]), ["a", "b"], k=1)[0].label == "b"
+    assert len(decide(np.array([[0.2, 0.8]]), ["a", "b"], k=9)[0].topk) == 2
+
+
+def test_abstain_is_strictly_below_the_threshold() -> None:
+    probs = np.array([[0.6, 0.4], [0.59, 0.41]])
+    flags = [p.abstain for p in decide(probs, ["a", "b"], abstain_threshold=0.6)]
+    assert flags == [False, True]
+    assert not any(p.abstain for p in decide(probs, ["a", "b"]))
+
+
+def test_bad_inputs_raise_user_errors() -> None:
+    with pytest.raises(DataError, match="3 probabilities per image but 2 class names"):
+        decide(np.ones((1, 3)) / 3, ["a", "b"])
+    for t in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(UsageError):
+            softmax(np.zeros((1, 2)), t)
+
+
+def test_prediction_fields() -> None:
+    p = decide(np.array([[0.1, 0.7, 0.2]]), ["a", "b", "c"])[0]
+    assert p.to_dict() == {"label": "b", "confidence": 0.7,
+                           "topk": [{"label": "b", "probability": 0.7}, {"label": "c", "probability": 0.2}],
+                           "probabilities": {"a": 0.1, "b": 0.7, "c": 0.2}, "abstain": False}
+    assert isinstance(p.confidence, float) and isinstance(p.probabilities["a"], float)
