@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from fetalplanes.core.cam_methods import check_method
 from fetalplanes.models.registry import ModelConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -84,8 +85,6 @@ class ExplainConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from fetalplanes.explain.settings import check_method
-
         return check_method(value)
 
 
