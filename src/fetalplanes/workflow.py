@@ -27,11 +27,10 @@ def train(data: str | Path, cfg: Any, out_dir: str | Path, *, resume: bool = Fal
     """``training.fit`` on images, or on cached backbone features when ``fast_path`` is set and
     the config freezes the backbone (``cache_dir`` defaults to ``OUT_DIR/../feature_cache``).
     Returns the ``FitResult``."""
-    from fetalplanes.training.fit import fit
+    from fetalplanes.training.fit import fit, fit_frozen
 
     if fast_path and cfg.model.finetune == "frozen":
-        cache = Path(cache_dir) if cache_dir is not None else Path(out_dir).parent / "feature_cache"
-        return fit(data, cfg, out_dir, resume, feature_cache=cache)
+        return fit_frozen(data, cfg, out_dir, cache_dir, resume)
     return fit(data, cfg, out_dir, resume)
 
 

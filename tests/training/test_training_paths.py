@@ -146,3 +146,11 @@ def test_pipeline_calibrates_a_finished_run_once(fast_run, synth_data: Path) -> 
     stamp = (result.run_dir / "calibration.json").stat().st_mtime_ns
     train_and_calibrate(synth_data, cfg, result.run_dir, reuse_finished=True)
     assert (result.run_dir / "calibration.json").stat().st_mtime_ns == stamp  # calibrated once
+
+
+def test_fast_path_refuses_a_trainable_backbone_before_writing(synth_data: Path, tmp_path: Path) -> None:
+    from fetalplanes.training.fit import fit_frozen
+
+    with pytest.raises(ValueError, match="finetune 'frozen'"):
+        fit_frozen(synth_data, load_config("demo", {**TINY, "model.finetune": "full"}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -151,8 +151,6 @@ def _feature_source(cfg: TrainConfig, spec: ModelSpec, index: Any, splits: Split
                     cache_dir: Path) -> tuple[PlaneModule, L.LightningDataModule, dict[str, Any]]:
     from fetalplanes.training.feature_cache import feature_data
 
-    if cfg.model.finetune != "frozen":
-        raise ValueError(f"the feature-cache fast path needs model.finetune 'frozen', got {cfg.model.finetune!r}")
     if cfg.data.augment > 0:
         log.warning("frozen fast path: data.augment=%s is not applied to cached features", cfg.data.augment)
     weights = class_weights([s.label for s in splits.train], n).tolist() if cfg.data.balance == "loss" else None
@@ -227,6 +225,8 @@ def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = 
         raise FileNotFoundError(f"--resume: no {last} to resume from")
     if not resume and last.exists():
         raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    if feature_cache is not None and cfg.model.finetune != "frozen":
+        raise ValueError(f"the feature-cache fast path needs model.finetune 'frozen', got {cfg.model.finetune!r}")
     index, splits, spec, summary = prepare_run(data, cfg, run_dir)
     n = len(index.class_names)
     extra: dict[str, Any] = {}
@@ -246,10 +246,8 @@ def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = 
 
 def fit_frozen(data: str | Path, cfg: TrainConfig, out_dir: str | Path, cache_dir: str | Path | None = None,
                resume: bool = False) -> FitResult:
-    """``fit`` on cached backbone features (``model.finetune: frozen`` only). ``cache_dir``
-    defaults to ``OUT_DIR/../feature_cache``, so the runs of a grid share one cache."""
-    if cfg.model.finetune != "frozen":
-        raise ValueError(f"fit_frozen needs model.finetune 'frozen', got {cfg.model.finetune!r}")
+    """``fit`` on cached backbone features (``model.finetune: frozen`` only, else ValueError).
+    ``cache_dir`` defaults to ``OUT_DIR/../feature_cache``, so the runs of a grid share one cache."""
     cache = Path(cache_dir) if cache_dir is not None else Path(out_dir).parent / "feature_cache"
     return fit(data, cfg, out_dir, resume, feature_cache=cache)
 
