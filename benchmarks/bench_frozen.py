@@ -5,9 +5,10 @@ Target (issue 6): on this CPU, training the head over 7,000 cached images in und
 
 1. Head training: random float16 feature maps of the backbone's real shape (EfficientNet-B0
    at 224 px: 1280 x 7 x 7) go through the real cache format (written and loaded with
-   ``cached_features``' .npy layout) and ``training.feature_cache.train_head`` runs the
-   configured number of epochs (no early stopping, so every epoch is timed) for each
-   attention type. Random features make accuracy meaningless; only time is measured. Blocks
+   ``cached_features``' .npy layout) and the training loop of every run (``training.fit.train_loop``:
+   Lightning, ``PlaneModule`` fed cached features, validation macro-F1, checkpoints and logs
+   every epoch) runs the configured number of epochs (no early stopping, so every epoch is
+   timed) for each attention type; the wall time includes validation and checkpoint writes. Random features make accuracy meaningless; only time is measured. Blocks
    that commute with global pooling (none, SE) train on pooled features (exact, much faster);
    CBAM and MHSA need the full maps (``--probe-epochs`` times a few epochs and projects).
 2. Extraction: ``cached_features`` on synthetic phantom images (decode + preprocess +
@@ -44,19 +45,23 @@ def _features(n: int, shape: tuple[int, ...], seed: int):
 
 def bench_head(attention: str, n: int, n_val: int, epochs: int, batch: int, backbone: str, shape: tuple[int, ...],
                cache_root: Path, probe_epochs: int = 0, threads: int | None = None) -> dict:
-    """Time ``epochs`` epochs; with ``probe_epochs`` > 0, blocks that need the full map (CBAM, MHSA)
-    run only that many epochs and the total for ``epochs`` is projected (marked in the output)."""
+    """Time ``epochs`` epochs of the training loop on cached features (``PlaneModule`` fed by
+    ``FeatureDataModule`` through ``training.fit.train_loop``: the same Lightning loop, metric,
+    checkpoints and logs as a real run); with ``probe_epochs`` > 0, blocks that need the full map
+    (CBAM, MHSA) run only that many epochs and the total for ``epochs`` is projected."""
     import numpy as np
     import torch
 
-    from fetalplanes.models.registry import ModelConfig, build_model
+    from fetalplanes.core.classes import PLANES
     from fetalplanes.training.config import load_config
-    from fetalplanes.training.feature_cache import POOL_COMMUTING, train_head
+    from fetalplanes.training.feature_cache import POOL_COMMUTING, FeatureDataModule
+    from fetalplanes.training.fit import _quiet_lightning, build_spec, train_loop
+    from fetalplanes.training.module import PlaneModule
 
     run_epochs = probe_epochs if probe_epochs and attention not in POOL_COMMUTING else epochs
     cfg = load_config("paper_b0", {"optim.max_epochs": run_epochs, "optim.batch_size": batch, "trainer.patience": epochs + 1,
-                                   "model.attention": attention, "model.finetune": "frozen"})
-    model = build_model(ModelConfig(backbone=backbone, attention=attention, finetune="frozen"), 6)
+                                   "model.attention": attention, "model.finetune": "frozen", "model.backbone": backbone,
+                                   "model.pretrained": "none", "trainer.progress": False, "trainer.accelerator": "cpu"})
     path = cache_root / "features.npy"
     if not path.is_file():  # one cache entry serves every attention type, as in a real grid
         np.save(path, _features(n + n_val, shape, 0).numpy())
@@ -64,19 +69,26 @@ def bench_head(attention: str, n: int, n_val: int, epochs: int, batch: int, back
     feats = torch.from_numpy(np.load(path))
     load_s = time.perf_counter() - t0
     y = torch.randint(0, 6, (n + n_val,), generator=torch.Generator().manual_seed(1))
+    _quiet_lightning()
+    module = PlaneModule(cfg.model_dump(mode="json"), build_spec(cfg, PLANES, {}).to_dict(), inputs="features")
+    pooled = attention in POOL_COMMUTING
+    dm = FeatureDataModule(feats[:n], y[:n], feats[n:], y[n:], cfg, 6, pooled=pooled)
+    if threads:  # pooled features train on 1 thread anyway (training.feature_cache.cpu_tuning)
+        torch.set_num_threads(threads)
     print(f"... {attention}: {run_epochs} epochs", flush=True)
     cpu0 = time.process_time()  # CPU seconds of this process: what the run costs on an idle machine
-    r = train_head(model, feats[:n], y[:n], feats[n:], y[n:], cfg, 6, cpu_threads=threads)
-    cpu_s = (time.process_time() - cpu0) * epochs / r.epochs_run
-    counts = model.param_counts()
-    per_epoch = r.train_s / r.epochs_run
+    _, r = train_loop(cfg, cache_root / f"run-{attention}", module, dm)
+    epochs_run = r["epochs_run"]
+    cpu_s = (time.process_time() - cpu0) * epochs / epochs_run
+    counts = module.model.param_counts()
+    per_epoch = r["wall_s"] / epochs_run
     total = per_epoch * epochs
-    return {"attention": attention, "n_train": n, "n_val": n_val, "epochs": epochs, "epochs_timed": r.epochs_run,
-            "projected": r.epochs_run != epochs, "batch": batch, "train_s": total, "s_per_epoch": per_epoch,
+    return {"attention": attention, "n_train": n, "n_val": n_val, "epochs": epochs, "epochs_timed": epochs_run,
+            "projected": epochs_run != epochs, "batch": batch, "train_s": total, "s_per_epoch": per_epoch,
             "cpu_s": cpu_s,
-            "img_per_s": n / per_epoch, "pooled_shortcut": attention in POOL_COMMUTING, "cache_load_s": load_s,
+            "img_per_s": n / per_epoch, "pooled_shortcut": pooled, "cache_load_s": load_s,
             "trainable_params": counts["trainable"], "meets_target": total < TARGET_S,
-            "threads": threads if threads else (1 if attention in POOL_COMMUTING else torch.get_num_threads())}
+            "threads": 1 if pooled else (threads or torch.get_num_threads())}
 
 
 def bench_extract(backbone: str, size: int, n_images: int, tmp: Path) -> dict:
@@ -117,7 +129,7 @@ def main() -> None:
     ap.add_argument("--extract-images", type=int, default=48)
     ap.add_argument("--probe-epochs", type=int, default=0,
                     help="time only this many epochs for full-map blocks (cbam, mhsa) and project")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads for head training (0: train_head's default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for full-map heads (0: torch's default; pooled heads use 1)")
     ap.add_argument("--json", default="benchmarks/results/bench_frozen.json")
     args = ap.parse_args()
 

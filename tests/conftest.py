@@ -34,9 +34,10 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_tiny(data: Path, out: Path, **overrides) -> Path:
-    """Train a small model quickly (64 px, 1 epoch by default); returns best.ckpt."""
+    """Train and calibrate a small model quickly (64 px, 1 epoch by default), as ``fetalplanes
+    train`` does; returns best.ckpt."""
     from fetalplanes.training.config import load_config
-    from fetalplanes.training.fit import fit
+    from fetalplanes.workflow import train_and_calibrate
 
     base = {
         "data.image_size": 64,
@@ -48,7 +49,7 @@ def train_tiny(data: Path, out: Path, **overrides) -> Path:
         "data.augment": 0.0,
     }
     base.update(overrides)
-    return fit(data, load_config("demo", base), out).best_checkpoint
+    return train_and_calibrate(data, load_config("demo", base), out).best_checkpoint
 
 
 @pytest.fixture(scope="session")

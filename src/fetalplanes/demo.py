@@ -21,7 +21,7 @@ def run_demo(out_dir: str | Path, per_class: int = 50, seed: int = 0, max_epochs
     from fetalplanes.data.synth import synthesize
     from fetalplanes.evaluation.report import evaluate
     from fetalplanes.training.config import load_config
-    from fetalplanes.training.fit import fit
+    from fetalplanes.workflow import train_and_calibrate
 
     out = Path(out_dir)
     data = out / "data"
@@ -32,7 +32,7 @@ def run_demo(out_dir: str | Path, per_class: int = 50, seed: int = 0, max_epochs
     cfg = load_config("demo", {"optim.max_epochs": max_epochs, "trainer.seed": seed, "trainer.progress": progress})
     run = out / "run"
     last = run / "checkpoints" / "last.ckpt"
-    result = fit(data, cfg, run, resume=last.is_file() and not (run / "train_summary.json").is_file())
+    result = train_and_calibrate(data, cfg, run, resume=last.is_file() and not (run / "train_summary.json").is_file())
     if not result.best_checkpoint.is_file():
         raise RuntimeError(f"training finished without {result.best_checkpoint}")
     metrics = evaluate(result.best_checkpoint, data, out / "eval", split="test")

@@ -1,4 +1,4 @@
-"""Temperature scaling, ECE, abstain threshold, checkpoint storage and the fit() wiring."""
+"""Temperature scaling, ECE, abstain threshold, checkpoint storage and the train pipeline's wiring."""
 
 from __future__ import annotations
 
@@ -78,8 +78,9 @@ def test_calibrate_checkpoint_stores_t_and_threshold(tiny_checkpoint: Path, synt
     assert (tmp_path / "cal" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_fit_calibrates_best_checkpoint(tiny_checkpoint: Path) -> None:
-    """fit() (trainer.calibrate defaults to True) leaves calibration.json and a calibrated spec."""
+def test_train_pipeline_calibrates_best_checkpoint(tiny_checkpoint: Path) -> None:
+    """The train pipeline (workflow.train_and_calibrate; trainer.calibrate defaults to True)
+    leaves calibration.json and a calibrated spec."""
     from fetalplanes.models.checkpoint import read_checkpoint
 
     run = tiny_checkpoint.parent.parent

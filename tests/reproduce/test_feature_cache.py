@@ -1,4 +1,7 @@
-"""Frozen-backbone fast path: cache keys and hits, equivalence with the full model, checkpoint format."""
+"""Frozen-backbone fast path: cache keys and hits, equivalence with the full model, checkpoint format.
+
+The run goes through the same pipeline as ``fetalplanes train`` (``workflow.train_and_calibrate``
+with the feature cache as its data source)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fetalplanes.training.feature_cache import cached_features, fit_frozen
+from fetalplanes.training.feature_cache import cached_features
 
 QUICK = {"data.image_size": 64, "data.num_workers": 0, "optim.max_epochs": 3, "optim.batch_size": 16,
          "trainer.progress": False, "trainer.seed": 0, "data.augment": 0.0, "model.finetune": "frozen"}
@@ -17,9 +20,11 @@ QUICK = {"data.image_size": 64, "data.num_workers": 0, "optim.max_epochs": 3, "o
 @pytest.fixture(scope="module")
 def frozen_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory):
     from fetalplanes.training.config import load_config
+    from fetalplanes.workflow import train_and_calibrate
 
     out = tmp_path_factory.mktemp("frozen")
-    return fit_frozen(synth_data, load_config("demo", QUICK), out / "run", out / "cache"), out
+    cfg = load_config("demo", QUICK)
+    return train_and_calibrate(synth_data, cfg, out / "run", fast_path=True, cache_dir=out / "cache"), out
 
 
 def test_cache_hits_and_keys(synth_data: Path, tmp_path: Path) -> None:

@@ -35,9 +35,10 @@ def train(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN from checkpoints/last.ckpt."),
 ) -> None:
-    """Fine-tune a model (PyTorch Lightning); best checkpoint chosen on validation macro-F1."""
+    """Fine-tune a model (PyTorch Lightning); best checkpoint chosen on validation macro-F1, then
+    calibrated on the validation split (trainer.calibrate in the config)."""
     from fetalplanes.training.config import load_config
-    from fetalplanes.training.fit import fit
+    from fetalplanes.workflow import train_and_calibrate
 
     dev = int(devices) if devices and devices.isdigit() else devices
     overrides = {
@@ -49,7 +50,7 @@ def train(
         "trainer.deterministic": deterministic, "trainer.progress": False if no_progress else None,
     }
     cfg = load_config(config, overrides)
-    result = fit(data, cfg, out, resume=resume)
+    result = train_and_calibrate(data, cfg, out, resume=resume)
     s = result.summary
     console.print(f"best checkpoint: {result.best_checkpoint}  (val macro-F1 {s['best_val_f1_macro']})")
     console.print(f"throughput: {s['train_img_per_s']:.1f} img/s; params {s['params']['total']:,} total / {s['params']['trainable']:,} trainable")

@@ -12,20 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# Re-exported: the names live in core so a training config can check them without this layer.
+from fetalplanes.core.cam_methods import METHOD_NAMES, check_method
 
-# The CAM methods `explain.cam.METHODS` offers, by name, kept here without importing torch so a
-# config can be checked when it is loaded rather than after training (a test keeps them equal).
-METHOD_NAMES: tuple[str, ...] = (
-    "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam",
-    "gradcam-elementwise", "scorecam", "random",
-)
-
-
-def check_method(name: str) -> str:
-    """``name`` lower-cased if it is a known CAM method, else ValueError listing the valid ones."""
-    if not isinstance(name, str) or name.lower() not in METHOD_NAMES:
-        raise ValueError(f"unknown CAM method {name!r}; choose one of {sorted(METHOD_NAMES)}")
-    return name.lower()
+__all__ = ["METHOD_NAMES", "CamSettings", "cam_settings", "check_method"]
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,13 @@ Layout of ``OUT/``::
     feature_cache/                  frozen-backbone features (training.feature_cache)
     results.csv results.md          the table (reproduce.table)
 
+Each run is trained and calibrated by ``fetalplanes.workflow.train_and_calibrate`` (the same
+sequence as ``fetalplanes train``), then evaluated and documented here.
+
 Resume: a run with ``done.json`` is skipped; a run with ``checkpoints/last.ckpt`` but no
 ``train_summary.json`` continues training from it (``fit(..., resume=True)``); a trained run
-without ``done.json`` is evaluated again. Every file is written atomically.
+without ``done.json`` is calibrated (if its summary has no calibration yet) and evaluated again.
+Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fetalplanes.core import atomic
 from fetalplanes.data.splits import LEAKY_SCHEMES, SCHEMES
+from fetalplanes.reproduce.table import write_tables
 from fetalplanes.reproduce.variants import Variant
 
 log = logging.getLogger(__name__)
@@ -122,8 +127,7 @@ def run_config(s: ReproduceSettings, variant: Variant, key: RunKey, pretrained: 
     from fetalplanes.training.config import load_config
 
     overrides = {**s.overrides, **variant.overrides, "model.pretrained": pretrained, "data.split": key.split,
-                 "data.task": key.task, "trainer.seed": key.seed, "trainer.progress": False,
-                 "trainer.calibrate": False}  # calibrated below, with the test split reported too
+                 "data.task": key.task, "trainer.seed": key.seed, "trainer.progress": False}
     if key.split == "patient-kfold":
         overrides["data.fold"] = s.seeds.index(key.seed)  # seed k uses fold k (repeated patient-level hold-out)
     cfg = load_config(s.base_config or variant.base, overrides)
@@ -183,27 +187,23 @@ def costs_for(s: ReproduceSettings, variant: Variant, cfg: Any, num_classes: int
 
 
 def _train(s: ReproduceSettings, variant: Variant, cfg: Any, run_dir: Path) -> dict[str, Any]:
-    summary = run_dir / "train_summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text())
-    if variant.frozen and s.fast_path:
-        from fetalplanes.training.feature_cache import fit_frozen
+    """Train (unless finished) and calibrate one run; its train_summary.json record."""
+    from fetalplanes.workflow import train_and_calibrate
 
-        return fit_frozen(s.data, cfg, run_dir, s.cache_dir or s.out / "feature_cache").summary
-    from fetalplanes.training.fit import fit
-
-    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    resume = (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "train_summary.json").is_file()
     if resume:
         log.info("resuming %s from its last checkpoint", run_dir)
-    return fit(s.data, cfg, run_dir, resume=resume).summary
+    # Always calibrated (whatever the base config says): the table reports T and test ECE.
+    result = train_and_calibrate(s.data, cfg, run_dir, resume=resume, fast_path=variant.frozen and s.fast_path,
+                                 cache_dir=s.cache_dir or s.out / "feature_cache", calibrate_after=True,
+                                 report_test=True, target_accuracy=s.calibration_target, reuse_finished=True)
+    return result.summary
 
 
 def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, Any]:
     """Train, calibrate, evaluate and document one run; returns its ``done.json`` record."""
-    from fetalplanes.data.sources import load_source
-    from fetalplanes.evaluation.calibration import calibrate_checkpoint
     from fetalplanes.evaluation.model_card import write_model_card
-    from fetalplanes.evaluation.report import evaluate, select_split
+    from fetalplanes.evaluation.report import evaluate
     from fetalplanes.runtime.artifact import read_spec
 
     run_dir = key.path(s.out)
@@ -222,11 +222,9 @@ def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, An
     pretrained, label = resolve_pretrained(str(row_source), s.pretrained, backbone)
     cfg = run_config(s, variant, key, pretrained)
     train = _train(s, variant, cfg, run_dir)
+    cal = train["calibration"]
     best = run_dir / "checkpoints" / "best.ckpt"
     spec = read_spec(best)
-    index = load_source(s.data, spec.task, spec.class_names)
-    cal = calibrate_checkpoint(best, select_split(index, spec, "val"), run_dir, select_split(index, spec, "test"),
-                               target_accuracy=s.calibration_target, num_workers=cfg.data.num_workers)
     metrics = evaluate(best, s.data, run_dir / "eval", "test", n_boot=s.n_boot)
     costs = costs_for(s, variant, cfg, spec.num_classes)
     notes = [f"Trained by `fetalplanes reproduce` as variant `{variant.name}` ({variant.description}); "
@@ -271,8 +269,6 @@ def grid(s: ReproduceSettings) -> list[tuple[Variant, RunKey]]:
 
 def reproduce(s: ReproduceSettings) -> dict[str, Any]:
     """Run (or resume) the whole grid, then write ``results.csv`` and ``results.md``."""
-    from fetalplanes.reproduce.table import write_tables
-
     if not Path(s.data).exists():
         raise FileNotFoundError(f"--data {s.data} does not exist")
     s.out.mkdir(parents=True, exist_ok=True)
@@ -283,11 +279,3 @@ def reproduce(s: ReproduceSettings) -> dict[str, Any]:
     records = [run_one(s, v, k) for v, k in todo]
     paths = write_tables(s.out)
     return {"runs": len(records), "skipped": skipped, **{k: str(v) for k, v in paths.items()}}
-
-
-def load_records(out: Path, keys: Sequence[RunKey] | None = None) -> list[dict[str, Any]]:
-    """done.json records under ``out`` (all, or those of ``keys``)."""
-    if keys is not None:
-        files = [k.path(out) / "done.json" for k in keys]
-        return [json.loads(f.read_text()) for f in files if f.is_file()]
-    return [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/*/*/seed*/done.json"))]

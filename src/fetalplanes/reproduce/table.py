@@ -194,10 +194,14 @@ def to_markdown(rows: Sequence[dict[str, Any]], info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def load_records(out: Path) -> list[dict[str, Any]]:
+    """Every finished run's ``done.json`` record under ``out`` (``runs/<task>/<split>/<variant>/seed<k>/``)."""
+    return [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/*/*/seed*/done.json"))]
+
+
 def write_tables(out: Path) -> dict[str, Path]:
     """Aggregate every finished run under ``out`` and write ``results.csv`` / ``results.md``."""
     from fetalplanes.evaluation.model_card import is_synthetic
-    from fetalplanes.reproduce.runner import load_records
 
     records = load_records(out)  # every finished run in the folder (settings are shared: grid.json)
     rows = aggregate(out, records)

@@ -29,7 +29,13 @@ class BatchSeed(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         key = [self.seed, trainer.current_epoch, batch_idx, trainer.global_rank]
-        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+        if pl_module.device.type == "cpu":
+            # Same CPU stream as torch.manual_seed, without seeding every other device type: that
+            # took ~0.14 ms a step, a visible share of a step on cached features.
+            torch.default_generator.manual_seed(seed)
+        else:
+            torch.manual_seed(seed)
 
 
 class Throughput(L.Callback):

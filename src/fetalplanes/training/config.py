@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from fetalplanes.core.cam_methods import check_method
 from fetalplanes.models import presets
 from fetalplanes.models.registry import ModelConfig
 
@@ -85,8 +86,6 @@ class ExplainConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from fetalplanes.explain.settings import check_method
-
         return check_method(value)
 
 

@@ -1,9 +1,12 @@
-"""Frozen-backbone fast path: backbone features computed once, cached on disk, then only the
-attention block and the head are trained on them.
+"""Frozen-backbone fast path: a data source for the training loop, not a second loop.
 
 With ``model.finetune: frozen`` the backbone runs in eval mode and never changes, so its last
 feature map (B, C, h, w) for an image is a constant: computing it once instead of every epoch
-makes training the attention + head a matter of seconds to minutes on a CPU.
+makes training the attention + head a matter of seconds to minutes on a CPU. This module
+computes and caches those maps (:func:`cached_features`) and serves them to the SAME Lightning
+module and trainer as images (:class:`FeatureDataModule`; ``PlaneModule(inputs="features")``
+skips the frozen backbone), so the optimizer rule, the schedule, the validation macro-F1, early
+stopping and the checkpoint writer are those of ``training.fit``.
 
 Cache: ``CACHE_DIR/<key>/features.npy`` (float16, N x C x h x w, to halve the disk/RAM use)
 and ``meta.json`` (written last, so it marks a complete entry). The key hashes the backbone
@@ -11,34 +14,36 @@ name, the weights themselves (a digest of the backbone's tensors, so 'random ini
 and 'ImageNet weights' never share an entry), the preprocessing and the image list (path,
 size and modification time of each file).
 
-Limits: augmentation cannot be applied to cached features (``data.augment`` is ignored here
-and the run records ``augment_applied: false``); the run trains in one go (no mid-run resume:
-it is short) and is skipped by ``reproduce`` once finished.
+Speed-ups kept from the measurements in docs/reproduce.md: for attention blocks that commute
+with global pooling the maps are averaged once (exact); on CPU, training on pooled features
+uses one intra-op thread, and denormals are flushed to zero while training (:func:`cpu_tuning`).
 
-The checkpoint is written by the same writer as ``fit``'s (``models.checkpoint``), so every
-command reads it unchanged.
+Limits: augmentation cannot be applied to cached features (``data.augment`` is ignored here
+and the run records ``augment_applied: false``).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fetalplanes.core import atomic
 from fetalplanes.core.spec import Preprocessing
 from fetalplanes.data.records import Sample
-from fetalplanes.models.checkpoint import write_checkpoint
+from fetalplanes.data.torch_data import EpochSampler, balanced_weights
 
 log = logging.getLogger(__name__)
 
@@ -148,189 +153,113 @@ def pool_features(feats: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     return torch.cat([feats[i : i + chunk].float().mean(dim=(2, 3), keepdim=True) for i in range(0, len(feats), chunk)])
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # Same rule as the Lightning module: no weight decay on biases and norm scales.
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+class _Batches(Sampler[list[int]]):
+    """Batches of ``EpochSampler`` keys (``epoch * N + index``), so one indexing op per batch.
 
-
-def _adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
-    # The fused kernel is the same AdamW update in one op per tensor group: the head's steps are
-    # so small that the optimizer's per-tensor overhead was half of each step on CPU.
-    try:
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # device or torch build without the fused kernel
-        return torch.optim.AdamW(groups, lr=lr)
-
-
-def _macro_f1(y: torch.Tensor, pred: torch.Tensor, n: int) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(y.numpy(), pred.numpy(), labels=list(range(n)), average="macro", zero_division=0))
-
-
-@torch.inference_mode()
-def _predict(model: nn.Module, feats: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    model.eval()
-    out = [model.forward_head(model.attention(feats[i : i + batch_size].to(device).float())).float().cpu()
-           for i in range(0, len(feats), batch_size)]
-    return torch.cat(out) if out else torch.zeros((0, 0))
-
-
-@dataclass
-class HeadTraining:
-    best_state: dict[str, torch.Tensor]
-    best_epoch: int
-    best_val_f1_macro: float
-    epochs_run: int
-    train_s: float
-    history: list[dict[str, float]]
-
-
-def train_head(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-               val_y: torch.Tensor, cfg: Any, num_classes: int, class_weights: Sequence[float] | None = None,
-               device: str | torch.device = "cpu", cpu_threads: int | None = None) -> HeadTraining:
-    """Train ``model.attention`` + ``model.head`` on cached feature maps (AdamW, warm-up + cosine,
-    label smoothing, class-weighted loss, early stopping on validation macro-F1 like ``fit``).
-
-    For attention types in ``POOL_COMMUTING`` the maps are averaged once up front (exact).
-    ``cpu_threads`` (CPU only; None = 1 for pooled features, else torch's setting): the ops on
-    pooled features are tiny, and intra-op threads then only add synchronisation, which on a
-    shared, oversubscribed CPU made a step 15x slower than one thread. Restored afterwards.
+    ``set_epoch`` is forwarded: Lightning calls it on the loader's sampler every epoch.
     """
-    device = torch.device(device)
-    pooled = cfg.model.attention in POOL_COMMUTING
-    if pooled and train_x.shape[-1] * train_x.shape[-2] > 1:
-        train_x, val_x = pool_features(train_x), pool_features(val_x)
-    threads = cpu_threads if cpu_threads is not None else (1 if pooled else None)
+
+    def __init__(self, sampler: EpochSampler, batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        keys = list(self.sampler)
+        return iter([keys[i : i + self.batch_size] for i in range(0, len(keys), self.batch_size)])
+
+
+class _FeatureBatches(Dataset):
+    """(features, labels) of a list of sampler keys: one gather per batch instead of per row."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, keys: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.tensor(keys, dtype=torch.long) % len(self.y)
+        return self.x[idx], self.y[idx]
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """Cached feature maps as the training loop's data: batches of (B, C, h, w) and labels (B,).
+
+    Same order rules as ``PlaneDataModule``: the seeded, resume-exact ``EpochSampler``
+    (class-balanced draws with ``data.balance: sampler``, sharded for DDP). With ``pooled``
+    (attention in :data:`POOL_COMMUTING`) the maps are averaged once up front: exact, and
+    h*w times less work per step.
+    """
+
+    def __init__(self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                 cfg: Any, num_classes: int, pooled: bool = False, val_batch_size: int = 256) -> None:
+        super().__init__()
+        if pooled and train_x.shape[-1] * train_x.shape[-2] > 1:
+            train_x, val_x = pool_features(train_x), pool_features(val_x)
+        self.train_x, self.val_x = train_x, val_x
+        self.train_y, self.val_y = train_y.long(), val_y.long()
+        self.cfg, self.num_classes, self.pooled, self.val_batch_size = cfg, num_classes, pooled, val_batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        labels = self.train_y.tolist()
+        weights = balanced_weights(labels, self.num_classes) if self.cfg.data.balance == "sampler" else None
+        sampler = EpochSampler(len(labels), self.cfg.trainer.seed, True, weights, world, rank)
+        return self._loader(self.train_x, self.train_y, _Batches(sampler, self.cfg.optim.batch_size))
+
+    def val_dataloader(self) -> DataLoader:
+        sampler = EpochSampler(len(self.val_y), self.cfg.trainer.seed, shuffle=False)
+        return self._loader(self.val_x, self.val_y, _Batches(sampler, self.val_batch_size))
+
+    @staticmethod
+    def _loader(x: torch.Tensor, y: torch.Tensor, batches: _Batches) -> DataLoader:
+        # batch_size=None: the sampler yields whole batches and the dataset gathers them at once.
+        return DataLoader(_FeatureBatches(x, y), sampler=batches, batch_size=None, num_workers=0)
+
+
+@contextmanager
+def cpu_tuning(pooled: bool, threads: int | None = None) -> Iterator[None]:
+    """Process-wide CPU settings for training on cached features; restored on exit.
+
+    - Intra-op threads: ``threads``, or 1 for pooled features (None keeps torch's setting for
+      full maps). The ops on pooled features are tiny, and extra threads then only add
+      synchronisation: on a shared, oversubscribed CPU a step was 15x slower with two threads.
+    - Denormals flushed to zero: weight decay and AdamW's second moments drive many values into
+      the denormal range, where x86 arithmetic is many times slower (later epochs ran 2x slower
+      than the first ones). Values below ~1e-38 become 0 during training only.
+    """
+    threads = threads if threads is not None else (1 if pooled else None)
     before = torch.get_num_threads()
-    if device.type == "cpu" and threads:
+    if threads:
         torch.set_num_threads(threads)
-    # Weight decay and AdamW's second moments drive many values into the denormal range, where
-    # x86 arithmetic is many times slower: later epochs ran 2x slower than the first ones. Values
-    # below ~1e-38 are flushed to zero for the head's training only (torch's default is off).
-    flush = device.type == "cpu" and torch.set_flush_denormal(True)
+    flush = torch.set_flush_denormal(True)
     try:
-        return _train_head(model, train_x, train_y, val_x, val_y, cfg, num_classes, class_weights, device)
+        yield
     finally:
         torch.set_num_threads(before)
         if flush:
             torch.set_flush_denormal(False)
 
 
-def _train_head(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-                val_y: torch.Tensor, cfg: Any, num_classes: int, class_weights: Sequence[float] | None,
-                device: torch.device) -> HeadTraining:
-    from fetalplanes.training.module import warmup_cosine
-
-    o, t = cfg.optim, cfg.trainer
-    trainable = nn.ModuleDict({"attention": model.attention, "head": model.head}).to(device)
-    weight = torch.tensor(list(class_weights), dtype=torch.float32, device=device) if class_weights else None
-    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=o.label_smoothing)
-    opt = _adamw(_param_groups(trainable, o.weight_decay), o.lr)
-    steps_per_epoch = max(1, -(-len(train_x) // o.batch_size))
-    total = steps_per_epoch * o.max_epochs
-    warmup = min(total - 1, int(round(o.warmup_epochs * steps_per_epoch)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total))
-    gen = torch.Generator().manual_seed(int(t.seed))
-    sample_w = None
-    if cfg.data.balance == "sampler":
-        counts = torch.bincount(train_y, minlength=num_classes).double()
-        sample_w = 1.0 / counts[train_y]
-    best = HeadTraining(copy.deepcopy(trainable.state_dict()), -1, -1.0, 0, 0.0, [])
-    t0, stale = time.perf_counter(), 0
-    for epoch in range(o.max_epochs):
-        trainable.train()
-        order = (torch.multinomial(sample_w, len(train_y), True, generator=gen) if sample_w is not None
-                 else torch.randperm(len(train_y), generator=gen))
-        loss_sum = 0.0
-        for i in range(0, len(order), o.batch_size):
-            idx = order[i : i + o.batch_size]
-            x, y = train_x[idx].to(device).float(), train_y[idx].to(device)
-            loss = criterion(model.forward_head(model.attention(x)), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-        pred = _predict(model, val_x, 256, device).argmax(1)
-        f1 = _macro_f1(val_y, pred, num_classes)
-        best.history.append({"epoch": epoch, "train_loss": loss_sum / len(order), "val_f1_macro": f1,
-                             "val_acc": float((pred == val_y).float().mean())})
-        best.epochs_run = epoch + 1
-        if f1 > best.best_val_f1_macro:
-            best.best_state, best.best_epoch, best.best_val_f1_macro, stale = (
-                copy.deepcopy(trainable.state_dict()), epoch, f1, 0)
-        else:
-            stale += 1
-            if stale > t.patience:
-                break
-    best.train_s = time.perf_counter() - t0
-    trainable.load_state_dict(best.best_state)
-    return best
-
-
-def _device(cfg: Any) -> torch.device:
-    gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-    return torch.device("cuda" if gpu else "cpu")
-
-
-def fit_frozen(data: str | Path, cfg: Any, out_dir: str | Path, cache_dir: str | Path | None = None):
-    """``fit`` for a frozen backbone: same run directory layout and checkpoint format, trained on
-    cached features. ``cache_dir`` defaults to ``OUT_DIR/../feature_cache``."""
-    import lightning as L
-
-    from fetalplanes.data.torch_data import class_weights
-    from fetalplanes.models.registry import build_model
-    from fetalplanes.training.fit import FitResult, prepare_run
-
-    if cfg.model.finetune != "frozen":
-        raise ValueError(f"fit_frozen needs model.finetune 'frozen', got {cfg.model.finetune!r}")
-    run_dir = Path(out_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    cache_dir = Path(cache_dir) if cache_dir is not None else run_dir.parent / "feature_cache"
-    index, splits, spec, summary = prepare_run(data, cfg, run_dir)
-    if cfg.data.augment > 0:
-        log.warning("frozen fast path: data.augment=%s is not applied to cached features", cfg.data.augment)
-
-    n = len(index.class_names)
-    model = build_model(cfg.model, n)
-    device = _device(cfg)
-    every = sorted(index.samples, key=lambda s: str(s.path))  # one cache entry serves every split and seed
-    fs = cached_features(model, spec.preprocessing, every, cache_dir, batch_size=max(32, cfg.optim.batch_size),
+def feature_data(model: nn.Module, pre: Preprocessing, every: Sequence[Sample], train: Sequence[Sample],
+                 val: Sequence[Sample], cfg: Any, num_classes: int, cache_dir: str | Path,
+                 device: str | torch.device = "cpu") -> tuple[FeatureDataModule, dict[str, Any]]:
+    """The fast path's data module for ``train``/``val`` (features of ``every`` image are cached,
+    so one cache entry serves every split and seed), and its description for the run record."""
+    fs = cached_features(model, pre, every, cache_dir, batch_size=max(32, cfg.optim.batch_size),
                          device=device, num_workers=cfg.data.num_workers)
-    tr, va = fs.rows(splits.train), fs.rows(splits.val)
-    train_y = torch.tensor([s.label for s in splits.train])
-    val_y = torch.tensor([s.label for s in splits.val])
-    weights = class_weights(train_y.tolist(), n).tolist() if cfg.data.balance == "loss" else None
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # head init independent of extraction
-    result = train_head(model, fs.features[tr], train_y, fs.features[va], val_y, cfg, n, weights, device)
-    model = model.cpu()
-    counts = model.param_counts()
+    tr, va = fs.rows(train), fs.rows(val)
+    y_tr = torch.tensor([s.label for s in train], dtype=torch.long)
+    y_va = torch.tensor([s.label for s in val], dtype=torch.long)
+    pooled = cfg.model.attention in POOL_COMMUTING
+    dm = FeatureDataModule(fs.features[tr], y_tr, fs.features[va], y_va, cfg, num_classes, pooled)
     info = {"path": "feature-cache", "key": fs.key, "cache_dir": str(cache_dir), "cached": fs.cached,
-            "extract_s": fs.extract_s, "feature_shape": list(fs.features.shape[1:]), "augment_applied": False}
-    for name in ("best.ckpt", "last.ckpt"):  # last == best: the whole run is one short call
-        write_checkpoint(ckpt_dir / name, model, spec, cfg.model_dump(mode="json"), epoch=result.best_epoch,
-                         feature_cache=info)
-    out = {
-        "name": cfg.name,
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "best_val_f1_macro": result.best_val_f1_macro,
-        "train_img_per_s": len(tr) * result.epochs_run / max(result.train_s, 1e-9),
-        "wall_s": result.train_s,
-        "params": counts,
-        "feature_cache": info,
-        "history": result.history,
-        **summary,
-    }
-    if cfg.trainer.calibrate:
-        from fetalplanes.evaluation.calibration import calibrate_checkpoint
-
-        out["calibration"] = calibrate_checkpoint(ckpt_dir / "best.ckpt", splits.val, run_dir,
-                                                  num_workers=cfg.data.num_workers)
-    atomic.write_json(run_dir / "train_summary.json", out)
-    log.info("frozen fast path %s: %d epochs in %.1f s, best val macro-F1 %.4f", cfg.name, result.epochs_run,
-             result.train_s, result.best_val_f1_macro)
-    return FitResult(run_dir, ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt", out)
+            "extract_s": fs.extract_s, "feature_shape": list(fs.features.shape[1:]), "pooled": pooled,
+            "augment_applied": False}
+    return dm, info

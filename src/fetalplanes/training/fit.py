@@ -3,26 +3,34 @@
 RUN/ holds ``config.yaml`` (resolved), ``splits.json`` (which image is in which split),
 ``checkpoints/best.ckpt`` (best validation macro-F1) and ``last.ckpt``, ``logs/`` (CSV and
 TensorBoard) and ``train_summary.json``.
+
+One loop (:func:`train_loop`: ``PlaneModule`` + Lightning) for both data sources: images
+(``PlaneDataModule``) or, for a frozen backbone, cached backbone features
+(``training.feature_cache``, :func:`fit_frozen`). Calibration is not part of training: the
+pipelines that train call it afterwards (``fetalplanes.workflow``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 import fetalplanes
 from fetalplanes.core import atomic
 from fetalplanes.core.spec import ModelSpec
+from fetalplanes.data.records import Sample
 from fetalplanes.data.sources import load_source
 from fetalplanes.data.splits import Splits, make_splits
 from fetalplanes.data.torch_data import class_weights
@@ -30,7 +38,7 @@ from fetalplanes.models.registry import build_model, default_preprocessing
 from fetalplanes.training.callbacks import AtomicCheckpointIO, BatchSeed, Throughput
 from fetalplanes.training.config import TrainConfig, dump_config
 from fetalplanes.training.datamodule import PlaneDataModule
-from fetalplanes.training.module import PlaneModule
+from fetalplanes.training.module import VAL_METRIC, PlaneModule
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,10 @@ class FitResult:
     best_checkpoint: Path
     last_checkpoint: Path
     summary: dict[str, Any]
+    # The validation images the run selected its best checkpoint on (unreadable ones dropped
+    # with data.skip_bad): the calibration step fits the temperature on the same images.
+    val_samples: list[Sample] = field(default_factory=list)
+    is_global_zero: bool = True  # False on the other DDP ranks: they write nothing after training
 
 
 def splits_record(splits: Splits) -> dict[str, Any]:
@@ -124,31 +136,46 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # A frozen backbone stays in eval mode on purpose (its BatchNorm statistics must not move).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
-def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> FitResult:
-    """Train ``cfg`` on the dataset at ``data``; writes the run into ``out_dir``."""
-    _quiet_lightning()
-    run_dir = Path(out_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"--resume: no {last} to resume from")
-    if not resume and last.exists():
-        raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
-    index, splits, spec, summary = prepare_run(data, cfg, run_dir)
-
-    n = len(index.class_names)
+def _image_source(cfg: TrainConfig, spec: ModelSpec, splits: Splits, n: int) -> tuple[PlaneModule, PlaneDataModule]:
     dm = PlaneDataModule(cfg, spec.preprocessing, splits.train, splits.val, n)
     dm.prepare()
     weights = class_weights([s.label for s in dm.train_ds.samples], n).tolist() if cfg.data.balance == "loss" else None
-    module = PlaneModule(cfg.model_dump(mode="json"), spec.to_dict(), weights)
-    counts = module.model.param_counts()
-    log.info("model %s: %d parameters, %d trainable", cfg.name, counts["total"], counts["trainable"])
+    return PlaneModule(cfg.model_dump(mode="json"), spec.to_dict(), weights), dm
 
-    ckpt_cb = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/f1_macro", mode="max", enable_version_counter=False
-    )
+
+def _feature_source(cfg: TrainConfig, spec: ModelSpec, index: Any, splits: Splits, n: int,
+                    cache_dir: Path) -> tuple[PlaneModule, L.LightningDataModule, dict[str, Any]]:
+    from fetalplanes.training.feature_cache import feature_data
+
+    if cfg.data.augment > 0:
+        log.warning("frozen fast path: data.augment=%s is not applied to cached features", cfg.data.augment)
+    weights = class_weights([s.label for s in splits.train], n).tolist() if cfg.data.balance == "loss" else None
+    # The module (and its random head init) is built right after seeding, as on the image path;
+    # its frozen backbone then computes the features that are not cached yet.
+    module = PlaneModule(cfg.model_dump(mode="json"), spec.to_dict(), weights, inputs="features")
+    gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    every = sorted(index.samples, key=lambda s: str(s.path))  # one cache entry serves every split and seed
+    dm, info = feature_data(module.model, spec.preprocessing, every, splits.train, splits.val, cfg, n, cache_dir,
+                            "cuda" if gpu else "cpu")
+    module.record = {"feature_cache": info}
+    return module, dm, info
+
+
+def train_loop(cfg: TrainConfig, run_dir: Path, module: PlaneModule, dm: L.LightningDataModule,
+               resume: bool = False) -> tuple[L.Trainer, dict[str, Any]]:
+    """Run Lightning over ``module`` and ``dm`` (images or cached features) into ``run_dir``:
+    best.ckpt on validation macro-F1, last.ckpt every epoch, early stopping, CSV/TensorBoard logs.
+
+    Returns the trainer and the run's numbers (epochs run, best validation macro-F1, training
+    images per second, wall seconds, parameter counts).
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=VAL_METRIC, mode="max",
+                              enable_version_counter=False)
     # A second, unmonitored checkpoint written after EVERY epoch: Lightning 2.6's save_last only
     # refreshes last.ckpt when a new best was saved, which would make --resume lose epochs.
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
@@ -156,31 +183,73 @@ def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = 
     callbacks = [
         ckpt_cb,
         last_cb,
-        EarlyStopping(monitor="val/f1_macro", mode="max", patience=cfg.trainer.patience),
+        EarlyStopping(monitor=VAL_METRIC, mode="max", patience=cfg.trainer.patience),
         LearningRateMonitor(logging_interval="epoch"),
         BatchSeed(cfg.trainer.seed),
         throughput,
     ]
     trainer = _trainer(cfg, run_dir, callbacks, resume)
+    counts = module.model.param_counts()
+    log.info("model %s: %d parameters, %d trainable", cfg.name, counts["total"], counts["trainable"])
+    tuning = contextlib.nullcontext()
+    if module.inputs == "features" and isinstance(trainer.accelerator, CPUAccelerator):
+        from fetalplanes.training.feature_cache import cpu_tuning
+
+        tuning = cpu_tuning(pooled=getattr(dm, "pooled", False))
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
-    result = {
+    with tuning:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_dir / "last.ckpt") if resume else None)
+    score = ckpt_cb.best_model_score
+    return trainer, {
         "name": cfg.name,
         "epochs_run": trainer.current_epoch,
-        "best_val_f1_macro": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
+        "best_val_f1_macro": float(score) if score is not None else None,
         "train_img_per_s": throughput.img_per_s,
         "wall_s": time.perf_counter() - t0,
         "params": counts,
-        **summary,
     }
-    if trainer.is_global_zero:
-        if cfg.trainer.calibrate and (ckpt_dir / "best.ckpt").is_file():
-            from fetalplanes.evaluation.calibration import calibrate_checkpoint
 
-            result["calibration"] = calibrate_checkpoint(ckpt_dir / "best.ckpt", dm.val_ds.samples, run_dir)
+
+def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
+        feature_cache: str | Path | None = None) -> FitResult:
+    """Train ``cfg`` on the dataset at ``data``; writes the run into ``out_dir``.
+
+    ``feature_cache``: a folder for cached backbone features. With it (and ``model.finetune:
+    frozen``) the same loop trains on cached features instead of images: the frozen fast path
+    (``training.feature_cache``). Calibration is a separate step (``fetalplanes.workflow``).
+    """
+    _quiet_lightning()
+    run_dir = Path(out_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"--resume: no {last} to resume from")
+    if not resume and last.exists():
+        raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    if feature_cache is not None and cfg.model.finetune != "frozen":
+        raise ValueError(f"the feature-cache fast path needs model.finetune 'frozen', got {cfg.model.finetune!r}")
+    index, splits, spec, summary = prepare_run(data, cfg, run_dir)
+    n = len(index.class_names)
+    extra: dict[str, Any] = {}
+    if feature_cache is None:
+        module, dm = _image_source(cfg, spec, splits, n)
+        val_samples = list(dm.val_ds.samples)
+    else:
+        module, dm, extra["feature_cache"] = _feature_source(cfg, spec, index, splits, n, Path(feature_cache))
+        val_samples = list(splits.val)
+    trainer, result = train_loop(cfg, run_dir, module, dm, resume)
+    result = {**result, **extra, **summary}
+    if trainer.is_global_zero:
         atomic.write_json(run_dir / "train_summary.json", result)
-        log.info("best checkpoint %s (val macro-F1 %s)", ckpt_cb.best_model_path, result["best_val_f1_macro"])
-    return FitResult(run_dir, ckpt_dir / "best.ckpt", last, result)
+        log.info("best checkpoint %s (val macro-F1 %s)", run_dir / "checkpoints" / "best.ckpt", result["best_val_f1_macro"])
+    return FitResult(run_dir, run_dir / "checkpoints" / "best.ckpt", last, result, val_samples, trainer.is_global_zero)
+
+
+def fit_frozen(data: str | Path, cfg: TrainConfig, out_dir: str | Path, cache_dir: str | Path | None = None,
+               resume: bool = False) -> FitResult:
+    """``fit`` on cached backbone features (``model.finetune: frozen`` only, else ValueError).
+    ``cache_dir`` defaults to ``OUT_DIR/../feature_cache``, so the runs of a grid share one cache."""
+    cache = Path(cache_dir) if cache_dir is not None else Path(out_dir).parent / "feature_cache"
+    return fit(data, cfg, out_dir, resume, feature_cache=cache)
 
 
 def load_summary(run_dir: str | Path) -> dict[str, Any]:

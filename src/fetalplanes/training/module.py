@@ -1,9 +1,15 @@
-"""The Lightning module: loss, optimizer, schedule, metrics and self-describing checkpoints."""
+"""The Lightning module: loss, optimizer, schedule, metrics and self-describing checkpoints.
+
+One module for both training paths. It is fed either images (``inputs="images"``: the whole
+model runs) or cached backbone feature maps (``inputs="features"``: the frozen fast path,
+``training.feature_cache``; the frozen backbone is skipped and only the attention block and
+the head run). Loss, optimizer rule (``training.optim``), schedule, the validation metric
+(:data:`VAL_METRIC`, torchmetrics macro-F1) and the checkpoint record are the same for both.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -13,18 +19,35 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from fetalplanes.models.checkpoint import CKPT_KEY, checkpoint_record
 from fetalplanes.models.registry import build_model
 from fetalplanes.training.config import TrainConfig
+from fetalplanes.training.optim import adamw, param_groups, warmup_cosine
+
+# The model-selection metric of every run: best.ckpt, early stopping and train_summary.json's
+# best_val_f1_macro all read it.
+VAL_METRIC = "val/f1_macro"
+INPUTS = ("images", "features")
+
+__all__ = ["INPUTS", "PlaneModule", "VAL_METRIC", "warmup_cosine"]
 
 
 class PlaneModule(L.LightningModule):
-    def __init__(self, config: dict[str, Any], spec: dict[str, Any], class_weights: list[float] | None = None) -> None:
+    def __init__(self, config: dict[str, Any], spec: dict[str, Any], class_weights: list[float] | None = None,
+                 inputs: Literal["images", "features"] = "images", record: dict[str, Any] | None = None) -> None:
+        """``record``: extra keys written into every checkpoint beside the state dict (e.g. the
+        feature-cache description of the fast path)."""
         super().__init__()
+        if inputs not in INPUTS:
+            raise ValueError(f"unknown inputs {inputs!r}; choose one of {list(INPUTS)}")
         # The spec and config are stored once, in the checkpoint's fetalplanes record
         # (models.checkpoint); Lightning keeps only what it needs itself.
-        self.save_hyperparameters(ignore=["config", "spec"])
+        self.save_hyperparameters(ignore=["config", "spec", "record"])
         self.cfg = TrainConfig(**config)
         self.spec = dict(spec)
+        self.inputs = inputs
+        self.record = dict(record or {})
         n = len(spec["class_names"])
         self.model = build_model(self.cfg.model, n)
+        if inputs == "features" and any(p.requires_grad for p in self.model.backbone.parameters()):
+            raise ValueError("inputs='features' needs a frozen backbone (model.finetune: frozen)")
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=self.cfg.optim.label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
@@ -34,6 +57,11 @@ class PlaneModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of images (B, 3, H, W), or of backbone feature maps
+        (B, C, h, w) when the module was built with ``inputs="features"``."""
+        if self.inputs == "features":
+            # Cached maps may be float16 on disk; the frozen backbone is not run again.
+            return self.model.forward_head(self.model.attention(x.float()))
         if self.cfg.trainer.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
@@ -54,23 +82,14 @@ class PlaneModule(L.LightningModule):
         self.val_f1(logits, y)
         self.log("val/loss", self.criterion(logits, y), on_epoch=True, sync_dist=True, batch_size=len(y))
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log("val/f1_macro", self.val_f1, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(VAL_METRIC, self.val_f1, on_epoch=True, prog_bar=True, batch_size=len(y))
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.cfg.optim
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            # No weight decay on biases and norm scales; the backbone learns slower than the
-            # new attention + head (discriminative learning rates for fine-tuning).
-            key = (name.startswith("backbone."), p.ndim <= 1)
-            groups.setdefault(key, []).append(p)
-        param_groups = [
-            {"params": ps, "lr": o.lr * (o.backbone_lr_mult if is_bb else 1.0), "weight_decay": 0.0 if no_wd else o.weight_decay}
-            for (is_bb, no_wd), ps in groups.items()
-        ]
-        optimizer = torch.optim.AdamW(param_groups, lr=o.lr)
+        groups = param_groups(self.model, o.lr, o.weight_decay, o.backbone_lr_mult)
+        # Fused AdamW on the fast path only: there the optimizer's per-tensor overhead dominated
+        # the tiny steps; the image path keeps the reference implementation.
+        optimizer = adamw(groups, o.lr, fused=self.inputs == "features")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(total - 1, int(round(o.warmup_epochs * total / max(1, self.trainer.max_epochs))))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
@@ -80,11 +99,4 @@ class PlaneModule(L.LightningModule):
         from fetalplanes.core.spec import ModelSpec
 
         checkpoint[CKPT_KEY] = checkpoint_record(ModelSpec.from_dict(self.spec), self.cfg.model_dump(mode="json"))
-
-
-def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.01) -> float:
-    """Linear warm-up to 1, then cosine decay to ``floor`` at ``total`` steps."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        checkpoint.update(self.record)

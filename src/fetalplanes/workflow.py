@@ -1,0 +1,102 @@
+"""The pipeline that trains: train a model, then calibrate it. One sequence for ``fetalplanes
+train``, the demo (``fetalplanes.demo``) and ``fetalplanes reproduce``.
+
+Calibration (temperature scaling + abstain threshold, ``evaluation.calibration``) is its own
+step after training, so ``training`` never imports ``evaluation``. This module sits above both:
+the CLI, the demo and ``reproduce`` import it; nothing in the library below imports it.
+
+After :func:`train_and_calibrate` the run folder holds what ``fit`` writes plus
+``calibration.json`` and ``reliability.png``; the temperature and the threshold are stored in
+``checkpoints/best.ckpt``'s spec and in ``train_summary.json``'s ``calibration`` block.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from fetalplanes.core import atomic
+
+log = logging.getLogger(__name__)
+
+
+def train(data: str | Path, cfg: Any, out_dir: str | Path, *, resume: bool = False, fast_path: bool = False,
+          cache_dir: str | Path | None = None) -> Any:
+    """``training.fit`` on images, or on cached backbone features when ``fast_path`` is set and
+    the config freezes the backbone (``cache_dir`` defaults to ``OUT_DIR/../feature_cache``).
+    Returns the ``FitResult``."""
+    from fetalplanes.training.fit import fit, fit_frozen
+
+    if fast_path and cfg.model.finetune == "frozen":
+        return fit_frozen(data, cfg, out_dir, cache_dir, resume)
+    return fit(data, cfg, out_dir, resume)
+
+
+def _split(data: str | Path, checkpoint: Path, name: str) -> list[Any]:
+    """The samples of split ``name`` of the run that wrote ``checkpoint``, re-derived from ``data``."""
+    from fetalplanes.data.sources import load_source
+    from fetalplanes.evaluation.report import select_split
+    from fetalplanes.models.checkpoint import read_checkpoint, spec_of
+
+    spec = spec_of(read_checkpoint(checkpoint), str(checkpoint))
+    return select_split(load_source(data, spec.task, spec.class_names), spec, name)
+
+
+def calibrate(result: Any, data: str | Path, cfg: Any, *, report_test: bool = False,
+              target_accuracy: float = 0.95) -> dict[str, Any]:
+    """Calibrate ``result.best_checkpoint`` on the run's validation images.
+
+    Writes T and the abstain threshold into the checkpoint, ``calibration.json`` and
+    ``reliability.png`` into the run folder, and the record into ``train_summary.json``.
+    ``report_test`` adds the test split's ECE before/after (T is still fit on validation only).
+    """
+    from fetalplanes.evaluation.calibration import calibrate_checkpoint
+
+    best = Path(result.best_checkpoint)
+    val = result.val_samples or _split(data, best, "val")
+    test = _split(data, best, "test") if report_test else None
+    cal = calibrate_checkpoint(best, val, result.run_dir, test, target_accuracy=target_accuracy,
+                               num_workers=cfg.data.num_workers)
+    result.summary["calibration"] = cal
+    atomic.write_json(Path(result.run_dir) / "train_summary.json", result.summary)
+    return cal
+
+
+def _finished(run_dir: Path) -> Any | None:
+    """A FitResult for a run folder whose training already finished (train_summary.json), else None."""
+    from fetalplanes.training.fit import FitResult
+
+    summary = run_dir / "train_summary.json"
+    if not summary.is_file():
+        return None
+    ckpts = run_dir / "checkpoints"
+    return FitResult(run_dir, ckpts / "best.ckpt", ckpts / "last.ckpt", json.loads(summary.read_text()))
+
+
+def train_and_calibrate(data: str | Path, cfg: Any, out_dir: str | Path, *, resume: bool = False,
+                        fast_path: bool = False, cache_dir: str | Path | None = None, calibrate_after: bool | None = None,
+                        report_test: bool = False, target_accuracy: float = 0.95, reuse_finished: bool = False) -> Any:
+    """Train (:func:`train`), then calibrate the best checkpoint (:func:`calibrate`).
+
+    ``calibrate_after``: None follows the config (``trainer.calibrate``, on by default).
+    ``reuse_finished``: a run folder with ``train_summary.json`` is not trained again (only
+    calibrated, if its summary has no calibration yet): ``reproduce``'s resume rule.
+    On DDP ranks other than 0 nothing is calibrated. Returns the ``FitResult``.
+    """
+    run_dir = Path(out_dir)
+    result = _finished(run_dir) if reuse_finished else None
+    if result is not None and "calibration" in result.summary:
+        log.info("%s: trained and calibrated already", run_dir)
+        return result
+    if result is None:
+        result = train(data, cfg, run_dir, resume=resume, fast_path=fast_path, cache_dir=cache_dir)
+    wanted = cfg.trainer.calibrate if calibrate_after is None else calibrate_after
+    if not (wanted and result.is_global_zero):
+        return result
+    if not Path(result.best_checkpoint).is_file():
+        log.warning("training finished without %s: not calibrated", result.best_checkpoint)
+        return result
+    calibrate(result, data, cfg, report_test=report_test, target_accuracy=target_accuracy)
+    return result
