@@ -43,24 +43,10 @@ ALLOWED: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 }
 
 # Known violations on the way out: (importing module, imported module).
-EXPECTED_VIOLATIONS: set[tuple[str, str]] = {
-    # removed by the predictor rewiring (issue 10, item 2): explain and serve predict through
-    # runtime.Predictor instead of evaluation's torch loop and models.checkpoint.
-    ("fetalplanes.explain.pipeline", "fetalplanes.evaluation.predict"),
-    ("fetalplanes.explain.pipeline", "fetalplanes.evaluation.report"),
-    ("fetalplanes.serve.backends", "fetalplanes.models.checkpoint"),
-    # removed by the predictor rewiring, or ARCHITECTURE.md lets serve use explain's torch-free
-    # overlay/settings and the torch heat maps: the lead decides which.
-    ("fetalplanes.serve.backends", "fetalplanes.explain"),
-    ("fetalplanes.serve.service", "fetalplanes.explain.overlay"),
-    ("fetalplanes.serve.service", "fetalplanes.explain.settings"),
-}
+EXPECTED_VIOLATIONS: set[tuple[str, str]] = set()
 
 # Known circles on the way out (each a set of modules).
-EXPECTED_CYCLES: set[frozenset[str]] = {
-    # removed in the branch that gives DICOM decoding its own home (issue 10, item 5).
-    frozenset({"fetalplanes.core.io", "fetalplanes.core.dicom"}),
-}
+EXPECTED_CYCLES: set[frozenset[str]] = set()
 
 TORCH_FAMILY = ("torch", "torchvision", "torchmetrics", "timm", "lightning", "pytorch_lightning", "pytorch_grad_cam")
 TORCH_FREE = ("core", "runtime")
@@ -254,8 +240,10 @@ def test_core_and_runtime_import_with_torch_blocked() -> None:
 def test_the_checker_sees_what_it_should() -> None:
     """The parser finds module-level, function-level, relative and TYPE_CHECKING imports right."""
     by_source = {(i.target, i.lazy) for i in ALL_IMPORTS if i.source == "fetalplanes.core.dicom"}
-    assert ("fetalplanes.core.io", False) in by_source  # dicom.py: from fetalplanes.core.io import ...
+    assert ("fetalplanes.core.errors", False) in by_source  # dicom.py: from fetalplanes.core.errors import ...
     io_imports = {(i.target, i.lazy) for i in ALL_IMPORTS if i.source == "fetalplanes.core.io"}
-    assert ("fetalplanes.core.dicom", True) in io_imports  # io.py: lazy import inside a function
+    assert ("fetalplanes.core.dicom", False) in io_imports  # io.py: from fetalplanes.core.dicom import ...
+    artifact = {(i.target, i.lazy) for i in ALL_IMPORTS if i.source == "fetalplanes.runtime.artifact"}
+    assert any(t.startswith("fetalplanes.models") and lazy for t, lazy in artifact)  # inside a function
     service = {i.target for i in ALL_IMPORTS if i.source == "fetalplanes.serve.service"}
     assert "fetalplanes.serve.app" not in service  # only under TYPE_CHECKING

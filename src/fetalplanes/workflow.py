@@ -37,7 +37,7 @@ def train(data: str | Path, cfg: Any, out_dir: str | Path, *, resume: bool = Fal
 def _split(data: str | Path, checkpoint: Path, name: str) -> list[Any]:
     """The samples of split ``name`` of the run that wrote ``checkpoint``, re-derived from ``data``."""
     from fetalplanes.data.sources import load_source
-    from fetalplanes.evaluation.report import select_split
+    from fetalplanes.data.splits import select_split
     from fetalplanes.models.checkpoint import read_checkpoint, spec_of
 
     spec = spec_of(read_checkpoint(checkpoint), str(checkpoint))

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -184,3 +185,10 @@ def _single_csv(folder: Path) -> Path | None:
     """The one CSV list in ``folder`` (e.g. African_planes_database.csv), if there is exactly one."""
     found = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".csv" and not p.name.startswith(".")]
     return found[0] if len(found) == 1 else None
+
+
+def samples_from_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Sample]:
+    """Unlabelled samples (label -1) for prediction on arbitrary files or folders (searched recursively)."""
+    from fetalplanes.core.predictor import expand_inputs
+
+    return [Sample(f, -1) for f in expand_inputs(paths)]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fetalplanes.core.spec import ModelSpec
 from fetalplanes.data.records import DatasetIndex, Sample
 
 log = logging.getLogger(__name__)
@@ -138,3 +139,30 @@ def _image_split(samples: list[Sample], val_fraction: float, seed: int) -> Split
     n_val = int(round(val_fraction * len(rest)))
     log.warning("image-8020 split: patients are shared between train and test (leaky, paper protocol only)")
     return Splits(rest[n_val:], rest[:n_val], test, "image-8020", True, {"val_fraction": val_fraction, "seed": seed})
+
+
+def select_split(index: DatasetIndex, spec: ModelSpec, split: str) -> list[Sample]:
+    """The samples of ``split`` ('test', 'val', 'train' or 'all'), re-deriving the run's split.
+
+    Sources without any split column (folders, plain CSV lists) are external test sets:
+    'test' then means every image.
+    """
+    if split == "all":
+        return list(index.samples)
+    has_split = all("official_split" in s.meta for s in index.samples)
+    info = spec.training.get("splits", {})
+    scheme = info.get("scheme", "official")
+    if split == "test" and not has_split:
+        log.info("%s has no split column: evaluating all %d images as a test set", index.root, len(index))
+        return list(index.samples)
+    if split == "test" and scheme == "official":
+        return [s for s in index.samples if s.meta["official_split"] == "test"]
+    splits = make_splits(
+        index,
+        scheme,
+        info.get("val_fraction", 0.15),
+        info.get("seed", spec.training.get("seed", 0)),
+        info.get("fold", 0),
+        info.get("n_folds", 5),
+    )
+    return splits.by_name(split)

@@ -296,7 +296,7 @@ def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | P
                       **kwargs: Any) -> dict[str, Any]:
     """CLI entry: re-derive the run's validation (and test) split from ``data`` and calibrate."""
     from fetalplanes.data.sources import load_source
-    from fetalplanes.evaluation.report import select_split
+    from fetalplanes.data.splits import select_split
     from fetalplanes.runtime.artifact import read_spec
 
     spec = read_spec(checkpoint)

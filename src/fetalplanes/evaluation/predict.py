@@ -14,7 +14,8 @@ import numpy as np
 
 from fetalplanes.core.io import bad_entry, report_bad_files
 from fetalplanes.data.records import Sample
-from fetalplanes.runtime.base import BasePredictor, expand_inputs, load_predictor
+from fetalplanes.data.sources import samples_from_paths  # noqa: F401  (re-exported)
+from fetalplanes.runtime.base import BasePredictor, load_predictor
 
 # Threads that decode images while the model runs (Pillow/pydicom release the GIL).
 DECODE_WORKERS = 2
@@ -46,6 +47,3 @@ def score_samples(predictor: BasePredictor, samples: Sequence[Sample], batch_siz
     return kept, logits, [{"image": name, "error": reason} for name, reason in bad]
 
 
-def samples_from_paths(paths: Sequence[str | Path]) -> list[Sample]:
-    """Unlabelled samples (label -1) for prediction on arbitrary files or folders."""
-    return [Sample(f, -1) for f in expand_inputs(paths)]

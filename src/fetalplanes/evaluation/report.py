@@ -14,7 +14,8 @@ from fetalplanes.core import atomic
 from fetalplanes.core.errors import DataError
 from fetalplanes.core.postprocess import softmax, top1
 from fetalplanes.core.spec import ModelSpec
-from fetalplanes.data.records import DatasetIndex, Sample
+from fetalplanes.data.records import Sample
+from fetalplanes.data.splits import select_split  # noqa: F401  (re-exported: evaluate scores one split)
 from fetalplanes.evaluation.metrics import evaluate_arrays, fmt
 
 log = logging.getLogger(__name__)
@@ -22,35 +23,6 @@ log = logging.getLogger(__name__)
 # Subgroups reported when every sample has the column: FETAL_PLANES_DB's machine and operator;
 # Center for multi-centre sets such as the African fetal-planes data (Sendra-Balcells et al. 2023).
 BREAKDOWN_COLUMNS = ("US_Machine", "Operator", "Center", "us_machine", "operator", "center")
-
-
-def select_split(index: DatasetIndex, spec: ModelSpec, split: str) -> list[Sample]:
-    """The samples of ``split`` ('test', 'val', 'train' or 'all'), re-deriving the run's split.
-
-    Sources without any split column (folders, plain CSV lists) are external test sets:
-    'test' then means every image.
-    """
-    if split == "all":
-        return list(index.samples)
-    has_split = all("official_split" in s.meta for s in index.samples)
-    info = spec.training.get("splits", {})
-    scheme = info.get("scheme", "official")
-    if split == "test" and not has_split:
-        log.info("%s has no split column: evaluating all %d images as a test set", index.root, len(index))
-        return list(index.samples)
-    if split == "test" and scheme == "official":
-        return [s for s in index.samples if s.meta["official_split"] == "test"]
-    from fetalplanes.data.splits import make_splits
-
-    splits = make_splits(
-        index,
-        scheme,
-        info.get("val_fraction", 0.15),
-        info.get("seed", spec.training.get("seed", 0)),
-        info.get("fold", 0),
-        info.get("n_folds", 5),
-    )
-    return splits.by_name(split)
 
 
 def confusion_png(cm: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> bytes:

@@ -53,7 +53,7 @@ def gather_inputs(spec, inputs: Sequence[str | Path] = (), data: str | Path | No
     if data is not None and inputs:
         raise ValueError("give either INPUT files/folders or --data, not both")
     if data is None:
-        from fetalplanes.evaluation.predict import samples_from_paths
+        from fetalplanes.data.sources import samples_from_paths
 
         if not inputs:
             raise ValueError("nothing to explain: give INPUT files/folders or --data DIR")
@@ -61,7 +61,7 @@ def gather_inputs(spec, inputs: Sequence[str | Path] = (), data: str | Path | No
     if split not in SPLITS:
         raise ValueError(f"unknown --split {split!r}; choose one of {list(SPLITS)}")
     from fetalplanes.data.sources import load_source
-    from fetalplanes.evaluation.report import select_split
+    from fetalplanes.data.splits import select_split
 
     index = load_source(data, spec.task)
     if (index.root / "Masks").is_dir() and index.root / "Masks" not in mask_dirs:

@@ -21,7 +21,7 @@ import torch
 
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.models.checkpoint import load_model
-from fetalplanes.runtime.base import BasePredictor
+from fetalplanes.core.predictor import BasePredictor
 
 
 class TorchPredictor(BasePredictor):

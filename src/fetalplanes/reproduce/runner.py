@@ -204,7 +204,7 @@ def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, An
     """Train, calibrate, evaluate and document one run; returns its ``done.json`` record."""
     from fetalplanes.evaluation.model_card import write_model_card
     from fetalplanes.evaluation.report import evaluate
-    from fetalplanes.runtime.artifact import read_spec
+    from fetalplanes.models.checkpoint import read_spec
 
     run_dir = key.path(s.out)
     done = run_dir / "done.json"

@@ -100,9 +100,13 @@ def spec_from_metadata(metadata: dict[str, str], source: str = "model") -> Model
 
 def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """``metadata_props`` of an ONNX file, read with ONNX Runtime (no ``onnx`` package needed)."""
-    from fetalplanes.runtime.predictor import load_session
+    import onnxruntime as ort
 
-    return dict(load_session(path).get_modelmeta().custom_metadata_map)
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own exception types for bad files
+        raise ModelFileError(f"{path}: cannot load as an ONNX model ({type(err).__name__}: {err})") from None
+    return dict(session.get_modelmeta().custom_metadata_map)
 
 
 def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
