@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from fetalplanes.cli.common import console
+from fetalplanes.core.errors import UsageError
 
 
 def _split(value: Optional[str]) -> Optional[list[str]]:
@@ -40,9 +41,9 @@ def bench(
 
     sizes, cores = _split(batch_sizes), _split(cpus)
     if cores and not all(c.isdigit() for c in cores):
-        raise ValueError(f"--cpus must be core numbers like 0,1; got {cpus!r}")
+        raise UsageError(f"--cpus must be core numbers like 0,1; got {cpus!r}")
     if sizes and not all(s.isdigit() and int(s) > 0 for s in sizes):
-        raise ValueError(f"--batch-sizes must be positive integers, got {batch_sizes!r}")
+        raise UsageError(f"--batch-sizes must be positive integers, got {batch_sizes!r}")
     cfg = BenchConfig(
         out_dir=out, checkpoint=str(checkpoint) if checkpoint else None, preset=preset, peers=peers,
         models=_split(models), backends=tuple(_split(backends) or BACKENDS),

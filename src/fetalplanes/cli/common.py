@@ -13,6 +13,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fetalplanes.core.errors import UserError
 
@@ -34,7 +35,8 @@ def run_app(app: typer.Typer) -> None:
     except USER_ERRORS as exc:
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        # The message is text, not markup: "[unclosed" or "[/x]" in it must print as written.
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(2)
     except Exception as exc:  # click's own usage errors (typer >= 0.29 vendors click as typer._click)
         if _is_click(exc, "ClickException"):

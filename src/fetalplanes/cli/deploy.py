@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from fetalplanes.cli.common import console
+from fetalplanes.core.errors import UsageError
 
 
 def _print_parity(r: dict[str, Any]) -> None:
@@ -50,7 +51,7 @@ def export(
     from fetalplanes.deploy.export import export_checkpoint
 
     if int8 and calibration is None:
-        raise ValueError("--int8 needs --calibration DIR (training images to calibrate on and to gate the accuracy)")
+        raise UsageError("--int8 needs --calibration DIR (training images to calibrate on and to gate the accuracy)")
     result: dict[str, Any] = {"fp32": export_checkpoint(checkpoint, out, calibration, opset=opset, exporter=exporter)}
     _print_parity(result["fp32"])
     if int8:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from fetalplanes.cli.common import console
+from fetalplanes.core.errors import UsageError
 
 
 def _ints(text: str) -> list[int]:
@@ -15,10 +16,10 @@ def _ints(text: str) -> list[int]:
     try:
         parts = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise ValueError(f"--seeds: expected a count like 3 or a list like 0,1,2, got {text!r}") from None
+        raise UsageError(f"--seeds: expected a count like 3 or a list like 0,1,2, got {text!r}") from None
     if len(parts) == 1 and "," not in text:
         if parts[0] < 1:
-            raise ValueError(f"--seeds: the count must be >= 1, got {parts[0]}")
+            raise UsageError(f"--seeds: the count must be >= 1, got {parts[0]}")
         return list(range(parts[0]))
     return parts
 

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from fetalplanes.cli.common import console, err_console
+from fetalplanes.core.errors import DataError, UsageError
 
 
 def train(
@@ -101,11 +102,11 @@ def predict(
     from fetalplanes.runtime import load_predictor
 
     if fmt not in FORMATS:
-        raise ValueError(f"unknown --format {fmt!r}; choose one of {list(FORMATS)}")
+        raise UsageError(f"unknown --format {fmt!r}; choose one of {list(FORMATS)}")
     predictor = load_predictor(checkpoint)
     results = predictor.predict_batch(inputs, top_k)
     if not results:
-        raise ValueError(f"no images found in {[str(i) for i in inputs]}")
+        raise DataError(f"no images found in {[str(i) for i in inputs]}")
     FORMATS[fmt](results, predictor.spec, top_k)
     failed = [r for r in results if not r.ok]
     if failed:

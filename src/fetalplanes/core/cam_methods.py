@@ -9,6 +9,8 @@ without importing torch or reaching up into ``explain``. A test keeps this tuple
 
 from __future__ import annotations
 
+from fetalplanes.core.errors import UsageError
+
 METHOD_NAMES: tuple[str, ...] = (
     "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam",
     "gradcam-elementwise", "scorecam", "random",
@@ -16,7 +18,7 @@ METHOD_NAMES: tuple[str, ...] = (
 
 
 def check_method(name: str) -> str:
-    """``name`` lower-cased if it is a known CAM method, else ValueError listing the valid ones."""
+    """``name`` lower-cased if it is a known CAM method, else UsageError (a ValueError) listing the valid ones."""
     if not isinstance(name, str) or name.lower() not in METHOD_NAMES:
-        raise ValueError(f"unknown CAM method {name!r}; choose one of {sorted(METHOD_NAMES)}")
+        raise UsageError(f"unknown CAM method {name!r}; choose one of {sorted(METHOD_NAMES)}")
     return name.lower()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fetalplanes.core.errors import UsageError
+
 PLANES: tuple[str, ...] = (
     "Fetal abdomen",
     "Fetal brain",
@@ -19,8 +21,8 @@ TASKS: dict[str, tuple[str, ...]] = {"planes": PLANES, "brain": BRAIN_PLANES}
 
 
 def classes_for_task(task: str) -> tuple[str, ...]:
-    """Return the class names of ``task`` or raise a ValueError listing the valid tasks."""
+    """Return the class names of ``task`` or raise a UsageError (a ValueError) listing the valid tasks."""
     try:
         return TASKS[task]
     except KeyError:
-        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}") from None
+        raise UsageError(f"unknown task {task!r}; choose one of {sorted(TASKS)}") from None

@@ -35,7 +35,7 @@ from typing import Any
 
 from PIL import Image
 
-from fetalplanes.core.errors import ImageLoadError
+from fetalplanes.core.errors import ImageLoadError, UsageError
 from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, sniff_format, sniff_video
 from fetalplanes.core.io import IMAGE_SUFFIXES, PilFrames, Source, _read_source, list_images, load_image
 
@@ -135,7 +135,7 @@ def open_frames(
     a source that cannot be opened at all (not found, not a supported format, no decoder).
     """
     if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
-        raise ValueError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps!r}")
+        raise UsageError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps!r}")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         label = name or os.fspath(source)

@@ -45,15 +45,15 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
-            raise ValueError(f"preprocessing.image_size must be >= 16, got {self.image_size}")
+            raise SpecError(f"preprocessing.image_size must be >= 16, got {self.image_size}")
         if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError("preprocessing.mean and .std must each have 3 values")
+            raise SpecError("preprocessing.mean and .std must each have 3 values")
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"preprocessing.std must be positive, got {self.std}")
+            raise SpecError(f"preprocessing.std must be positive, got {self.std}")
         if self.channels != 3:
-            raise ValueError(f"preprocessing.channels must be 3, got {self.channels}")
+            raise SpecError(f"preprocessing.channels must be 3, got {self.channels}")
         if self.resize not in ("squash",):
-            raise ValueError(f"unknown preprocessing.resize {self.resize!r}; choose one of ['squash']")
+            raise SpecError(f"unknown preprocessing.resize {self.resize!r}; choose one of ['squash']")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], lenient: bool = False) -> "Preprocessing":
@@ -84,13 +84,13 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if not self.class_names:
-            raise ValueError("ModelSpec.class_names must not be empty")
+            raise SpecError("ModelSpec.class_names must not be empty")
         if len(set(self.class_names)) != len(self.class_names):
-            raise ValueError(f"ModelSpec.class_names has duplicates: {list(self.class_names)}")
+            raise SpecError(f"ModelSpec.class_names has duplicates: {list(self.class_names)}")
         if not self.temperature > 0:
-            raise ValueError(f"ModelSpec.temperature must be > 0, got {self.temperature}")
+            raise SpecError(f"ModelSpec.temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.abstain_threshold <= 1.0:
-            raise ValueError(f"ModelSpec.abstain_threshold must be in [0, 1], got {self.abstain_threshold}")
+            raise SpecError(f"ModelSpec.abstain_threshold must be in [0, 1], got {self.abstain_threshold}")
 
     @property
     def num_classes(self) -> int:
@@ -121,9 +121,9 @@ class ModelSpec:
         if missing:
             raise SpecError(f"{source}: missing required field(s) {missing}")
         d["class_names"] = tuple(d["class_names"])
-        d["preprocessing"] = Preprocessing.from_dict(d.get("preprocessing", {}), lenient)
         d["format_version"] = SPEC_FORMAT_VERSION
         try:
+            d["preprocessing"] = Preprocessing.from_dict(d.get("preprocessing", {}), lenient)
             return cls(**d)
         except (TypeError, ValueError) as err:
             raise SpecError(f"{source}: {err}") from None
@@ -143,7 +143,7 @@ class ModelSpec:
 
 
 class SpecError(UserError, ValueError):
-    """A stored ModelSpec cannot be read (the message names the file or source)."""
+    """A stored ModelSpec cannot be read, or a field value is invalid (the message names the source or field)."""
 
 
 def _parse_version(text: Any, source: str) -> tuple[int, int]:

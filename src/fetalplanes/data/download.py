@@ -32,6 +32,8 @@ from pathlib import Path, PurePosixPath
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
+from fetalplanes.core.errors import UserError
+
 __all__ = [
     "ZENODO_RECORD", "ZENODO_API", "CSV_NAME", "IMAGES_DIR", "DownloadError", "RemoteFile",
     "fetch_record", "download_file", "extract_archive", "download_fetal_planes",
@@ -55,7 +57,7 @@ _USER_AGENT = "fetalplanes-downloader/1 (+python-urllib)"
 _RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """Fetching, verifying or unpacking the dataset failed; the message says what to do."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.data.records import DatasetIndex, Sample
 
@@ -43,7 +44,7 @@ class Splits:
 
     def by_name(self, name: str) -> list[Sample]:
         if name not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {name!r}; choose one of ['train', 'val', 'test']")
+            raise UsageError(f"unknown split {name!r}; choose one of ['train', 'val', 'test']")
         return getattr(self, name)
 
     def summary(self) -> dict:
@@ -88,7 +89,7 @@ def _group_fold(samples: list[Sample], n_folds: int, fold: int, seed: int) -> tu
 
 def _carve_val(train: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
     rest, held = _group_fold(train, round(1 / val_fraction), 0, seed)
     return [train[i] for i in rest], [train[i] for i in held]
 
@@ -118,9 +119,9 @@ def make_splits(
     elif scheme == "image-8020":
         return _image_split(samples, val_fraction, seed)
     else:
-        raise ValueError(f"unknown split scheme {scheme!r}; choose one of {list(SCHEMES)}")
+        raise UsageError(f"unknown split scheme {scheme!r}; choose one of {list(SCHEMES)}")
     if not train_all:
-        raise ValueError(f"{index.root}: the {scheme} split leaves no training images")
+        raise DataError(f"{index.root}: the {scheme} split leaves no training images")
     train, val = _carve_val(train_all, val_fraction, seed)
     assert_no_patient_overlap({"train": train, "val": val, "test": test})
     info = {"val_fraction": val_fraction, "seed": seed}

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fetalplanes.core.atomic import write_json, write_text
+from fetalplanes.core.errors import UsageError
 from fetalplanes.deploy.bench_models import BenchModel, build, model_facts, select_models
 from fetalplanes.deploy.bench_worker import BACKEND_LABELS, BACKENDS, OrtOptions, Timing, measure
 from fetalplanes.deploy.profile import cpu_cores, cpu_peak, profile_ort, profile_torch, roofline_share, tune_ort
@@ -67,13 +68,13 @@ class BenchConfig:
     def resolved(self) -> "BenchConfig":
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:
-            raise ValueError(f"unknown backend(s) {unknown}; choose from {list(BACKENDS)}")
+            raise UsageError(f"unknown backend(s) {unknown}; choose from {list(BACKENDS)}")
         if self.exporter not in ("dynamo", "torchscript"):
-            raise ValueError(f"unknown exporter {self.exporter!r}; choose one of ['dynamo', 'torchscript']")
+            raise UsageError(f"unknown exporter {self.exporter!r}; choose one of ['dynamo', 'torchscript']")
         if self.cpus:
             allowed = os.sched_getaffinity(0)
             if not set(self.cpus) <= allowed:
-                raise ValueError(f"--cpus {list(self.cpus)} not all available; this process may use {sorted(allowed)}")
+                raise UsageError(f"--cpus {list(self.cpus)} not all available; this process may use {sorted(allowed)}")
         timing = self.timing or (QUICK_TIMING if self.quick else FULL_TIMING)
         return replace(
             self,

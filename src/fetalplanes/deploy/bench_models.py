@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fetalplanes.core.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 # The paper's three backbone variants (arXiv 2410.17396): Lite0 is the deployable one.
@@ -73,7 +75,7 @@ def select_models(
         head = BenchModel("checkpoint", "paper", checkpoint=str(checkpoint), note=f"trained checkpoint {Path(checkpoint).name}")
     else:
         if preset not in list_models():
-            raise ValueError(f"unknown --preset {preset!r}; choose one of {list_models()}")
+            raise UsageError(f"unknown --preset {preset!r}; choose one of {list_models()}")
         head = BenchModel(preset, "paper", preset=preset, note=PEER_NOTES.get(preset, "preset"))
     rows = [head]
     if peers:
@@ -85,7 +87,7 @@ def select_models(
         known = [r.name for r in rows]
         unknown = [n for n in only if n not in known]
         if unknown:
-            raise ValueError(f"unknown --models {unknown}; choose from {known}")
+            raise UsageError(f"unknown --models {unknown}; choose from {known}")
         rows = [r for r in rows if r.name in only]
     return rows
 

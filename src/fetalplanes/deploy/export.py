@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from fetalplanes.core.atomic import atomic_path
-from fetalplanes.core.errors import UserError
+from fetalplanes.core.errors import DataError, UsageError, UserError
 from fetalplanes.core.preprocess import preprocess_batch
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.runtime.artifact import SPEC_KEY, onnx_metadata, set_onnx_metadata, spec_to_metadata
@@ -85,7 +85,7 @@ def images_from_dir(data: str | Path, task: str = "planes", limit: int = 12) -> 
     # Labels are irrelevant for parity, so no class list is imposed on the source.
     index = load_source(data, task=task)
     if not index.samples:
-        raise ValueError(f"{data}: no images found to verify the export on")
+        raise DataError(f"{data}: no images found to verify the export on")
     by_class: dict[int, list[Path]] = {}
     for s in index.samples:
         by_class.setdefault(s.label, []).append(s.path)
@@ -203,7 +203,7 @@ def export_onnx(
     raises :class:`ParityError` and writes nothing when parity fails.
     """
     if exporter not in EXPORTERS:
-        raise ValueError(f"unknown exporter {exporter!r}; choose one of {list(EXPORTERS)}")
+        raise UsageError(f"unknown exporter {exporter!r}; choose one of {list(EXPORTERS)}")
     opset = int(opset or DEFAULT_OPSET)
     model = model.eval().float().cpu()
     images = verify_images if verify_images else builtin_images(spec.class_names)
@@ -257,7 +257,7 @@ def export_checkpoint(
     from fetalplanes.runtime.artifact import detect_kind
 
     if detect_kind(ckpt_path) == "onnx":
-        raise ValueError(f"{ckpt_path}: is already an ONNX model; export takes the training checkpoint (.ckpt)")
+        raise UsageError(f"{ckpt_path}: is already an ONNX model; export takes the training checkpoint (.ckpt)")
     model, spec = load_model(ckpt_path)
     images = images_from_dir(calibration, spec.task, n_verify) if calibration else None
     report = export_onnx(model, spec, out_path, verify_images=images, opset=opset, exporter=exporter, tolerance=tolerance)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fetalplanes.core.atomic import atomic_path
-from fetalplanes.core.errors import UserError
+from fetalplanes.core.errors import DataError, UserError
 from fetalplanes.core.io import load_image
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.core.spec import ModelSpec
@@ -93,12 +93,12 @@ def calibration_samples(
         log.info("%s has no official split: calibrating on all of its images", data)
         train = list(index.samples)
     if not train:
-        raise ValueError(f"{data}: no training images found for calibration")
+        raise DataError(f"{data}: no training images found for calibration")
     to_spec = {i: (spec.class_names.index(c) if c in spec.class_names else -1) for i, c in enumerate(index.class_names)}
     labels = [to_spec.get(s.label, -1) for s in train]
     n_hold = min(n_holdout, max(1, int(round(holdout_fraction * len(train)))))
     if len(train) - n_hold < 1:
-        raise ValueError(f"{data}: only {len(train)} training image(s); need at least 2 to calibrate and hold out")
+        raise DataError(f"{data}: only {len(train)} training image(s); need at least 2 to calibrate and hold out")
     rest, held = _stratified_split(labels, n_hold, seed)
     calib = [train[i].path for i in rest[:n_calib]]
     return calib, [train[i].path for i in held], np.asarray([labels[i] for i in held], dtype=np.int64)

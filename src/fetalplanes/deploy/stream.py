@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from fetalplanes.core.atomic import write_json, write_text
+from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core.frames import DEFAULT_FPS, VIDEO_SUFFIXES, Frame  # noqa: F401 - re-exported
 from fetalplanes.core.frames import open_frames as open_frames_core
 
@@ -92,14 +93,14 @@ class Smoother:
     def __init__(self, spec: str = "ema:0.5") -> None:
         m = re.fullmatch(r"\s*(none|ema|window)\s*(?::\s*([\d.]+))?\s*", spec or "none")
         if not m:
-            raise ValueError(f"unknown --smooth {spec!r}; use 'none', 'ema:ALPHA' (0 < ALPHA <= 1) or 'window:N' (N >= 1)")
+            raise UsageError(f"unknown --smooth {spec!r}; use 'none', 'ema:ALPHA' (0 < ALPHA <= 1) or 'window:N' (N >= 1)")
         self.kind, arg = m.group(1), m.group(2)
         self.alpha = float(arg) if self.kind == "ema" and arg else 0.5
         self.window = int(float(arg)) if self.kind == "window" and arg else 5
         if self.kind == "ema" and not 0 < self.alpha <= 1:
-            raise ValueError(f"--smooth ema:ALPHA needs 0 < ALPHA <= 1, got {self.alpha}")
+            raise UsageError(f"--smooth ema:ALPHA needs 0 < ALPHA <= 1, got {self.alpha}")
         if self.kind == "window" and self.window < 1:
-            raise ValueError(f"--smooth window:N needs N >= 1, got {self.window}")
+            raise UsageError(f"--smooth window:N needs N >= 1, got {self.window}")
         self._state: np.ndarray | None = None
         self._recent: deque[np.ndarray] = deque(maxlen=self.window)
 
@@ -241,7 +242,7 @@ def run_stream(cfg: StreamConfig) -> dict[str, Any]:
     from fetalplanes.runtime import load_predictor
 
     if cfg.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {cfg.batch}")
+        raise UsageError(f"--batch must be >= 1, got {cfg.batch}")
     smoother = Smoother(cfg.smooth)
     predictor = load_predictor(cfg.model, threads=cfg.threads)
     spec = predictor.spec
@@ -261,7 +262,7 @@ def run_stream(cfg: StreamConfig) -> dict[str, Any]:
     wall = time.perf_counter() - t_start
     n = len(tracker.rows)
     if n == 0:
-        raise ValueError(f"{cfg.input}: no frames decoded")
+        raise DataError(f"{cfg.input}: no frames decoded")
     out = Path(cfg.out_dir)
     write_text(out / "frames.csv", _csv_text(tracker.rows))
     best = _save_best(tracker.best, out) if cfg.save_best else {}

@@ -308,7 +308,7 @@ def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | P
     val = select_split(index, spec, "val")
     try:
         test = select_split(index, spec, "test")
-    except ValueError:
+    except DataError:  # data that cannot give a test split: calibrate and report on validation only
         test = None
     out = Path(out_dir) if out_dir is not None else Path(checkpoint).resolve().parent.parent
     return calibrate_checkpoint(checkpoint, val, out, test, **kwargs)

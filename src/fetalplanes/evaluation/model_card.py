@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from fetalplanes.core import atomic
+from fetalplanes.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ def write_model_card(checkpoint: str | Path, metrics: dict[str, Any] | str | Pat
     metrics = _load_json(metrics, "metrics")
     for key in ("top1", "top2", "f1_macro", "f1_weighted"):
         if key not in metrics:
-            raise ValueError(f"metrics: field {key!r} missing; expected the metrics.json of `fetalplanes evaluate`")
+            raise DataError(f"metrics: field {key!r} missing; expected the metrics.json of `fetalplanes evaluate`")
     if calibration is None:
         found = checkpoint.resolve().parent.parent / "calibration.json"
         calibration = found if found.is_file() else None
@@ -255,4 +256,4 @@ def _load_json(obj: dict[str, Any] | str | Path, what: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise DataError(f"{path}: not valid JSON ({err})") from None

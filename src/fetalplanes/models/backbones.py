@@ -7,6 +7,7 @@ import os
 
 from torch import nn
 
+from fetalplanes.core.errors import UsageError
 from fetalplanes.models.weights import load_backbone_weights, normalize_source
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def create_backbone(name: str, pretrained: bool | str | os.PathLike[str] = False
     import timm
 
     if not timm.is_model(name):
-        raise ValueError(
+        raise UsageError(
             f"unknown backbone {name!r}; choose one of {sorted(KNOWN_BACKBONES)} "
             "or any name from timm.list_models()"
         )

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fetalplanes.core.errors import UsageError
 from fetalplanes.models.backbones import backbone_stages
 
 FINETUNE_MODES = ("full", "frozen", "last_k")
@@ -55,7 +56,7 @@ class PlaneClassifier(nn.Module):
             return
         stages = backbone_stages(self.backbone)
         if mode == "last_k" and not 0 <= k <= len(stages):
-            raise ValueError(f"finetune_k must be in [0, {len(stages)}] for this backbone, got {k}")
+            raise UsageError(f"model.finetune_k must be in [0, {len(stages)}] for this backbone, got {k}")
         frozen = stages if mode == "frozen" else stages[: len(stages) - k]
         if mode == "frozen":
             frozen = [self.backbone]

@@ -18,11 +18,13 @@ from typing import Any
 
 import yaml
 
+from fetalplanes.core.errors import UsageError
+
 # Sub-folders of configs/ hold tables that are not presets (the reproduce variant rows).
 VARIANTS_TABLE = "variants/paper_table.yaml"
 
 
-class UnknownPresetError(ValueError):
+class UnknownPresetError(UsageError):
     """A name that is not a preset; the message lists the valid ones."""
 
 
@@ -63,7 +65,7 @@ def load_preset(name: str) -> dict[str, Any]:
 
     Raises:
         UnknownPresetError: ``name`` is not a preset.
-        ValueError: the file is not a YAML mapping (the message names the file).
+        UsageError: the file is not a YAML mapping (the message names the file).
     """
     path = preset_path(name)
     return copy.deepcopy(_read(path, path.stat().st_mtime_ns))
@@ -73,7 +75,7 @@ def preset_model(name: str) -> dict[str, Any]:
     """The preset's ``model`` section (the keys as written; ``ModelConfig`` fills the rest)."""
     section = load_preset(name).get("model") or {}
     if not isinstance(section, dict):
-        raise ValueError(f"{preset_path(name)}: 'model' must be a mapping of ModelConfig fields")
+        raise UsageError(f"{preset_path(name)}: 'model' must be a mapping of ModelConfig fields")
     return section
 
 
@@ -82,6 +84,6 @@ def _read(path: Path, mtime_ns: int) -> dict[str, Any]:
     # Keyed by modification time, so an edited preset is read again in a long-lived process.
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a YAML mapping at the top level")
+        raise UsageError(f"{path}: expected a YAML mapping at the top level")
     raw.setdefault("name", path.stem)
     return raw

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from fetalplanes.core.spec import Preprocessing
+from fetalplanes.core.validation import config_error
 from fetalplanes.models.presets import is_preset, list_presets, preset_model
 
 
@@ -58,7 +59,7 @@ def resolve_config(name: str, pretrained: bool | str | os.PathLike[str] | None =
     ``name``: a preset (``configs/NAME.yaml``) or, when it is none, a timm backbone name with
     the default attention and head. ``pretrained``: None keeps the preset's source, False ->
     'none', True -> the preset's source (or 'timm' for a bare backbone), a string -> that
-    source or file. Raises ValueError for an invalid field (the message lists the options).
+    source or file. Raises UsageError (a ValueError) for an invalid field (the message lists the options).
     """
     row = preset_model(name) if is_preset(name) else {"backbone": name, "pretrained": "timm"}
     row.update(overrides)
@@ -66,7 +67,10 @@ def resolve_config(name: str, pretrained: bool | str | os.PathLike[str] | None =
         row["pretrained"] = "none"
     elif pretrained is not None and pretrained is not True:
         row["pretrained"] = os.fspath(pretrained)
-    return ModelConfig(**row)
+    try:
+        return ModelConfig(**row)
+    except ValidationError as err:
+        raise config_error(err, ModelConfig, f"model {name!r}") from None
 
 
 def create_model(

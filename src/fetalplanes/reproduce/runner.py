@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fetalplanes.core import atomic
+from fetalplanes.core.errors import UsageError
 from fetalplanes.data.splits import LEAKY_SCHEMES, SCHEMES
 from fetalplanes.reproduce.table import write_tables
 from fetalplanes.reproduce.variants import Variant
@@ -79,14 +80,14 @@ class ReproduceSettings:
     def __post_init__(self) -> None:
         bad = [s for s in self.splits if s not in SCHEMES]
         if bad:
-            raise ValueError(f"--split: unknown scheme(s) {bad}; choose from {list(SCHEMES)}")
+            raise UsageError(f"--split: unknown scheme(s) {bad}; choose from {list(SCHEMES)}")
         bad = [t for t in self.tasks if t not in TASKS]
         if bad:
-            raise ValueError(f"--task: unknown task(s) {bad}; choose from {list(TASKS)}")
+            raise UsageError(f"--task: unknown task(s) {bad}; choose from {list(TASKS)}")
         if self.pretrained not in PRETRAINED_POLICIES:
-            raise ValueError(f"--pretrained: {self.pretrained!r} is not one of {list(PRETRAINED_POLICIES)}")
+            raise UsageError(f"--pretrained: {self.pretrained!r} is not one of {list(PRETRAINED_POLICIES)}")
         if not self.seeds:
-            raise ValueError("--seeds: at least one seed is needed")
+            raise UsageError("--seeds: at least one seed is needed")
 
     def fingerprint(self) -> dict[str, Any]:
         # Settings that change results; how a run is executed (workers, device) may differ on resume.
@@ -211,7 +212,7 @@ def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, An
     if done.is_file():
         record = json.loads(done.read_text())
         if json.dumps(record.get("overrides"), sort_keys=True) != json.dumps(variant.overrides, sort_keys=True):
-            raise ValueError(f"{run_dir}: variant {variant.name!r} was run with other overrides "
+            raise UsageError(f"{run_dir}: variant {variant.name!r} was run with other overrides "
                              f"({record.get('overrides')}); use another --out or another variant name")
         log.info("skip %s (done)", run_dir.relative_to(s.out))
         return record
@@ -256,7 +257,7 @@ def _check_grid(s: ReproduceSettings) -> None:
         old = json.loads(path.read_text()).get("fingerprint")
         if old != fp:
             diff = sorted(k for k in fp if old is None or old.get(k) != fp[k])
-            raise ValueError(f"{s.out} holds a grid with other settings ({', '.join(diff)} differ); "
+            raise UsageError(f"{s.out} holds a grid with other settings ({', '.join(diff)} differ); "
                              "use another --out or the same settings to resume")
     atomic.write_json(path, {"fingerprint": fp, "note": "settings shared by every run in this folder"})
 

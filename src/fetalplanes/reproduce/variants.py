@@ -21,6 +21,9 @@ from typing import Any
 
 import yaml
 
+from fetalplanes.core.errors import UsageError, UserError
+from fetalplanes.core.validation import yaml_problem
+
 # The base of a --variants-file row that names none (the paper's B0 model at 224 px, 30 epochs).
 BASE_CONFIG = "paper_b0"
 ROW_KEYS = ("base", "overrides", "group", "description", "tags")
@@ -62,12 +65,19 @@ def _base_model(base: str) -> dict[str, Any]:
         return preset_model(base)
     path = Path(base)
     if not path.is_file():
-        raise ValueError(f"base {base!r} is neither a preset ({list_presets()}) nor a YAML file")
-    raw = yaml.safe_load(path.read_text()) or {}
+        raise UsageError(f"base {base!r} is neither a preset ({list_presets()}) nor a YAML file")
+    raw = _yaml(path)
     model = raw.get("model", {}) if isinstance(raw, dict) else None
     if not isinstance(model, dict):
-        raise ValueError(f"{path}: expected a training config with a 'model' mapping")
+        raise UsageError(f"{path}: expected a training config with a 'model' mapping")
     return model
+
+
+def _yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
 
 
 def default_variants() -> dict[str, Variant]:
@@ -86,7 +96,7 @@ def load_variants(path: str | os.PathLike[str] | None = None) -> dict[str, Varia
     training config at once, so a typo fails here rather than hours into a grid.
 
     Raises:
-        ValueError: naming the file and the variant: not a mapping, unknown row keys (lists
+        UsageError (a ValueError): naming the file and the variant: not a mapping, unknown row keys (lists
             the valid ones), unknown base (lists the presets), or an invalid resulting config.
     """
     variants = default_variants()
@@ -96,16 +106,16 @@ def load_variants(path: str | os.PathLike[str] | None = None) -> dict[str, Varia
 
 
 def _read_rows(path: Path, variants: dict[str, Variant], validate: bool) -> dict[str, Variant]:
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _yaml(path)
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping 'name: {{base: PRESET, overrides: {{...}}, group: ...}}'")
+        raise UsageError(f"{path}: expected a mapping 'name: {{base: PRESET, overrides: {{...}}, group: ...}}'")
     variants = dict(variants)
     for name, row in raw.items():
         if not isinstance(row, dict) or not isinstance(row.get("overrides") or {}, dict):
-            raise ValueError(f"{path}: variant {name!r} needs a mapping with an 'overrides' mapping")
+            raise UsageError(f"{path}: variant {name!r} needs a mapping with an 'overrides' mapping")
         unknown = sorted(set(row) - set(ROW_KEYS))
         if unknown:
-            raise ValueError(f"{path}: variant {name!r} has unknown keys {unknown}; valid keys are {list(ROW_KEYS)}")
+            raise UsageError(f"{path}: variant {name!r} has unknown keys {unknown}; valid keys are {list(ROW_KEYS)}")
         old = variants.get(str(name))
         base = str(row.get("base", old.base if old else BASE_CONFIG))
         if "base" in row and not Path(base).is_absolute() and (path.parent / base).is_file():
@@ -119,8 +129,8 @@ def _read_rows(path: Path, variants: dict[str, Variant], validate: bool) -> dict
             )
             if validate:
                 _check(variant)
-        except ValueError as err:
-            raise ValueError(f"{path}: variant {name!r}: {err}") from None
+        except UserError as err:
+            raise UsageError(f"{path}: variant {name!r}: {err}") from None
         variants[str(name)] = variant
     return variants
 
@@ -154,10 +164,10 @@ def select_variants(spec: str, variants: dict[str, Variant] | None = None) -> li
             continue
         names = by_group.get(item) or ([item] if item in variants else None)
         if names is None:
-            raise ValueError(
+            raise UsageError(
                 f"--variants: unknown variant or group {item!r}; groups {sorted(by_group)}, variants {list(variants)}"
             )
         chosen += [n for n in names if n not in chosen]
     if not chosen:
-        raise ValueError("--variants: no variant selected")
+        raise UsageError("--variants: no variant selected")
     return [variants[n] for n in chosen]

@@ -32,6 +32,7 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from fetalplanes.core.errors import UsageError
 from fetalplanes.serve.backends import ExplainerFactory, ServedModel, load_backend
 from fetalplanes.serve.schemas import BatchResponse, ErrorResponse, HealthResponse, ModelInfo, PredictResponse
 from fetalplanes.serve.service import Service
@@ -81,11 +82,11 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         if not self.max_upload_mb > 0:
-            raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
+            raise UsageError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
         if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+            raise UsageError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+            raise UsageError(f"max_pixels must be >= 1, got {self.max_pixels}")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -109,7 +110,7 @@ class ServeSettings:
             return environ.get(ENV_PREFIX + name, "").strip()
 
         if not get("MODEL"):
-            raise ValueError(f"{ENV_PREFIX}MODEL is not set; it must name a .onnx model or .ckpt checkpoint")
+            raise UsageError(f"{ENV_PREFIX}MODEL is not set; it must name a .onnx model or .ckpt checkpoint")
         try:
             return cls(
                 model_path=Path(get("MODEL")),
@@ -121,7 +122,7 @@ class ServeSettings:
                 threads=int(get("THREADS")) if get("THREADS") else None,
             )
         except ValueError as err:
-            raise ValueError(f"invalid {ENV_PREFIX}* setting: {err}") from None
+            raise UsageError(f"invalid {ENV_PREFIX}* setting: {err}") from None
 
 
 class _CpuSlots:

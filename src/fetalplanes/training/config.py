@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from fetalplanes.core.cam_methods import check_method
+from fetalplanes.core.errors import UsageError
+from fetalplanes.core.validation import config_error, yaml_problem
 from fetalplanes.models import presets
 from fetalplanes.models.registry import ModelConfig
 
@@ -123,9 +125,12 @@ def _read_config(config: str | Path) -> tuple[dict[str, Any], str]:
     path = resolve_config_path(config)
     if not Path(config).is_file():
         return presets.load_preset(str(config)), str(path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a YAML mapping at the top level")
+        raise UsageError(f"{path}: expected a YAML mapping at the top level")
     raw.setdefault("name", path.stem)
     return raw, str(path)
 
@@ -149,7 +154,7 @@ def load_config(config: str | Path | None = None, overrides: dict[str, Any] | No
     try:
         return TrainConfig(**raw)
     except ValidationError as err:
-        raise ValueError(f"invalid config ({source}): {err}") from None
+        raise config_error(err, TrainConfig, source) from None
 
 
 def dump_config(cfg: TrainConfig) -> str:

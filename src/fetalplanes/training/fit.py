@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 import fetalplanes
 from fetalplanes.core import atomic
+from fetalplanes.core.errors import UsageError
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.data.records import Sample
 from fetalplanes.data.sources import load_source
@@ -226,7 +227,7 @@ def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = 
     if not resume and last.exists():
         raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     if feature_cache is not None and cfg.model.finetune != "frozen":
-        raise ValueError(f"the feature-cache fast path needs model.finetune 'frozen', got {cfg.model.finetune!r}")
+        raise UsageError(f"the feature-cache fast path needs model.finetune 'frozen', got {cfg.model.finetune!r}")
     index, splits, spec, summary = prepare_run(data, cfg, run_dir)
     n = len(index.class_names)
     extra: dict[str, Any] = {}
