@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["EXPECTED", "BadFilesError", "DataError", "ImageLoadError", "UsageError", "UserError"]
+__all__ = ["EXPECTED", "BadFilesError", "DataError", "ImageLoadError", "MissingExtraError", "UsageError", "UserError"]
 
 EXPECTED = "a PNG, JPEG, BMP, TIFF or DICOM image"
 
@@ -34,6 +34,10 @@ class UsageError(UserError, ValueError):
 
 class DataError(UserError, ValueError):
     """The data given cannot produce the asked-for result (empty split, missing ids, shape mismatch)."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional dependency is not installed; the message names the ``fetalplanes[extra]`` to install."""
 
 
 class ImageLoadError(DataError):

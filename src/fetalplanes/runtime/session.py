@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from fetalplanes.core.errors import MissingExtraError
 from fetalplanes.runtime.artifact import ModelFileError, ModelFileNotFound
 
 
@@ -22,7 +23,7 @@ def _onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError:
-        raise ImportError("onnxruntime is not installed; install the runtime with `pip install fetalplanes[runtime]`") from None
+        raise MissingExtraError("onnxruntime is not installed; install the runtime with `pip install fetalplanes[runtime]`") from None
     return onnxruntime
 
 
