@@ -67,3 +67,13 @@ def tiny_checkpoint(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) 
 def shared_data_optional() -> Path | None:
     """../shared/data when present, else None (for tests that add real-image checks)."""
     return SHARED_DATA if (SHARED_DATA / "fetal_planes_db").is_dir() else None
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line when the browser tests were skipped (no Debian chromium): say how to run them."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if "browser" in getattr(r, "keywords", {}) or "test_browser" in r.nodeid]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} browser tests skipped: Debian chromium is not installed; to run them: "
+            "apt-get install -y chromium (as root), then make test (.ci/run does this)", yellow=True)
