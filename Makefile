@@ -8,7 +8,8 @@ LOCK ?= requirements/lock.txt
 # pip-compile (pip-tools) resolves the lock with pip itself, so it sees this machine's package
 # sources and caps exactly as the install does (uv would not: it fetches other torch builds).
 LOCK_TOOLS := build/lock-tools
-LOCK_TOOL_PINS := pip==26.3 pip-tools==7.6.2
+PIP_PIN := pip==26.3
+LOCK_TOOL_PINS := $(PIP_PIN) pip-tools==7.6.2
 # `make lock LOCK_FLAGS=--upgrade` moves every pin to the newest release the ranges allow;
 # plain `make lock` keeps the current pins and only adds or drops what pyproject.toml changed.
 LOCK_FLAGS ?=
@@ -22,7 +23,7 @@ export HF_HUB_OFFLINE := 1
 # proves it complete (a dependency added to pyproject.toml but not locked fails here).
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv --clear $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(PIP_PIN)
 ifneq ($(LOCK),)
 	$(BIN)/python -m pip install --quiet --no-deps -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
