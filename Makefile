@@ -1,16 +1,36 @@
-# fetalplanes: `make demo` and `make test` work on a fresh machine with Python 3.10+ and pip.
+# fetalplanes: `make demo` and `make test` work on a fresh machine with Python 3.11 and pip.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The resolved dependency set (every package pinned, extras all + dev), written by `make lock`
+# for CPython 3.11 on Linux x86_64. `make setup LOCK=` installs from pyproject.toml's ranges instead.
+LOCK ?= requirements/lock.txt
+# pip-compile (pip-tools) resolves the lock with pip itself, so it sees this machine's package
+# sources and caps exactly as the install does (uv would not: it fetches other torch builds).
+LOCK_TOOLS := build/lock-tools
+PIP_PIN := pip==26.3
+LOCK_TOOL_PINS := $(PIP_PIN) pip-tools==7.6.2
+# `make lock LOCK_FLAGS=--upgrade` moves every pin to the newest release the ranges allow;
+# plain `make lock` keeps the current pins and only adds or drops what pyproject.toml changed.
+LOCK_FLAGS ?=
 # Never reach for a model hub from here: offline lookups hang ~1 minute before failing.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-fast bench clean mutate
+.PHONY: setup demo test test-fast lock clean mutate
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+# --clear: the venv holds exactly the lock (packages dropped from it do not linger).
+# --no-deps twice: the lock is the whole set, pip resolves nothing more; `pip check` then
+# proves it complete (a dependency added to pyproject.toml but not locked fails here).
+$(VENV)/.installed: pyproject.toml $(LOCK)
+	$(PYTHON) -m venv --clear $(VENV)
+	$(BIN)/python -m pip install --quiet $(PIP_PIN)
+ifneq ($(LOCK),)
+	$(BIN)/python -m pip install --quiet --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@$(BIN)/python -m pip check || { echo "$(LOCK) does not match pyproject.toml: run 'make lock', then 'make setup'"; exit 1; }
+else
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+endif
 	touch $@
 
 setup: $(VENV)/.installed
@@ -23,6 +43,17 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+# Refresh the lock after changing dependencies in pyproject.toml (one command; commit the result).
+lock:
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/python -m pip install --quiet $(LOCK_TOOL_PINS)
+	mkdir -p $(dir $(LOCK))
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile --quiet $(LOCK_FLAGS) \
+	    --extra all,dev --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	    --output-file $(LOCK) pyproject.toml
+	# The `all` extra names the project itself; `make setup` installs it (editable) separately.
+	sed -i '/^fetalplanes @ /,/^[^ ]/{/^fetalplanes @ /d;/^    #/d}' $(LOCK)
 
 # Mutation testing of the metric math (evaluation/metrics.py, calibration.py, core/postprocess.py,
 # explain/localization.py) against its fast reference tests; config in pyproject [tool.mutmut].

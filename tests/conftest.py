@@ -93,3 +93,13 @@ def shared_cases() -> Path:
     if not (SHARED_CASES / "README.md").is_file():
         pytest.skip("../shared/cases is not present")
     return SHARED_CASES
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line when the browser tests were skipped (no Debian chromium): say how to run them."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if "browser" in getattr(r, "keywords", {}) or "test_browser" in r.nodeid]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} browser tests skipped: Debian chromium is not installed; to run them: "
+            "apt-get install -y chromium (as root), then make test (.ci/run does this)", yellow=True)

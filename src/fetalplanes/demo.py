@@ -17,7 +17,14 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(out_dir: str | Path, per_class: int = 50, seed: int = 0, max_epochs: int | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, train_seed: int | None = None) -> dict[str, Any]:
+    """Run the demo into ``out_dir``; returns the summary also written to ``demo_summary.json``.
+
+    ``seed`` draws the synthetic set (images, patients, test split); ``train_seed`` (default:
+    ``seed``) drives the validation split, initialisation, augmentation and batch order, so
+    varying it alone measures the spread of training on one fixed test set
+    (``benchmarks/demo_seeds.py``).
+    """
     from fetalplanes.data.synth import synthesize
     from fetalplanes.evaluation.report import evaluate
     from fetalplanes.training.config import load_config
@@ -29,7 +36,8 @@ def run_demo(out_dir: str | Path, per_class: int = 50, seed: int = 0, max_epochs
         log.info("synthesizing %d phantom images per class into %s", per_class, data)
         # One fake patient per ~6 images: enough patients for a patient-level validation split.
         synthesize(data, per_class=per_class, seed=seed, n_patients=per_class)
-    cfg = load_config("demo", {"optim.max_epochs": max_epochs, "trainer.seed": seed, "trainer.progress": progress})
+    train_seed = seed if train_seed is None else train_seed
+    cfg = load_config("demo", {"optim.max_epochs": max_epochs, "trainer.seed": train_seed, "trainer.progress": progress})
     run = out / "run"
     last = run / "checkpoints" / "last.ckpt"
     result = train_and_calibrate(data, cfg, run, resume=last.is_file() and not (run / "train_summary.json").is_file())
@@ -47,6 +55,8 @@ def run_demo(out_dir: str | Path, per_class: int = 50, seed: int = 0, max_epochs
         "train_img_per_s": result.summary["train_img_per_s"],
         "train_wall_s": result.summary["wall_s"],
         "params": result.summary["params"],
+        "data_seed": seed,
+        "train_seed": train_seed,
         "synthetic": True,
     }
     atomic.write_json(out / "demo_summary.json", summary)

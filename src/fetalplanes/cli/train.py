@@ -179,13 +179,15 @@ FORMATS = {"table": _print_table, "json": _print_json, "csv": _print_csv}
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out"),
     per_class: int = typer.Option(50, "--per-class"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic set (and of training unless --train-seed)."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs"),
+    train_seed: Optional[int] = typer.Option(None, "--train-seed",
+                                             help="Seed of training alone (validation split, init, augmentation)."),
 ) -> None:
     """The built-in main job, no download: synthetic set -> fine-tune Lite0 paper model -> evaluate."""
     from fetalplanes.demo import run_demo
 
-    s = run_demo(out, per_class, seed, max_epochs)
+    s = run_demo(out, per_class, seed, max_epochs, train_seed=train_seed)
     console.print("[bold]demo finished[/] (SYNTHETIC phantom data - not a clinical result)")
     console.print(f"  test top-1 {s['test_top1']:.4f}  top-2 {s['test_top2']:.4f}  macro-F1 {s['test_f1_macro']:.4f}")
     console.print(f"  training {s['train_img_per_s']:.1f} img/s, {s['train_wall_s']:.0f} s")
