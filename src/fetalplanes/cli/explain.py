@@ -36,6 +36,11 @@ def explain(
         None, "--aug-smooth/--no-aug-smooth",
         help="Average over flip/intensity test-time augmentations, 6x time (default: the checkpoint's).",
     ),
+    sanity: bool = typer.Option(
+        False, "--sanity",
+        help="Also re-compute the maps with the head, then the whole model randomized, and with a head fit to "
+        "permuted labels; report the rank correlation with the trained maps (~4x the time).",
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Explain predictions: overlay PNG + raw CAM (.npy) per image, index.html gallery, localization.json."""
@@ -51,6 +56,7 @@ def explain(
         summary = run_explain(
             checkpoint, out, inputs or [], data, split, method, target, masks or [], occlusion, limit,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total), layer=layer, aug_smooth=aug_smooth,
+            sanity=sanity,
         )
     secs = summary["seconds_per_cam_median"]
     console.print(
@@ -69,7 +75,15 @@ def explain(
                 f"centre prior {pg['chance_center']:.3f}); energy in mask {energy} "
                 f"(chance {en['chance_uniform']:.3f}, centre prior {en['chance_center']:.3f})"
             )
+        from fetalplanes.explain.priors import lines
+
+        for line in lines(loc.get("priors") or {}):
+            console.print(f"  {line}", markup=False)
         console.print(f"  -> {out / 'localization.json'}")
+    if summary["sanity"]:
+        for c in summary["sanity"]["checks"]:
+            console.print(f"  sanity: {c['name']}: median Spearman {c['spearman_median']:.3f}", markup=False)
+        console.print(f"  sanity: {summary['sanity']['verdict']} -> {out / 'sanity.json'}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
