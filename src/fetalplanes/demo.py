@@ -44,6 +44,7 @@ def run_demo(out_dir: str | Path, per_class: int = 50, seed: int = 0, max_epochs
     if not result.best_checkpoint.is_file():
         raise RuntimeError(f"training finished without {result.best_checkpoint}")
     metrics = evaluate(result.best_checkpoint, data, out / "eval", split="test")
+    explained = explanation_fields(result.best_checkpoint, data, out / "explain")
     summary = {
         "data": str(data),
         "checkpoint": str(result.best_checkpoint),
@@ -57,7 +58,33 @@ def run_demo(out_dir: str | Path, per_class: int = 50, seed: int = 0, max_epochs
         "params": result.summary["params"],
         "data_seed": seed,
         "train_seed": train_seed,
+        **explained,
         "synthetic": True,
     }
     atomic.write_json(out / "demo_summary.json", summary)
     return summary
+
+
+def explanation_fields(checkpoint: str | Path, data: str | Path, out: str | Path) -> dict[str, Any]:
+    """Heat maps of the test split (``out``: overlays, index.html, localization.json, sanity.json)
+    and the summary fields: the map's localization beside the uniform and centre priors (95 %
+    intervals, plain verdict) and the randomization sanity checks."""
+    from fetalplanes.explain.pipeline import explain
+    from fetalplanes.explain.priors import lines
+
+    res = explain(checkpoint, out, data=data, split="test", sanity=True)
+    cmp, sanity = (res["localization"] or {}).get("priors") or {}, res["sanity"] or {}
+    fields: dict[str, Any] = {"explain_report": str(Path(out) / "index.html"),
+                              "explain_method": f"{res['method']} @ {res['layer']}"}
+    if cmp.get("n"):
+        for score in ("pointing_game", "energy_share"):
+            fields[f"test_{score}"] = {k: cmp[score][k] for k in ("model", "uniform", "centre")}
+        fields["test_localization_beats_priors"] = cmp["beats_priors"]
+        fields["test_localization_verdict"] = cmp["verdict"]
+    if sanity:
+        fields["sanity_median_spearman"] = {c["name"]: c["spearman_median"] for c in sanity["checks"]}
+        fields["sanity_flagged"] = sanity["flagged"]
+    for line in [*(lines(cmp) if cmp else []), sanity.get("verdict", "")]:
+        if line:
+            log.info("explain (test split): %s", line)
+    return fields

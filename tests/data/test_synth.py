@@ -152,3 +152,23 @@ def test_render_rejects_bad_arguments() -> None:
         render("Fetal femur", rng, (64, 64), brain_plane="Trans-thalamic")
     with pytest.raises(ValueError, match="per_class"):
         synthesize(Path("unused"), per_class=0)
+
+
+def test_structures_can_be_anywhere_so_a_centre_prior_is_near_chance() -> None:
+    """Position, size and depth vary per image: the middle of the image is no shortcut."""
+    from fetalplanes.explain import localization as loc
+
+    centroids, areas, centre_hits = [], [], []
+    for i in range(60):
+        plane = sorted(PLANE_CODES)[i % 6]
+        _, mask = render(plane, np.random.default_rng([7, i]), (96, 80))
+        m = mask > 0
+        ys, xs = np.nonzero(m)
+        centroids.append((xs.mean() / 96, ys.mean() / 80))
+        areas.append(m.mean())
+        centre_hits.append(loc.pointing_hit(loc.center_prior(m.shape), m))
+    c = np.array(centroids)
+    assert c[:, 0].std() > 0.12 and c[:, 1].std() > 0.12  # spread across the fan, in width and depth
+    assert c[:, 0].min() < 0.3 and c[:, 0].max() > 0.7 and c[:, 1].min() < 0.35 and c[:, 1].max() > 0.65
+    assert np.std(areas) > 0.3 * np.mean(areas)  # sizes vary
+    assert np.mean(centre_hits) < 0.35 and np.mean(centre_hits) < np.mean(areas) + 0.25

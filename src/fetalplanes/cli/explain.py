@@ -38,6 +38,11 @@ def explain(
     ),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave unreadable images out (named in explanations.json) "
                                   "instead of stopping with the list of them."),
+    sanity: bool = typer.Option(
+        False, "--sanity",
+        help="Also re-compute the maps with the head, then the whole model randomized, and with a head fit to "
+        "permuted labels; report the rank correlation with the trained maps (~4x the time).",
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Explain predictions: overlay PNG + raw CAM (.npy) per image, index.html gallery, localization.json."""
@@ -54,6 +59,7 @@ def explain(
             checkpoint, out, inputs or [], data, split, method, target, masks or [], occlusion, limit,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total), layer=layer, aug_smooth=aug_smooth,
             skip_bad=skip_bad,
+            sanity=sanity,
         )
     secs = summary["seconds_per_cam_median"]
     console.print(
@@ -72,7 +78,15 @@ def explain(
                 f"centre prior {f3(pg['chance_center'])}; {pg['n_empty_cams']} empty map(s) left out); energy in mask "
                 f"{f3(en['mean'])} (chance {f3(en['chance_uniform'])}, centre prior {f3(en['chance_center'])})"
             )
+        from fetalplanes.explain.priors import lines
+
+        for line in lines(loc.get("priors") or {}):
+            console.print(f"  {line}", markup=False)
         console.print(f"  -> {out / 'localization.json'}")
+    if summary["sanity"]:
+        for c in summary["sanity"]["checks"]:
+            console.print(f"  sanity: {c['name']}: median Spearman {c['spearman_median']:.3f}", markup=False)
+        console.print(f"  sanity: {summary['sanity']['verdict']} -> {out / 'sanity.json'}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

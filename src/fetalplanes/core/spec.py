@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 # 1.0: the unversioned records of fetalplanes <= 0.1 (heat-map settings under training["explain"]).
 # 1.1: ``format_version`` and a top-level ``explain`` section.
-SPEC_FORMAT_VERSION = "1.1"
+# 1.2: CBAM's spatial gate pads with 'replicate' by default; older CBAM models get their
+#      'zeros' padding written into ``architecture.attention_kwargs`` (same weights, old maths).
+SPEC_FORMAT_VERSION = "1.2"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -171,7 +173,23 @@ def migrate(d: dict[str, Any], source: str = "model spec") -> tuple[dict[str, An
         training = dict(d.get("training") or {})
         d.setdefault("explain", training.pop("explain", None) or {})
         d["training"] = training
+    if have < (1, 2):
+        _pin_cbam_zero_padding(d)
     return d, have > current
+
+
+def _pin_cbam_zero_padding(d: dict[str, Any]) -> None:
+    """1.1 -> 1.2: CBAM models trained before the padding was a choice keep zero padding.
+
+    The padding changes no weight, so without this an old checkpoint would load silently with
+    the new default and compute a different spatial gate from the one it was trained with.
+    """
+    arch = d.get("architecture")
+    if not isinstance(arch, dict) or arch.get("attention", "cbam") != "cbam":
+        return
+    kwargs = dict(arch.get("attention_kwargs") or {})
+    kwargs.setdefault("spatial_padding", "zeros")
+    d["architecture"] = {**arch, "attention_kwargs": kwargs}
 
 
 def _known_keys(cls: type, d: dict[str, Any], what: str, lenient: bool) -> dict[str, Any]:

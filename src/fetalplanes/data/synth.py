@@ -18,9 +18,13 @@ offline, on data laid out exactly like the real archive:
 
 Each image is a sector (fan) field of view with depth attenuation, correlated multiplicative
 (Rayleigh) speckle, soft-tissue texture, distractors, acoustic shadows and burned-in scanner
-text. Fan geometry, text and overall brightness are drawn from class-independent
-distributions, so the only class evidence is the anatomy phantom (inside the mask), drawn
-by :mod:`fetalplanes.data.synth_shapes`. Same arguments give byte-identical files.
+text. The key structure's position (anywhere in the fan, any depth), size and rotation are
+drawn per image, and the distractors (fluid pockets, bright linear echoes, calipers,
+measurement labels) are placed away from it, so neither "the middle of the image" nor "the
+brightest line" is where the class evidence is. Fan geometry, text, distractors and overall
+brightness are drawn from class-independent distributions, so the only class evidence is the
+anatomy phantom (inside the mask), drawn by :mod:`fetalplanes.data.synth_shapes`. Same
+arguments give byte-identical files.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -95,7 +99,7 @@ def render(
     mask = _draw(plane, cv, rng, at, brain_plane) & cv.inside
     if not mask.any():  # defensive: placement keeps structures inside the fan
         mask = (shp.hypot(cv.xx - at[0], cv.yy - at[1]) <= at[2]) & cv.inside
-    image = _overlay(_acquire(cv, rng), rng, cv.fan)
+    image = _overlay(_acquire(cv, rng), rng, cv, at)
     return image, mask.astype(np.uint8) * 255
 
 
@@ -125,22 +129,30 @@ def _background(cv: shp.Canvas, rng: np.random.Generator) -> None:
 
 
 def _distractors(cv: shp.Canvas, rng: np.random.Generator, at: shp.Placement) -> None:
-    """Class-independent clutter: fluid pockets, an amniotic halo, bright fascia streaks."""
+    """Class-independent clutter away from the structure: fluid pockets, fascia streaks and
+    bright linear echoes (a femur-like line that is not a femur); plus, around the structure,
+    an amniotic halo (context, not a cue to the class)."""
     f, (cx, cy, a) = cv.fan, at
     for _ in range(int(rng.integers(0, 3))):
-        px, py = f.point(f.r_near + rng.uniform(0.1, 0.95) * f.depth, rng.uniform(-0.9, 0.9) * f.half)
-        rho = shp.blob_rho(cv, rng, px, py, a * rng.uniform(0.25, 0.6), a * rng.uniform(0.15, 0.4))
+        px, py = cv.spot_away(rng, at, 1.6)
+        rho = shp.blob_rho(cv, rng, px, py, a * rng.uniform(0.3, 0.7), a * rng.uniform(0.2, 0.45))
         cv.paint(shp.soft_fill(rho, 0.2), rng.uniform(0.02, 0.12))
     if rng.random() < 0.45:
         rho = shp.blob_rho(cv, rng, cx, cy, a * rng.uniform(1.2, 1.5), a * rng.uniform(1.1, 1.35))
         cv.paint(shp.soft_fill(rho, 0.15), rng.uniform(0.02, 0.1))
-    for _ in range(int(rng.integers(1, 5))):
-        px, py = f.point(f.r_near + rng.uniform(0.05, 0.95) * f.depth, rng.uniform(-0.9, 0.9) * f.half)
-        ang, half_len = rng.uniform(-0.5, 0.5), f.depth * rng.uniform(0.03, 0.1)
-        d = np.array([np.cos(ang), np.sin(ang)]) * half_len
-        seg = np.array([[px, py] - d, [px, py] + d])
-        width = rng.uniform(0.6, 1.4)
-        cv.echo += rng.uniform(0.4, 1.0) * shp.gauss(cv.seg_dist(seg, 4 * width), width)
+    for _ in range(int(rng.integers(1, 5))):  # thin fascia streaks, roughly across the beam
+        _line_echo(cv, cv.spot_away(rng, at, 1.2), rng.uniform(-0.5, 0.5), f.depth * rng.uniform(0.03, 0.1),
+                   rng.uniform(0.6, 1.4), rng.uniform(0.4, 1.0))
+    for _ in range(int(rng.integers(0, 3))):  # bright linear echoes at any angle: tissue interfaces
+        _line_echo(cv, cv.spot_away(rng, at, 1.5), rng.uniform(-1.2, 1.2), f.depth * rng.uniform(0.06, 0.16),
+                   rng.uniform(0.8, 2.0), rng.uniform(1.0, 2.0))
+
+
+def _line_echo(cv: shp.Canvas, centre: tuple[float, float], ang: float, half_len: float,
+               width: float, level: float) -> None:
+    d = np.array([np.cos(ang), np.sin(ang)]) * half_len
+    seg = np.array([np.array(centre) - d, np.array(centre) + d])
+    cv.echo += level * shp.gauss(cv.seg_dist(seg, 4 * width), width)
 
 
 def _speckle(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
@@ -193,9 +205,11 @@ def _info_lines(rng: np.random.Generator) -> list[str]:
     return [pool[i] for i in order]
 
 
-def _overlay(image: np.ndarray, rng: np.random.Generator, fan: shp.Fan) -> np.ndarray:
-    """Burn in scanner text and markers at the image/fan edges (never class-dependent)."""
+def _overlay(image: np.ndarray, rng: np.random.Generator, cv: shp.Canvas, at: shp.Placement) -> np.ndarray:
+    """Burn in scanner text and markers at the image/fan edges, and calipers and a measurement
+    label inside the fan away from the structure (never class-dependent)."""
     h, w = image.shape
+    fan = cv.fan
     im = Image.fromarray(image)
     draw = ImageDraw.Draw(im)
     font = _font(max(7, int(round(h / rng.uniform(24, 32)))))
@@ -223,7 +237,28 @@ def _overlay(image: np.ndarray, rng: np.random.Generator, fan: shp.Fan) -> np.nd
         mx = int(np.clip(fan.ax - fan.r_near * np.sin(fan.half) - rng.uniform(6, 14), 2, w - 8))
         my = int(np.clip(fan.ay + fan.r_near * np.cos(fan.half) + rng.uniform(0, 8), line_h + 2, h - 8))
         draw.ellipse([mx, my, mx + 4, my + 4], fill=ink())
+    _calipers(draw, rng, cv, at, font, ink)
     return np.asarray(im, dtype=np.uint8)
+
+
+def _calipers(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cv: shp.Canvas, at: shp.Placement,
+              font: ImageFont.ImageFont | ImageFont.FreeTypeFont, ink: Callable[[], int]) -> None:
+    """Up to two measurements (two '+' marks, often a dotted line, a label) placed elsewhere."""
+    f = cv.fan
+    for k in range(int(rng.integers(0, 3))):
+        x0, y0 = cv.spot_away(rng, at, 1.6)
+        ang, span = rng.uniform(0, np.pi), f.depth * rng.uniform(0.08, 0.3)
+        x1, y1 = x0 + span * np.cos(ang), y0 + span * np.sin(ang)
+        arm, fill = max(2, int(round(f.depth * rng.uniform(0.015, 0.03)))), ink()
+        for x, y in ((x0, y0), (x1, y1)):
+            draw.line([(x - arm, y), (x + arm, y)], fill=fill, width=1)
+            draw.line([(x, y - arm), (x, y + arm)], fill=fill, width=1)
+        if rng.random() < 0.6:
+            for t in np.linspace(0.1, 0.9, max(2, int(span / (2.5 * arm)))):
+                draw.point((x0 + t * (x1 - x0), y0 + t * (y1 - y0)), fill=fill)
+        if rng.random() < 0.7:
+            label = f"{k + 1} {_pick(rng, ('D', 'Dist', 'L', '+'))} {rng.uniform(0.5, 9.9):.2f}cm"
+            draw.text(cv.spot_away(rng, at, 1.4), label, fill=ink(), font=font)
 
 
 # =============================================================================== dataset

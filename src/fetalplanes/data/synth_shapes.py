@@ -21,6 +21,11 @@ import numpy as np
 from PIL import Image
 
 Placement = tuple[float, float, float]  # (cx, cy, a): centre (px) and size unit (px)
+# Size unit of the key structure as a fraction of the fan depth (a skull is ~2a x 1.6a).
+SIZE_RANGE = (0.14, 0.26)
+# How far (in units of a) the centre stays from the fan's edges: a structure may be cut by the
+# edge, as in real scans when the probe is off-centre; its mask is cut with it.
+EDGE_MARGIN = 0.6
 
 
 @dataclass(frozen=True)
@@ -130,14 +135,40 @@ class Canvas:
         return smooth_noise(rng, self.shape, cell, aspect)
 
     def place(self, rng: np.random.Generator) -> Placement:
-        """Class-independent centre and size of the key structure, inside the fan."""
+        """Class-independent centre and size of the key structure: anywhere inside the fan.
+
+        The size unit ``a`` (a skull's semi-major axis) is drawn per image (``SIZE_RANGE`` of
+        the fan depth); the centre is uniform over the AREA of the fan less a border of
+        ``EDGE_MARGIN * a`` (range drawn with density proportional to r, angle uniform), so no
+        depth or side of the fan is preferred and an "always look at the middle" map gains
+        little over chance. Rotation is drawn by each ``draw_*`` function.
+        """
         f = self.fan
-        a = f.depth * rng.uniform(0.28, 0.37)
-        r_c = f.r_near + rng.uniform(0.47, 0.55) * f.depth
-        th_room = max(0.0, f.half - 1.05 * a / r_c)
-        th_c = rng.uniform(-1.0, 1.0) * min(th_room, 0.45 * f.half)
+        a = f.depth * rng.uniform(*SIZE_RANGE)
+        lo, hi = f.r_near + EDGE_MARGIN * a, f.r_far - EDGE_MARGIN * a
+        for _ in range(8):
+            r_c = float(np.sqrt(rng.uniform(lo * lo, hi * hi)))
+            th_room = f.half - EDGE_MARGIN * a / r_c
+            if th_room > 0:
+                break
+            a *= 0.85  # a fan too narrow for this size: shrink and redraw
+            lo, hi = f.r_near + EDGE_MARGIN * a, f.r_far - EDGE_MARGIN * a
+        th_c = rng.uniform(-1.0, 1.0) * max(th_room, 0.0)
         cx, cy = f.point(r_c, th_c)
         return cx, cy, a
+
+    def spot_away(self, rng: np.random.Generator, at: Placement, clearance: float, tries: int = 12) -> tuple[float, float]:
+        """A random point inside the fan at least ``clearance`` x ``a`` from the structure's centre.
+
+        For distractors that must sit *elsewhere*; after ``tries`` misses the last draw is kept.
+        """
+        f, (cx, cy, a) = self.fan, at
+        px, py = cx, cy
+        for _ in range(tries):
+            px, py = f.point(f.r_near + rng.uniform(0.04, 0.96) * f.depth, rng.uniform(-0.92, 0.92) * f.half)
+            if (px - cx) ** 2 + (py - cy) ** 2 >= (clearance * a) ** 2:
+                break
+        return px, py
 
     def dist_to(self, px: float, py: float) -> np.ndarray:
         return hypot(self.xx - np.float32(px), self.yy - np.float32(py))

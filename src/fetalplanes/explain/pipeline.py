@@ -7,7 +7,10 @@ Writes into ``DIR``:
   ``occlusion`` images (model-agnostic cross-check);
 - ``explanations.json``: one record per image (prediction, top-2, files, localization);
 - ``localization.json``: pointing game and energy share against masks, with chance levels
-  (only when masks were found);
+  and the model-vs-prior comparison with 95 % intervals (``explain.priors``), only when
+  masks were found;
+- ``sanity.json`` (with ``sanity=True``, also inside ``localization.json``): the
+  randomization sanity checks (``explain.sanity``);
 - ``index.html``: the self-contained gallery (see ``explain.report``).
 """
 
@@ -25,6 +28,7 @@ import numpy as np
 from fetalplanes.core import atomic
 from fetalplanes.data.records import Sample
 from fetalplanes.explain import localization as loc
+from fetalplanes.explain import priors
 from fetalplanes.explain.report import ReportItem, render_report, thumbnail
 
 log = logging.getLogger(__name__)
@@ -145,6 +149,7 @@ def explain(
     layer: str | None = None,
     aug_smooth: bool | None = None,
     skip_bad: bool = False,
+    sanity: bool = False,
 ) -> dict[str, Any]:
     """Explain every input; write overlays, CAMs, JSON and index.html; return a summary.
 
@@ -156,6 +161,7 @@ def explain(
     (``explain.settings``). ``layer``: the feature map(s) to explain ('cam_layer' is the
     model's declared layer; see ``explain.cam.cam_target_layer`` for 'stage:N', dotted names
     and 'a,b' lists); ``aug_smooth``: average over pytorch-grad-cam's test-time augmentations.
+    ``sanity``: also run the randomization sanity checks (``explain.sanity``, ~4x the CAM time).
     """
     from fetalplanes.core.io import ImageLoadError, bad_entry, load_image, screen_files
     from fetalplanes.explain.cam import cam_target_layers, get_method, resolve_target
@@ -204,7 +210,19 @@ def explain(
     if not records:
         raise ValueError(f"none of the {len(skipped)} input image(s) could be read, e.g. {skipped[0]['image']}: {skipped[0]['error']}")
     settings = {"layer": layer, "aug_smooth": aug_smooth}
-    return _write_outputs(out, records, skipped, ins, spec, checkpoint, method, target, data, split, settings)
+    sanity_report = _sanity(model, spec, records, ins, method, layer, aug_smooth) if sanity else None
+    return _write_outputs(out, records, skipped, ins, spec, checkpoint, method, target, data, split, settings,
+                          sanity_report)
+
+
+def _sanity(model, spec, records, ins: Inputs, method: str, layer: str, aug_smooth: bool) -> dict[str, Any]:
+    from fetalplanes.core.io import load_image
+    from fetalplanes.explain.sanity import check_explanations
+
+    images = [load_image(r["sample"].path) for r in records]
+    names = list(spec.class_names)
+    labels = [names.index(t) if (t := _true_label(r, ins)) in names else None for r in records]
+    return check_explanations(model, spec, images, [r["result"] for r in records], method, layer, aug_smooth, labels)
 
 
 def _score(rec: dict[str, Any], sample: Sample, ins: Inputs, size: tuple[int, int]) -> None:
@@ -214,6 +232,7 @@ def _score(rec: dict[str, Any], sample: Sample, ins: Inputs, size: tuple[int, in
     mask = loc.load_mask(path, size)
     rec["mask"] = str(path)
     rec["loc"] = loc.score_one(rec["result"].cam, mask)
+    rec["prior"] = priors.score_row(rec["result"].cam, mask)
     if "occlusion" in rec:
         rec["occlusion_loc"] = loc.score_one(rec["occlusion"].cam, mask)
 
@@ -266,6 +285,7 @@ def localization_summary(records: Sequence[dict[str, Any]], ins: Inputs, method:
         "n_images": len(records),
         "n_with_mask": len(scored),
         "maps": maps,
+        "priors": priors.compare([r["prior"] for r in scored]),
         "per_class": {k: loc.summarize(v) for k, v in sorted(per_class.items())},
         "by_correctness": {k: loc.summarize(v) for k, v in sorted(by_correct.items())},
         "chance_levels": (
@@ -288,14 +308,16 @@ def _synthetic_notes(spec, ins: Inputs) -> list[str]:
 
 
 def _write_outputs(out: Path, records, skipped, ins: Inputs, spec, checkpoint, method, target, data, split,
-                   settings: dict[str, Any]) -> dict[str, Any]:
+                   settings: dict[str, Any], sanity: dict[str, Any] | None = None) -> dict[str, Any]:
     from fetalplanes.explain.overlay import METHOD_TITLES
 
     class_names = spec.class_names
     loc_summary = localization_summary(records, ins, method)
     if loc_summary is not None:
-        loc_summary.update(checkpoint=str(checkpoint), **settings)
+        loc_summary.update(checkpoint=str(checkpoint), **settings, **({"sanity": sanity} if sanity else {}))
         atomic.write_json(out / "localization.json", loc_summary)
+    if sanity is not None:
+        atomic.write_json(out / "sanity.json", {"checkpoint": str(checkpoint), **sanity})
     atomic.write_json(out / "explanations.json", {
         "checkpoint": str(checkpoint), "model": spec.name, "method": method, **settings,
         "target": target or "predicted",
@@ -320,11 +342,11 @@ def _write_outputs(out: Path, records, skipped, ins: Inputs, spec, checkpoint, m
     if settings["aug_smooth"]:
         method_title += " (smoothed)"
     title = f"Where {spec.name} looks: {method_title} explanations"
-    page = render_report(items, class_names, title, method_title, notes, loc_summary)
+    page = render_report(items, class_names, title, method_title, notes, loc_summary, sanity)
     atomic.write_text(out / "index.html", page)
     seconds = [r["seconds"] for r in records]
     return {
         "out": str(out), "n": len(records), "skipped": len(skipped), "method": method, **settings,
         "seconds_per_cam_median": float(np.median(seconds)) if seconds else None,
-        "n_occlusion": sum("occlusion" in r for r in records), "localization": loc_summary,
+        "n_occlusion": sum("occlusion" in r for r in records), "localization": loc_summary, "sanity": sanity,
     }

@@ -128,12 +128,56 @@ def _localization_table(loc: dict[str, Any]) -> str:
         "<tr><th>map</th><th>n</th><th>pointing-game hit rate</th><th>energy share in mask</th>"
         "<th>chance: uniform (= mask area)</th><th>centre prior: hit</th><th>centre prior: energy</th></tr>"
     )
-    return f"<h2 id=\"localization\">Localization against masks</h2><table>{head}{''.join(rows)}</table>"
+    return (f"<h2 id=\"localization\">Localization against masks</h2><table>{head}{''.join(rows)}</table>"
+            + _priors_table(loc.get("priors")))
+
+
+def _ci(s: dict[str, Any]) -> str:
+    return f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
+
+
+def _priors_table(cmp: dict[str, Any] | None) -> str:
+    """The heat map beside two maps that ignore the image, with 95 % intervals and a verdict."""
+    if not cmp or not cmp.get("n"):
+        return ""
+    pg, en = cmp["pointing_game"], cmp["energy_share"]
+    names = {"model": "heat map (this model)", "uniform": "uniform prior (flat map)",
+             "centre": "centre prior (centred Gaussian)"}
+    rows = "".join(f"<tr><td>{_esc(label)}</td><td>{_ci(pg[k])}</td><td>{_ci(en[k])}</td></tr>" for k, label in names.items())
+    head = "<tr><th>map</th><th>pointing game [95 % CI]</th><th>energy share in mask [95 % CI]</th></tr>"
+    css = "note" if cmp["beats_priors"] else "warn"
+    empty = f" {cmp['n_empty_maps']} empty map(s) left out." if cmp.get("n_empty_maps") else ""
+    return (
+        f"<h3>Does the heat map beat a map that ignores the image? ({cmp['n']} images)</h3><table>{head}{rows}</table>"
+        f'<p class="{css}">{_esc(cmp["verdict"][:1].upper() + cmp["verdict"][1:])}.{_esc(empty)}</p>'
+        f'<p class="note">{_esc(cmp["method"])}.</p>'
+    )
+
+
+def _sanity_section(sanity: dict[str, Any] | None) -> str:
+    """Adebayo et al.'s randomization checks: rank correlation with the trained model's maps."""
+    if not sanity or not sanity.get("checks"):
+        return ""
+    rows = []
+    for c in sanity["checks"]:
+        q = c["spearman_quartiles"]
+        word = '<span class="miss">survives (flagged)</span>' if c["survives"] else '<span class="hit">changes</span>'
+        rows.append(f"<tr><td>{_esc(c['name'])}</td><td>{c['spearman_median']:.3f}</td><td>{q[0]:.3f} to {q[1]:.3f}</td>"
+                    f"<td>{c['n_constant_maps']}</td><td>{word}</td></tr>")
+    head = ("<tr><th>randomization</th><th>median Spearman with trained maps</th><th>quartiles</th>"
+            "<th>constant maps</th><th>maps</th></tr>")
+    css = "warn" if sanity["flagged"] else "note"
+    return (
+        f"<h2 id=\"sanity\">Sanity checks ({sanity['n_images']} images)</h2>"
+        f'<p class="note">Maps re-computed with the model damaged ({_esc(sanity["reference"])}). A map that explains '
+        f"the model must change; a median rank correlation &ge; {sanity['survival_threshold']} flags it.</p>"
+        f"<table>{head}{''.join(rows)}</table><p class=\"{css}\">{_esc(sanity['verdict'])}.</p>"
+    )
 
 
 def render_report(
     items: Sequence[ReportItem], class_names: Sequence[str], title: str, method_title: str,
-    notes: Sequence[str] = (), localization: dict[str, Any] | None = None,
+    notes: Sequence[str] = (), localization: dict[str, Any] | None = None, sanity: dict[str, Any] | None = None,
 ) -> str:
     """The full HTML page."""
     labelled = any(it.true_label is not None for it in items)
@@ -163,7 +207,7 @@ def render_report(
         *[f'<p class="warn">{_esc(n)}</p>' for n in notes],
         f"<nav>{''.join(nav)}</nav>",
     ]
-    loc = _localization_table(localization) if localization else ""
+    loc = (_localization_table(localization) if localization else "") + _sanity_section(sanity)
     return (
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"

@@ -29,25 +29,53 @@ class SqueezeExcite(nn.Module):
         return x * w
 
 
+# Padding of CBAM's spatial-gate convolution. 'zeros' (Woo et al.'s choice, and every
+# checkpoint written before spec format 1.2) invents a dark border around the pooled map: on a
+# 4x4 map a 7x7 kernel then reads mostly border, and the gate learns a fixed, position-only
+# pattern. 'replicate' extends the map's own edge values, so a uniform input gives a uniform
+# gate and the gate can only vary with the image. 'reflect' needs a map side > kernel_size // 2.
+SPATIAL_PADDINGS: tuple[str, ...] = ("replicate", "reflect", "zeros")
+DEFAULT_SPATIAL_PADDING = "replicate"
+
+# Options whose default changed between releases: ``ModelConfig`` writes them into every new
+# config, so the spec of each model says which behaviour it was trained with.
+RECORDED_DEFAULTS: dict[str, dict[str, object]] = {"cbam": {"spatial_padding": DEFAULT_SPATIAL_PADDING}}
+
+
 class CBAM(nn.Module):
     """Convolutional Block Attention Module (Woo et al. 2018): channel then spatial attention.
 
     The spatial gate is what lets the head focus on the anatomy (skull, femur, stomach) rather
-    than on the whole fan, which is why it is the default refinement here.
+    than on the whole fan, which is why it is the default refinement here. ``spatial_padding``
+    (one of :data:`SPATIAL_PADDINGS`) is how its 7x7 convolution sees past the map's edge;
+    models written before spec format 1.2 load with 'zeros' (``core.spec.migrate``).
     """
 
-    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7,
+                 spatial_padding: str = DEFAULT_SPATIAL_PADDING) -> None:
         super().__init__()
+        if spatial_padding not in SPATIAL_PADDINGS:
+            raise ValueError(f"unknown CBAM spatial_padding {spatial_padding!r}; choose one of {list(SPATIAL_PADDINGS)}")
         hidden = max(8, channels // reduction)
+        self.spatial_padding = spatial_padding
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
-        self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+        # padding_mode changes no parameter, so the state dict is the same for every choice.
+        self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, padding_mode=spatial_padding)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def channel_refined(self, x: torch.Tensor) -> torch.Tensor:
+        """The channel-attention half: (B, C, H, W) -> (B, C, H, W)."""
         avg = self.mlp(x.mean(dim=(2, 3), keepdim=True))
         mx = self.mlp(x.amax(dim=(2, 3), keepdim=True))
-        x = x * torch.sigmoid(avg + mx)
+        return x * torch.sigmoid(avg + mx)
+
+    def spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial gate in (0, 1), (B, 1, H, W), for channel-refined features ``x``."""
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.spatial(pooled))
+        return torch.sigmoid(self.spatial(pooled))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.channel_refined(x)
+        return x * self.spatial_gate(x)
 
 
 class SpatialMHSA(nn.Module):
@@ -97,9 +125,16 @@ ATTENTIONS: dict[str, Callable[..., nn.Module]] = {
 
 
 def create_attention(kind: str, channels: int, **kwargs: object) -> nn.Module:
-    """Build an attention block by name, listing the valid names on error."""
+    """Build an attention block by name, listing the valid names on error.
+
+    ``kwargs`` are the block's own options (a model's ``attention_kwargs``), e.g.
+    ``spatial_padding='zeros'`` for CBAM; an option the block does not take is a ValueError.
+    """
     try:
         factory = ATTENTIONS[kind]
     except KeyError:
         raise ValueError(f"unknown attention {kind!r}; choose one of {sorted(ATTENTIONS)}") from None
-    return factory(channels, **kwargs)
+    try:
+        return factory(channels, **kwargs)
+    except TypeError as err:  # an unknown keyword: name the block and what it was given
+        raise ValueError(f"attention {kind!r} does not take attention_kwargs {sorted(kwargs)} ({err})") from None

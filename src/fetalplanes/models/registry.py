@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from fetalplanes.core.spec import Preprocessing
 from fetalplanes.core.validation import config_error
@@ -39,6 +39,15 @@ class ModelConfig(BaseModel):
         if v not in ATTENTIONS:
             raise ValueError(f"unknown attention {v!r}; choose one of {sorted(ATTENTIONS)}")
         return v
+
+    @model_validator(mode="after")
+    def _record_attention_defaults(self) -> "ModelConfig":
+        # e.g. CBAM's spatial_padding: written out so the spec says what the model was trained
+        # with (old specs get their old value from core.spec.migrate before reaching here).
+        from fetalplanes.models.attention import RECORDED_DEFAULTS
+
+        self.attention_kwargs = {**RECORDED_DEFAULTS.get(self.attention, {}), **self.attention_kwargs}
+        return self
 
     @field_validator("dropout")
     @classmethod

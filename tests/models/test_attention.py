@@ -1,0 +1,84 @@
+"""CBAM's spatial gate: padding that invents no border, recorded in the spec; old models keep theirs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fetalplanes.core.spec import SPEC_FORMAT_VERSION, ModelSpec
+from fetalplanes.models.attention import CBAM, SPATIAL_PADDINGS, create_attention
+from fetalplanes.models.checkpoint import load_model, write_checkpoint
+from fetalplanes.models.registry import create_model, resolve_config
+
+
+def _pair(channels: int = 16) -> tuple[CBAM, CBAM]:
+    torch.manual_seed(0)
+    new = CBAM(channels, spatial_padding="replicate").eval()
+    old = CBAM(channels, spatial_padding="zeros").eval()
+    old.load_state_dict(new.state_dict())  # the padding is no parameter: same weights
+    return new, old
+
+
+def test_a_uniform_map_gives_a_uniform_gate_only_without_zero_padding() -> None:
+    """The artefact: zero padding tells each cell of a 4x4 map where it is, whatever the image."""
+    new, old = _pair()
+    x = torch.ones(1, 16, 4, 4) * torch.rand(1, 16, 1, 1)  # no spatial structure at all
+    with torch.no_grad():
+        g_new, g_old = new.spatial_gate(new.channel_refined(x)), old.spatial_gate(old.channel_refined(x))
+    assert float(g_new.std()) < 1e-6  # nothing in the input, nothing in the gate
+    assert float(g_old.std()) > 1e-3  # a position-only pattern
+    assert not torch.allclose(g_old[0, 0, 0, 0], g_old[0, 0, 1, 1])  # border != centre
+
+
+def test_gate_follows_the_input_on_small_maps() -> None:
+    """Across inputs with structure, the share of gate variance that is position-only is lower."""
+    new, old = _pair()
+    x = torch.randn(64, 16, 4, 4).abs()
+    with torch.no_grad():
+        gates = {n: m.spatial_gate(m.channel_refined(x))[:, 0] for n, m in (("new", new), ("old", old))}
+    # Position-only share: variance of the mean gate map over cells / total variance.
+    share = {n: float(g.mean(0).var() / g.var()) for n, g in gates.items()}
+    assert share["new"] < share["old"]
+
+
+def test_padding_choice_is_validated_and_the_default_is_the_new_one() -> None:
+    assert CBAM(16).spatial_padding == "replicate" and "zeros" in SPATIAL_PADDINGS
+    with pytest.raises(ValueError, match="choose one of"):
+        CBAM(16, spatial_padding="circularish")
+    with pytest.raises(ValueError, match="does not take attention_kwargs"):
+        create_attention("se", 16, spatial_padding="zeros")
+    # New configs record the new default (in the spec, through model_dump); other blocks get nothing.
+    assert resolve_config("demo").attention_kwargs == {"spatial_padding": "replicate"}
+    assert resolve_config("paper_lite0", attention_kwargs={"spatial_padding": "zeros"}).attention_kwargs == {
+        "spatial_padding": "zeros"}
+    assert resolve_config("demo", attention="se").attention_kwargs == {}
+
+
+def _spec(model, version: str, kwargs: dict) -> ModelSpec:
+    arch = {**model.config, "attention_kwargs": kwargs}
+    return ModelSpec.from_dict({"name": "t", "task": "planes", "class_names": list("abc"), "architecture": arch,
+                                "format_version": version})
+
+
+@pytest.mark.parametrize(("version", "kwargs", "padding"), [
+    ("1.1", {}, "zeros"),  # written before the choice existed: trained with zero padding
+    ("1.0", {"reduction": 16}, "zeros"),
+    (SPEC_FORMAT_VERSION, {}, "replicate"),  # a hand-made new spec without the key: the new default
+    (SPEC_FORMAT_VERSION, {"spatial_padding": "zeros"}, "zeros"),
+])
+def test_checkpoints_rebuild_with_the_padding_they_were_trained_with(tmp_path: Path, version: str, kwargs: dict,
+                                                                     padding: str) -> None:
+    model = create_model("demo", 3, pretrained=False).eval()
+    spec = _spec(model, version, kwargs)
+    assert spec.format_version == SPEC_FORMAT_VERSION
+    path = write_checkpoint(tmp_path / "m.ckpt", model, spec, {})
+    loaded, loaded_spec = load_model(path)
+    assert loaded.attention.spatial_padding == padding
+    assert loaded_spec.architecture["attention_kwargs"].get("spatial_padding", "replicate") == padding
+
+
+def test_migration_leaves_other_attentions_alone() -> None:
+    model = create_model("demo", 3, pretrained=False, attention="se")
+    assert _spec(model, "1.1", {}).architecture["attention_kwargs"] == {}
