@@ -44,6 +44,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fetalplanes.core.errors import UsageError
+
 from . import synth_shapes as shp
 
 logger = logging.getLogger(__name__)
@@ -82,16 +84,16 @@ def render(
     standard sub-plane.
     """
     if plane not in PLANE_CODES:
-        raise ValueError(f"unknown plane {plane!r}; choose one of {sorted(PLANE_CODES)}")
+        raise UsageError(f"unknown plane {plane!r}; choose one of {sorted(PLANE_CODES)}")
     if plane == "Fetal brain":
         brain_plane = brain_plane or BRAIN_SUBPLANES[int(rng.integers(3))]
         if brain_plane not in (*BRAIN_SUBPLANES, "Other"):
-            raise ValueError(f"unknown brain plane {brain_plane!r}")
+            raise UsageError(f"unknown brain plane {brain_plane!r}")
     elif brain_plane not in (None, NOT_A_BRAIN):
-        raise ValueError(f"brain_plane {brain_plane!r} given for non-brain plane {plane!r}")
+        raise UsageError(f"brain_plane {brain_plane!r} given for non-brain plane {plane!r}")
     width, height = int(size[0]), int(size[1])
     if width < 32 or height < 32:
-        raise ValueError(f"image size {size} too small (min 32x32)")
+        raise UsageError(f"image size {size} too small (min 32x32)")
     cv = shp.Canvas.create(shp.random_fan(rng, width, height), width, height)
     _background(cv, rng)
     at = cv.place(rng)
@@ -428,13 +430,13 @@ def synthesize(
     Refuses a non-empty ``out_dir`` unless ``overwrite``. Returns ``out_dir``.
     """
     if per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
+        raise UsageError(f"per_class must be >= 1, got {per_class}")
     if not 0.0 <= train_fraction <= 1.0:
-        raise ValueError(f"train_fraction must be in [0, 1], got {train_fraction}")
+        raise UsageError(f"train_fraction must be in [0, 1], got {train_fraction}")
     if min(image_size) < 36:
-        raise ValueError(f"image_size must be at least 36x36 (sizes jitter by 10%), got {image_size}")
+        raise UsageError(f"image_size must be at least 36x36 (sizes jitter by 10%), got {image_size}")
     if n_patients is not None and not 1 <= n_patients <= 6 * per_class:
-        raise ValueError(f"n_patients must be in [1, {6 * per_class}], got {n_patients}")
+        raise UsageError(f"n_patients must be in [1, {6 * per_class}], got {n_patients}")
     target = Path(out_dir)
     _check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from fetalplanes.core.errors import UsageError
 from fetalplanes.core.postprocess import softmax
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.explain.result import CamResult
@@ -72,7 +73,7 @@ def cam_target_layer(model: torch.nn.Module, layer: str | torch.nn.Module | None
     if layer is None or layer == "cam_layer":
         found = getattr(model, "cam_layer", None)
         if not isinstance(found, torch.nn.Module):
-            raise ValueError(
+            raise UsageError(
                 f"{type(model).__name__} declares no CAM target layer; expected a `cam_layer` module "
                 "attribute (every fetalplanes registry model has one) or an explicit layer name"
             )
@@ -83,7 +84,7 @@ def cam_target_layer(model: torch.nn.Module, layer: str | torch.nn.Module | None
         return model.get_submodule(layer)
     except AttributeError:
         top = [name for name, _ in model.named_children()]
-        raise ValueError(
+        raise UsageError(
             f"unknown CAM layer {layer!r}; use 'cam_layer', 'stage:N' or a dotted module name under {top}"
         ) from None
 
@@ -117,12 +118,12 @@ def _stage(model: torch.nn.Module, layer: str) -> torch.nn.Module:
 
     backbone = getattr(model, "backbone", None)
     if backbone is None:
-        raise ValueError(f"CAM layer {layer!r} needs a model with a `backbone`")
+        raise UsageError(f"CAM layer {layer!r} needs a model with a `backbone`")
     stages = backbone_stages(backbone)
     try:
         stage = stages[int(layer.split(":", 1)[1])]
     except (ValueError, IndexError):
-        raise ValueError(f"CAM layer {layer!r}: expected 'stage:N' with N in [-{len(stages)}, {len(stages) - 1}]") from None
+        raise UsageError(f"CAM layer {layer!r}: expected 'stage:N' with N in [-{len(stages)}, {len(stages) - 1}]") from None
     # Stem and tail stages are ModuleLists (never called themselves): their last module is.
     return stage[-1] if isinstance(stage, torch.nn.ModuleList) else stage
 
@@ -139,7 +140,7 @@ def resolve_target(target: str | int | None, class_names: tuple[str, ...] | list
             return list(class_names).index(target)
         if target.isdigit() and int(target) < len(class_names):
             return int(target)
-    raise ValueError(f"unknown CAM target {target!r}; choose 'predicted' or one of {list(class_names)}")
+    raise UsageError(f"unknown CAM target {target!r}; choose 'predicted' or one of {list(class_names)}")
 
 
 @contextmanager

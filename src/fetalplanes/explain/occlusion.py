@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fetalplanes.core.errors import UsageError
 from fetalplanes.core.postprocess import softmax
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.explain.cam import build_result, resolve_target
@@ -23,7 +24,7 @@ FILLS = ("mean", "black")
 def window_starts(size: int, patch: int, stride: int) -> list[int]:
     """Patch origins covering [0, size) with the last window flush with the edge."""
     if not 0 < patch <= size or stride <= 0:
-        raise ValueError(f"occlusion needs 0 < patch <= {size} and stride > 0, got patch={patch}, stride={stride}")
+        raise UsageError(f"occlusion needs 0 < patch <= {size} and stride > 0, got patch={patch}, stride={stride}")
     starts = list(range(0, size - patch + 1, stride))
     if starts[-1] != size - patch:
         starts.append(size - patch)
@@ -39,7 +40,7 @@ def _fill_value(x: torch.Tensor, fill: str | float, spec) -> torch.Tensor:
         return (0.0 - mean) / std
     if isinstance(fill, (int, float)):
         return torch.full((x.shape[0], 1, 1), float(fill), dtype=x.dtype)
-    raise ValueError(f"unknown occlusion fill {fill!r}; choose one of {list(FILLS)} or a number")
+    raise UsageError(f"unknown occlusion fill {fill!r}; choose one of {list(FILLS)} or a number")
 
 
 @torch.inference_mode()

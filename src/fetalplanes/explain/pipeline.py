@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core import atomic
 from fetalplanes.data.records import Sample
 from fetalplanes.explain import localization as loc
@@ -55,15 +56,15 @@ def gather_inputs(spec, inputs: Sequence[str | Path] = (), data: str | Path | No
         if not m.is_dir():
             raise FileNotFoundError(f"--masks {m}: no such folder")
     if data is not None and inputs:
-        raise ValueError("give either INPUT files/folders or --data, not both")
+        raise UsageError("give either INPUT files/folders or --data, not both")
     if data is None:
         from fetalplanes.data.sources import samples_from_paths
 
         if not inputs:
-            raise ValueError("nothing to explain: give INPUT files/folders or --data DIR")
+            raise UsageError("nothing to explain: give INPUT files/folders or --data DIR")
         return Inputs(_drop_masks(samples_from_paths(inputs), mask_dirs), None, mask_dirs)
     if split not in SPLITS:
-        raise ValueError(f"unknown --split {split!r}; choose one of {list(SPLITS)}")
+        raise UsageError(f"unknown --split {split!r}; choose one of {list(SPLITS)}")
     from fetalplanes.data.sources import load_source
     from fetalplanes.data.splits import select_split
 
@@ -173,7 +174,7 @@ def explain(
     out = Path(out_dir)
     predictor = load_predictor(checkpoint)
     if not hasattr(predictor, "model"):
-        raise ValueError(f"{checkpoint}: heat maps need the PyTorch checkpoint (.ckpt): Grad-CAM reads the "
+        raise UsageError(f"{checkpoint}: heat maps need the PyTorch checkpoint (.ckpt): Grad-CAM reads the "
                          "model's gradients, which an ONNX model does not expose")
     model, spec = predictor.model, predictor.spec
     defaults = cam_settings(spec)
@@ -187,7 +188,7 @@ def explain(
     ins = gather_inputs(spec, inputs, data, split, masks)
     samples = ins.samples[:limit] if limit else ins.samples
     if not samples:
-        raise ValueError(f"no images to explain in {data if data is not None else [str(i) for i in inputs]}")
+        raise DataError(f"no images to explain in {data if data is not None else [str(i) for i in inputs]}")
     readable, bad = screen_files([s.path for s in samples], skip_bad=skip_bad)
     skipped: list[dict[str, str]] = [{"image": name, "error": reason} for name, reason in bad]
     if bad:
@@ -208,7 +209,7 @@ def explain(
         if on_progress:
             on_progress(i + 1, len(samples))
     if not records:
-        raise ValueError(f"none of the {len(skipped)} input image(s) could be read, e.g. {skipped[0]['image']}: {skipped[0]['error']}")
+        raise DataError(f"none of the {len(skipped)} input image(s) could be read, e.g. {skipped[0]['image']}: {skipped[0]['error']}")
     settings = {"layer": layer, "aug_smooth": aug_smooth}
     sanity_report = _sanity(model, spec, records, ins, method, layer, aug_smooth) if sanity else None
     return _write_outputs(out, records, skipped, ins, spec, checkpoint, method, target, data, split, settings,

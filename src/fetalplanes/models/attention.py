@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from fetalplanes.core.errors import UsageError
+
 
 class SqueezeExcite(nn.Module):
     """Channel attention (Hu et al. 2018): global context re-weights channels."""
@@ -55,7 +57,7 @@ class CBAM(nn.Module):
                  spatial_padding: str = DEFAULT_SPATIAL_PADDING) -> None:
         super().__init__()
         if spatial_padding not in SPATIAL_PADDINGS:
-            raise ValueError(f"unknown CBAM spatial_padding {spatial_padding!r}; choose one of {list(SPATIAL_PADDINGS)}")
+            raise UsageError(f"unknown CBAM spatial_padding {spatial_padding!r}; choose one of {list(SPATIAL_PADDINGS)}")
         hidden = max(8, channels // reduction)
         self.spatial_padding = spatial_padding
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
@@ -90,7 +92,7 @@ class SpatialMHSA(nn.Module):
     def __init__(self, channels: int, heads: int = 4, dim: int = 256) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"attention dim {dim} must be divisible by heads {heads}")
+            raise UsageError(f"attention dim {dim} must be divisible by heads {heads}")
         self.heads, self.head_dim = heads, dim // heads
         self.pos = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
         self.qkv = nn.Conv2d(channels, 3 * dim, 1)
@@ -133,8 +135,8 @@ def create_attention(kind: str, channels: int, **kwargs: object) -> nn.Module:
     try:
         factory = ATTENTIONS[kind]
     except KeyError:
-        raise ValueError(f"unknown attention {kind!r}; choose one of {sorted(ATTENTIONS)}") from None
+        raise UsageError(f"unknown attention {kind!r}; choose one of {sorted(ATTENTIONS)}") from None
     try:
         return factory(channels, **kwargs)
     except TypeError as err:  # an unknown keyword: name the block and what it was given
-        raise ValueError(f"attention {kind!r} does not take attention_kwargs {sorted(kwargs)} ({err})") from None
+        raise UsageError(f"attention {kind!r} does not take attention_kwargs {sorted(kwargs)} ({err})") from None
