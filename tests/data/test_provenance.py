@@ -144,3 +144,12 @@ def test_old_model_without_record(tmp_path: Path):
     assert sel.rule == "column" and len(sel.samples) == 4 and sel.seen is None
     with pytest.raises(UsageError, match="choose one of"):
         choose_split(index, spec, "holdout")
+
+
+def test_image_level_split_says_patients_leak(tmp_path: Path):
+    s = _data(tmp_path).samples
+    leaky = DatasetIndex([*s[:8], Sample(s[8].path, s[8].label, "0"), *s[9:]], CLASSES, "csv", tmp_path)
+    sel = choose_split(leaky, _spec(leaky, scheme="image-8020"), "test")
+    assert sel.rule == "record" and sel.seen["any"] == 0 and sel.patients_seen == 1
+    assert any("patients leak" in n for n in sel.notes)
+    assert choose_split(_data(tmp_path / "b"), _spec(_data(tmp_path / "b")), "test").patients_seen == 0

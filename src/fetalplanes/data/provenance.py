@@ -20,6 +20,7 @@ Encoding (compact: FETAL_PLANES_DB's 12,400 images take ~20 bytes each), per spl
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import os
@@ -44,14 +45,22 @@ SEEN_PARTS = ("train", "val")  # what "seen in training or validation" means
 
 def image_id(path: str | os.PathLike[str]) -> str | None:
     """The content identity of one image file (see module docstring); None if it cannot be read."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        st = os.stat(path)
+        return _hashed(os.fspath(path), st.st_mtime_ns, st.st_size, st.st_ino)
     except OSError as err:
         log.warning("%s: cannot be read to identify it (%s); matched by path only", path, err)
         return None
+
+
+@functools.lru_cache(maxsize=65536)
+def _hashed(path: str, mtime_ns: int, size: int, inode: int) -> str:
+    # Keyed by modification time, size and inode too: calibrate asks for val and test of the same data,
+    # and a file rewritten in place is hashed again.
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     return base64.urlsafe_b64encode(h.digest()[:ID_BYTES]).decode("ascii")
 
 

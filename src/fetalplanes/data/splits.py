@@ -151,7 +151,7 @@ def _image_split(samples: list[Sample], val_fraction: float, seed: int) -> Split
 SPLIT_CHOICES = ("test", "val", "train", "all")
 
 RULES = {
-    "record": "the run's own {split} split (the model's training record, matched by content hash)",
+    "record": "the {split} images the run recorded in the model file (matched by content hash)",
     "column": "the data's own split column ({split} rows)",
     "external": "an external test set: none of its images is in the model's training or validation record",
     "re-derived": "the run's {split} split re-derived from the data with the run's split recipe (scheme, seed)",
@@ -243,9 +243,9 @@ def choose_split(index: DatasetIndex, spec: ModelSpec, split: str) -> Selection:
         seen = {p: sum(p in where[id(s)] for s in samples) for p in SEEN_PARTS}
         seen["any"] = len(seen_samples)
     sel = Selection(samples, split, rule, len(index), seen, notes)
-    if record is not None and rule == "record":
+    if record is not None and rule == "record" and split == "test":
         sel.patients_seen = len(record.patients_seen({s.patient for s in samples if s.patient is not None}))
-        if sel.patients_seen and split == "test":
+        if sel.patients_seen:
             sel.notes.append(f"{sel.patients_seen} scored patient(s) also have images in training or validation "
                              "(an image-level split: patients leak)")
     if seen and seen["any"]:
@@ -269,7 +269,7 @@ def _pick(index: DatasetIndex, spec: ModelSpec, split: str, record: ImageRecord 
     if split == "all":
         return list(index.samples), "all", []
     if record is not None and member is not None and record.covers(split, {k for _, k in member}):
-        return _from_record(index, split, record, member)
+        return _from_record(index, split, member)
     scheme = spec.training.get("splits", {}).get("scheme", "official")
     if split != "test" or (record is None and scheme != "official" and _has_column(index)):
         return _rederive(index, spec, split), "re-derived", []
@@ -285,7 +285,7 @@ def _pick(index: DatasetIndex, spec: ModelSpec, split: str, record: ImageRecord 
     return list(index.samples), "external", notes
 
 
-def _from_record(index: DatasetIndex, split: str, record: ImageRecord,
+def _from_record(index: DatasetIndex, split: str,
                  member: list[tuple[frozenset[str], str]]) -> tuple[list[Sample], str, list[str]]:
     picked = [s for s, (m, _) in zip(index.samples, member) if split in m]
     notes, dupes = [], []
@@ -316,12 +316,9 @@ def _overlap_message(index: DatasetIndex, seen: list[Sample], where: dict[int, f
 def _rederive(index: DatasetIndex, spec: ModelSpec, split: str) -> list[Sample]:
     """Split ``split`` of ``index`` by the recipe the run recorded (scheme, val fraction, seed, fold)."""
     info = spec.training.get("splits", {})
-    scheme = info.get("scheme", "official")
-    if split == "test" and scheme == "official" and _has_column(index):
-        return [s for s in index.samples if s.meta["official_split"] == "test"]
     splits = make_splits(
         index,
-        scheme,
+        info.get("scheme", "official"),
         info.get("val_fraction", 0.15),
         info.get("seed", spec.training.get("seed", 0)),
         info.get("fold", 0),
