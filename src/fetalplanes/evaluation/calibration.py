@@ -315,7 +315,7 @@ def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | P
     selection: dict[str, Any] = {"val": val.summary()}
     try:
         test = choose_split(index, spec, "test")
-    except ValueError as err:  # DataError: no test split without seen images
+    except DataError as err:  # data that cannot give a test split (e.g. only images the model saw)
         test, selection["test"] = None, {"refused": str(err)}
     test_samples = None
     if test is not None:
