@@ -10,17 +10,23 @@ Schemes:
 
 Model selection uses the validation split only; every patient-level scheme is checked with
 ``assert_no_patient_overlap`` before it is returned.
+
+Which images a command scores (``evaluate``, ``calibrate``, ``explain --data``, ``reproduce``):
+:func:`choose_split`, checked against the record of train/val/test images inside the model
+file (``data.provenance``); its rule is in :func:`choose_split`'s docstring and docs/metrics.md.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core.spec import ModelSpec
+from fetalplanes.data.provenance import SEEN_PARTS, ImageRecord
 from fetalplanes.data.records import DatasetIndex, Sample
 
 log = logging.getLogger(__name__)
@@ -142,25 +148,177 @@ def _image_split(samples: list[Sample], val_fraction: float, seed: int) -> Split
     return Splits(rest[n_val:], rest[:n_val], test, "image-8020", True, {"val_fraction": val_fraction, "seed": seed})
 
 
-def select_split(index: DatasetIndex, spec: ModelSpec, split: str) -> list[Sample]:
-    """The samples of ``split`` ('test', 'val', 'train' or 'all'), re-deriving the run's split.
+SPLIT_CHOICES = ("test", "val", "train", "all")
 
-    Sources without any split column (folders, plain CSV lists) are external test sets:
-    'test' then means every image.
+RULES = {
+    "record": "the {split} images the run recorded in the model file (matched by content hash)",
+    "column": "the data's own split column ({split} rows)",
+    "external": "an external test set: none of its images is in the model's training or validation record",
+    "re-derived": "the run's {split} split re-derived from the data with the run's split recipe (scheme, seed)",
+    "all": "every image of the data (--split all, asked for explicitly)",
+}
+
+
+@dataclass
+class Selection:
+    """The images a command scores, the rule that chose them, and whether the model saw any.
+
+    ``seen``: among the scored images, how many are in the model's train / val record
+    (``{"train": k, "val": k, "any": k}``, by content hash); None when the model file has no record.
     """
+
+    samples: list[Sample]
+    split: str
+    rule: str
+    n_data: int
+    seen: dict[str, int] | None
+    notes: list[str] = field(default_factory=list)
+    patients_seen: int | None = None
+
+    def seen_text(self) -> str:
+        """The one-sentence answer to "did the model see any of these images?"."""
+        n = len(self.samples)
+        if self.seen is None:
+            return "unknown: the model file has no training record"
+        if self.seen["any"] == 0:
+            return (f"none of the {n} scored images was seen in training or validation "
+                    "(checked by content hash against the model's training record)")
+        return (f"{self.seen['any']} of the {n} scored images were seen in training ({self.seen['train']}) or "
+                f"validation ({self.seen['val']}) (content hash against the model's training record)")
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON record every report carries (metrics.json, calibration.json, ...)."""
+        return {
+            "split": self.split, "rule": self.rule, "rule_text": RULES[self.rule].format(split=self.split),
+            "n_data": self.n_data, "n_scored": len(self.samples),
+            "seen_in_training_or_validation": None if self.seen is None else self.seen["any"],
+            "seen_train": None if self.seen is None else self.seen["train"],
+            "seen_val": None if self.seen is None else self.seen["val"],
+            "patients_seen": self.patients_seen, "statement": self.seen_text(), "notes": list(self.notes),
+        }
+
+
+def selection_lines(sel: dict[str, Any]) -> list[str]:
+    """report.md bullet lines for a :meth:`Selection.summary` (which images, seen or not)."""
+    seen = sel.get("seen_in_training_or_validation")
+    warn = "**WARNING**: " if seen else ""
+    lines = [f"- scored: {sel['n_scored']} of the {sel['n_data']} images of the data: {sel['rule_text']}",
+             f"- seen in training or validation: {warn}{sel['statement']}"]
+    return lines + [f"- {note}" for note in sel.get("notes", [])]
+
+
+def choose_split(index: DatasetIndex, spec: ModelSpec, split: str) -> Selection:
+    """The samples of ``split`` ('test', 'val', 'train' or 'all') of ``index`` for the model ``spec``.
+
+    Rule, in order (``rule`` of the result):
+    - ``all``: every image; the result counts how many the model saw (a warning is logged).
+    - ``record``: the data holds every image the run recorded for ``split`` (it is the run's own
+      data, in any layout): exactly those images. For 'test', a held-out image whose content is
+      also in train/val (a duplicate file) is left out. Checked before the split column because
+      a run split by folds or by image (``patient-kfold``, ``image-8020``) held out other images
+      than the data's column.
+    - ``column``: 'test' on data with its own split column (FETAL_PLANES_DB ``Train``, a CSV
+      ``split``): its test rows.
+    - ``external``: 'test' on data without a split column none of whose images the model saw in
+      training or validation: every image.
+    - ``re-derived``: 'val'/'train' otherwise (and 'test' of a fold/image split for a model
+      without a record): the run's recipe (scheme, seed, fold) re-applied to the data.
+
+    Raises ``DataError`` (one line) for 'test' when the chosen images include any the model was
+    trained or validated on, or when the data has no split column and the model file has no
+    training record (written before fetalplanes recorded one): ``--split all`` must then be
+    asked for explicitly. Raises ``UsageError`` for an unknown ``split``.
+    """
+    if split not in SPLIT_CHOICES:
+        raise UsageError(f"unknown split {split!r}; choose one of {list(SPLIT_CHOICES)}")
+    record = ImageRecord.from_training(spec.training)
+    member = record.membership(index.samples, index.root) if record is not None else None
+    where = {id(s): m for s, (m, _) in zip(index.samples, member)} if member is not None else {}
+    samples, rule, notes = _pick(index, spec, split, record, member)
+    seen_samples = [s for s in samples if where.get(id(s), frozenset()) & set(SEEN_PARTS)]
+    if split == "test" and seen_samples:
+        raise DataError(_overlap_message(index, seen_samples, where, rule))
+    seen = None
+    if record is not None:
+        seen = {p: sum(p in where[id(s)] for s in samples) for p in SEEN_PARTS}
+        seen["any"] = len(seen_samples)
+    sel = Selection(samples, split, rule, len(index), seen, notes)
+    if record is not None and rule == "record" and split == "test":
+        sel.patients_seen = len(record.patients_seen({s.patient for s in samples if s.patient is not None}))
+        if sel.patients_seen:
+            sel.notes.append(f"{sel.patients_seen} scored patient(s) also have images in training or validation "
+                             "(an image-level split: patients leak)")
+    if seen and seen["any"]:
+        log.warning("%s: %s", index.root, sel.seen_text())
+    log.info("%s: scoring %d of %d images: %s", index.root, len(samples), len(index), RULES[rule].format(split=split))
+    return sel
+
+
+def select_split(index: DatasetIndex, spec: ModelSpec, split: str) -> list[Sample]:
+    """The samples of :func:`choose_split` (same rule and errors)."""
+    return choose_split(index, spec, split).samples
+
+
+def _has_column(index: DatasetIndex) -> bool:
+    return bool(index.samples) and all("official_split" in s.meta for s in index.samples)
+
+
+def _pick(index: DatasetIndex, spec: ModelSpec, split: str, record: ImageRecord | None,
+          member: list[tuple[frozenset[str], str]] | None) -> tuple[list[Sample], str, list[str]]:
+    """(samples, rule, notes) by :func:`choose_split`'s rule; the seen check is the caller's."""
     if split == "all":
-        return list(index.samples)
-    has_split = all("official_split" in s.meta for s in index.samples)
+        return list(index.samples), "all", []
+    if record is not None and member is not None and record.covers(split, {k for _, k in member}):
+        return _from_record(index, split, member)
+    scheme = spec.training.get("splits", {}).get("scheme", "official")
+    if split != "test" or (record is None and scheme != "official" and _has_column(index)):
+        return _rederive(index, spec, split), "re-derived", []
+    if _has_column(index):
+        return [s for s in index.samples if s.meta["official_split"] == "test"], "column", []
+    if record is None or member is None:
+        raise DataError(
+            f"{index.root}: --split test refused: the data has no split column and the model file has no training "
+            "record (written by an older fetalplanes), so which images it was trained on is unknown; score the data "
+            "it was trained on with a split column, or ask for --split all explicitly to score every image")
+    held = sum("test" in m for m, _ in member)
+    notes = [f"{held} of the scored images are the run's own held-out test images"] if held else []
+    return list(index.samples), "external", notes
+
+
+def _from_record(index: DatasetIndex, split: str,
+                 member: list[tuple[frozenset[str], str]]) -> tuple[list[Sample], str, list[str]]:
+    picked = [s for s, (m, _) in zip(index.samples, member) if split in m]
+    notes, dupes = [], []
+    if split == "test":
+        # A file whose content is in test and in train/val (a duplicate in the data) was trained on.
+        dupes = [s for s, (m, _) in zip(index.samples, member) if split in m and m & set(SEEN_PARTS)]
+        picked = [s for s, (m, _) in zip(index.samples, member) if split in m and not m & set(SEEN_PARTS)]
+    if dupes:
+        notes.append(f"{len(dupes)} held-out test image(s) left out: the same file content is also in training "
+                     f"or validation (duplicates), e.g. {[d.path.name for d in dupes[:3]]}")
+    left = len(index) - len(picked) - len(dupes)
+    if left:
+        notes.append(f"{left} other image(s) of the data are not in the run's {split} split and were left out")
+    return picked, "record", notes
+
+
+def _overlap_message(index: DatasetIndex, seen: list[Sample], where: dict[int, frozenset[str]], rule: str) -> str:
+    n_train = sum("train" in where[id(s)] for s in seen)
+    n_val = sum("val" in where[id(s)] for s in seen)
+    what = "its split column's test rows include" if rule == "column" else "the data holds"
+    return (f"{index.root}: --split test refused: {what} {len(seen)} image(s) this model was trained ({n_train}) or "
+            f"validated ({n_val}) on (content hash against the model's training record), e.g. "
+            f"{[s.path.name for s in seen[:3]]}; test only images the model never saw (the run's own data set, whose "
+            "held-out test split is then scored, or data it never saw), or ask for --split all explicitly "
+            "(its report counts the seen images)")
+
+
+def _rederive(index: DatasetIndex, spec: ModelSpec, split: str) -> list[Sample]:
+    """Split ``split`` of ``index`` by the recipe the run recorded (scheme, val fraction, seed, fold)."""
     info = spec.training.get("splits", {})
-    scheme = info.get("scheme", "official")
-    if split == "test" and not has_split:
-        log.info("%s has no split column: evaluating all %d images as a test set", index.root, len(index))
-        return list(index.samples)
-    if split == "test" and scheme == "official":
-        return [s for s in index.samples if s.meta["official_split"] == "test"]
     splits = make_splits(
         index,
-        scheme,
+        info.get("scheme", "official"),
         info.get("val_fraction", 0.15),
         info.get("seed", spec.training.get("seed", 0)),
         info.get("fold", 0),

@@ -294,9 +294,15 @@ def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out
 
 def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None,
                       **kwargs: Any) -> dict[str, Any]:
-    """CLI entry: re-derive the run's validation (and test) split from ``data`` and calibrate."""
+    """CLI entry: take the run's validation (and test) images from ``data`` and calibrate.
+
+    The images come from ``data.splits.choose_split`` (the model's record of its splits, else
+    the run's recipe re-applied); the test summary is left out when no test split can be taken
+    without images the model saw (``DataError``), and never holds a validation image.
+    calibration.json gains ``selection`` (which images, and whether the model saw them).
+    """
     from fetalplanes.data.sources import load_source
-    from fetalplanes.data.splits import select_split
+    from fetalplanes.data.splits import choose_split
     from fetalplanes.runtime.artifact import read_spec
 
     spec = read_spec(checkpoint)
@@ -305,10 +311,22 @@ def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | P
     if trained_on and Path(trained_on).resolve() != Path(index.root).resolve():
         log.warning("%s: the model was trained on %s; the validation split is re-derived from the run's split "
                     "record and is only meaningful on the training data", data, trained_on)
-    val = select_split(index, spec, "val")
+    val = choose_split(index, spec, "val")
+    selection: dict[str, Any] = {"val": val.summary()}
     try:
-        test = select_split(index, spec, "test")
-    except DataError:  # data that cannot give a test split: calibrate and report on validation only
-        test = None
+        test = choose_split(index, spec, "test")
+    except DataError as err:  # data that cannot give a test split (e.g. only images the model saw)
+        test, selection["test"] = None, {"refused": str(err)}
+    test_samples = None
+    if test is not None:
+        in_val = {id(s) for s in val.samples}
+        test_samples = [s for s in test.samples if id(s) not in in_val] or None
+        selection["test"] = test.summary()
+        if test_samples is not None and len(test_samples) < len(test.samples):
+            selection["test"]["notes"].append(f"{len(test.samples) - len(test_samples)} validation image(s) "
+                                              "left out of the test summary")
     out = Path(out_dir) if out_dir is not None else Path(checkpoint).resolve().parent.parent
-    return calibrate_checkpoint(checkpoint, val, out, test, **kwargs)
+    result = calibrate_checkpoint(checkpoint, val.samples, out, test_samples, **kwargs)
+    result["selection"] = selection
+    atomic.write_json(out / "calibration.json", result)  # calibrate_checkpoint's file, with the selection
+    return result

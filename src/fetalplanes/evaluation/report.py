@@ -15,6 +15,7 @@ from fetalplanes.core.errors import DataError
 from fetalplanes.core.postprocess import softmax, top1
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.data.records import Sample
+from fetalplanes.data.splits import choose_split, selection_lines
 from fetalplanes.data.splits import select_split  # noqa: F401  (re-exported: evaluate scores one split)
 from fetalplanes.evaluation.metrics import evaluate_arrays, fmt
 
@@ -89,6 +90,7 @@ def render_report(m: dict[str, Any], spec: ModelSpec) -> str:
         "",
         f"- data: `{m['data']}` ({m['data_kind']}), split **{m['split']}**, n = {m['n']} images, "
         f"{ci['n_units']} {ci['unit']}s",
+        *(selection_lines(m["selection"]) if m.get("selection") else []),
         f"- top-1: {ci_text(m, 'top1')}",
         f"- top-2: {fmt(m['top2'])}",
         f"- macro-F1: {ci_text(m, 'f1_macro')}; averaged over the {m['n_classes_present']} {m['macro_over']}",
@@ -153,6 +155,11 @@ def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, spl
     ``unit``: what the bootstrap resamples, ``"patient"`` (every image needs a patient id) or
     ``"image"`` (asked for explicitly). Raises ``DataError`` for an empty split or missing ids.
 
+    Which images are scored: ``data.splits.choose_split`` (the model's own record of its
+    train/val/test images, the data's split column, or an external set the model never saw);
+    'test' refuses data holding images the model was trained or validated on (``DataError``),
+    'all' scores them and says how many. metrics.json ``selection`` and report.md say which.
+
     Unreadable images are all listed at once (``BadFilesError``); with ``skip_bad`` they are left
     out and named in metrics.json (``skipped``) and report.md.
     """
@@ -162,7 +169,8 @@ def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, spl
     predictor = open_model(model)
     spec = predictor.spec
     index = load_source(data, spec.task, spec.class_names)
-    samples = select_split(index, spec, split)
+    selection = choose_split(index, spec, split)
+    samples = selection.samples
     if not samples:
         raise DataError(f"{data}: split {split!r} is empty")
     samples, logits, skipped = score_samples(predictor, samples, batch_size, skip_bad)
@@ -176,6 +184,7 @@ def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, spl
     m.update(split=split, data=str(data), data_kind=index.kind, checkpoint=str(predictor.path),
              model_kind=predictor.kind, model=spec.name, temperature=spec.temperature,
              class_names=list(spec.class_names), data_notes=list(index.notes), n_skipped=len(skipped),
-             skipped=skipped, classes_absent=[c for c, v in m["per_class"].items() if v["support"] == 0])
+             skipped=skipped, classes_absent=[c for c, v in m["per_class"].items() if v["support"] == 0],
+             selection=selection.summary())
     write_report(out_dir, m, spec, samples, probs, split)
     return m

@@ -46,6 +46,7 @@ class Inputs:
     label_names: tuple[str, ...] | None
     mask_dirs: list[Path]
     mask_root: Path | None = None
+    selection: dict[str, Any] | None = None  # with --data: which images, seen in training or not
 
 
 def gather_inputs(spec, inputs: Sequence[str | Path] = (), data: str | Path | None = None, split: str = "test",
@@ -66,14 +67,15 @@ def gather_inputs(spec, inputs: Sequence[str | Path] = (), data: str | Path | No
     if split not in SPLITS:
         raise UsageError(f"unknown --split {split!r}; choose one of {list(SPLITS)}")
     from fetalplanes.data.sources import load_source
-    from fetalplanes.data.splits import select_split
+    from fetalplanes.data.splits import choose_split
 
     index = load_source(data, spec.task)
     if (index.root / "Masks").is_dir() and index.root / "Masks" not in mask_dirs:
         log.info("using structure masks from %s", index.root / "Masks")
         mask_dirs.append(index.root / "Masks")
-    samples = select_split(index, spec, split)
-    return Inputs(_drop_masks(samples, mask_dirs), tuple(index.class_names), mask_dirs, index.root)
+    selection = choose_split(index, spec, split)
+    return Inputs(_drop_masks(selection.samples, mask_dirs), tuple(index.class_names), mask_dirs, index.root,
+                  selection.summary())
 
 
 def _drop_masks(samples: list[Sample], mask_dirs: Sequence[Path]) -> list[Sample]:
@@ -315,7 +317,8 @@ def _write_outputs(out: Path, records, skipped, ins: Inputs, spec, checkpoint, m
     class_names = spec.class_names
     loc_summary = localization_summary(records, ins, method)
     if loc_summary is not None:
-        loc_summary.update(checkpoint=str(checkpoint), **settings, **({"sanity": sanity} if sanity else {}))
+        loc_summary.update(checkpoint=str(checkpoint), **settings, selection=ins.selection,
+                           **({"sanity": sanity} if sanity else {}))
         atomic.write_json(out / "localization.json", loc_summary)
     if sanity is not None:
         atomic.write_json(out / "sanity.json", {"checkpoint": str(checkpoint), **sanity})
@@ -323,6 +326,7 @@ def _write_outputs(out: Path, records, skipped, ins: Inputs, spec, checkpoint, m
         "checkpoint": str(checkpoint), "model": spec.name, "method": method, **settings,
         "target": target or "predicted",
         "data": None if data is None else str(data), "split": None if data is None else split,
+        "selection": ins.selection,
         "images": [_record_json(r, ins, class_names) for r in records], "skipped": skipped,
     })
     items = [

@@ -242,6 +242,7 @@ def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, An
         "epochs_run": train.get("epochs_run"), "train_path": train.get("feature_cache", {}).get("path", "fit"),
         "train_wall_s": train.get("wall_s"), "run_wall_s": time.perf_counter() - t0,
         "metrics": {k: metrics[k] for k in ("n", "top1", "top2", "f1_macro", "f1_weighted", "ci95")},
+        "selection": metrics.get("selection"),  # which images were scored; none seen in training
         "calibration": {"temperature": cal["temperature"], "abstain_threshold": cal["abstain_threshold"],
                         **{f"{p}_{k}": cal[p][k] for p in ("val", "test") if p in cal for k in ("ece_before", "ece_after")}},
         "costs": costs, "metrics_path": str((run_dir / "eval" / "metrics.json").relative_to(s.out)),

@@ -31,6 +31,7 @@ import fetalplanes
 from fetalplanes.core import atomic
 from fetalplanes.core.errors import UsageError
 from fetalplanes.core.spec import ModelSpec
+from fetalplanes.data.provenance import RECORD_KEY, build_record
 from fetalplanes.data.records import Sample
 from fetalplanes.data.sources import load_source
 from fetalplanes.data.splits import Splits, make_splits
@@ -81,7 +82,8 @@ def build_spec(cfg: TrainConfig, class_names: tuple[str, ...], data_summary: dic
 
 
 def prepare_run(data: str | Path, cfg: TrainConfig, run_dir: Path) -> tuple[Any, Splits, ModelSpec, dict[str, Any]]:
-    """Seed, read the data, split it by patient, build the spec; write config.yaml and splits.json.
+    """Seed, read the data, split it by patient, build the spec (with the record of the images of
+    each split, ``data.provenance``); write config.yaml and splits.json.
 
     Returns (index, splits, spec, summary of data + splits + seed for train_summary.json).
     """
@@ -89,7 +91,10 @@ def prepare_run(data: str | Path, cfg: TrainConfig, run_dir: Path) -> tuple[Any,
     index = load_source(data, cfg.data.task)
     splits = make_splits(index, cfg.data.split, cfg.data.val_fraction, cfg.trainer.seed, cfg.data.fold, cfg.data.n_folds)
     summary = {"data": index.summary(), "splits": splits.summary(), "seed": cfg.trainer.seed}
-    spec = build_spec(cfg, index.class_names, summary)
+    # Which images (content hash + path) and patients each split holds travels in the model
+    # file, so evaluate/calibrate/explain never test on an image the model saw (data.splits).
+    record = build_record({name: splits.by_name(name) for name in ("train", "val", "test")}, index.root)
+    spec = build_spec(cfg, index.class_names, {**summary, RECORD_KEY: record})
     atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
     atomic.write_json(run_dir / "splits.json", splits_record(splits))
     return index, splits, spec, summary
