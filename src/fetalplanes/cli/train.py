@@ -84,6 +84,9 @@ def evaluate(
         f"{split}: n={m['n']} top-1 {ci_text(m, 'top1')}  top-2 {fmt(m['top2'])}  macro-F1 {ci_text(m, 'f1_macro')}"
         f"\n  intervals: {interval_text(m['ci95'])}  -> {out / 'report.md'}"
     )
+    selection = m.get("selection") or {}
+    if selection.get("statement"):
+        console.print(f"  scored: {selection['statement']}", markup=False, highlight=False)
 
 
 def predict(
