@@ -88,7 +88,8 @@ def test_evaluate_refuses_missing_patient_ids_unless_image_level_is_asked(tiny_c
         w = csv.DictWriter(fh, fieldnames=["image", "label"])
         w.writeheader()
         w.writerows(rows)
-    base = ("evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(lst), "--n-boot", "50")
+    # These are the model's own training phantoms: scoring them must be asked for (--split all).
+    base = ("evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(lst), "--n-boot", "50", "--split", "all")
     bad = fetalplanes(*base, "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "--unit image" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()

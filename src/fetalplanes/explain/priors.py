@@ -39,18 +39,19 @@ def score_row(cam: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     """Per-image values of the model's map and both priors against one boolean (H, W) mask.
 
     Returns ``{"empty": bool, "area": float, "model": {"hit", "energy"}, "uniform": {...},
-    "centre": {...}}``; for an all-zero ``cam`` the model's values are None. Raises
+    "centre": {...}}``; for a constant (e.g. all-zero) ``cam`` the model's hit is None and the row is ``empty``. Raises
     ValueError when the shapes differ.
     """
     mask = np.asarray(mask, dtype=bool)
     area = float(mask.mean())
     prior = loc.center_prior(mask.shape)
     energy = loc.energy_share(cam, mask)
-    empty = energy is None
+    hit = loc.pointing_hit(cam, mask)  # None for a constant map: it has no peak to point with
+    empty = energy is None or hit is None
     return {
         "empty": empty,
         "area": area,
-        "model": {"hit": None if empty else float(loc.pointing_hit(cam, mask)), "energy": energy},
+        "model": {"hit": None if hit is None else float(hit), "energy": energy},
         "uniform": {"hit": area, "energy": area},
         "centre": {"hit": float(loc.pointing_hit(prior, mask)), "energy": loc.energy_share(prior, mask)},
     }
@@ -95,7 +96,7 @@ def compare(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     usable = [r for r in rows if not r["empty"]]
     out: dict[str, Any] = {"n": len(usable), "n_empty_maps": len(rows) - len(usable)}
     if not usable:
-        out.update(beats_priors=False, verdict="no image with a mask and a non-empty map: nothing to compare")
+        out.update(beats_priors=False, verdict="the heat map does NOT beat the priors: no image has a mask and a non-empty (non-constant) map")
         return out
     for key, score in (("hit", "pointing_game"), ("energy", "energy_share")):
         out[score] = _compare_score(usable, key, seed)
