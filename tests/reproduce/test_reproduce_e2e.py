@@ -114,7 +114,7 @@ def test_brain_task_fast_path(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert [(r["task"], r["seeds"]) for r in rows] == [("brain", "1")]
-    assert rows[0]["top1_ci_kind"] == "bootstrap"  # one seed: the run's bootstrap interval
+    assert rows[0]["top1_ci_kind"] == "none"  # one seed and < 10 test patients: no interval (the bootstrap guard)
     m = json.loads(next(out.glob("runs/brain/official/lite0_frozen/seed0/eval/metrics.json")).read_text())
     assert list(m["per_class"]) == ["Trans-thalamic", "Trans-cerebellum", "Trans-ventricular"]
 
