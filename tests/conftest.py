@@ -103,3 +103,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(
             f"{len(skipped)} browser tests skipped: Debian chromium is not installed; to run them: "
             "apt-get install -y chromium (as root), then make test (.ci/run does this)", yellow=True)
+
+
+def _run_cli(*args: str) -> "subprocess.CompletedProcess[str]":
+    """``python -m fetalplanes ARGS`` as a user runs it; a traceback on stderr fails the test."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "fetalplanes", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def cli_run():
+    """The CLI in a subprocess (see ``_run_cli``), as a fixture so test modules need no import."""
+    return _run_cli

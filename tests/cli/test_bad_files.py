@@ -13,12 +13,6 @@ from pathlib import Path
 import pytest
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "fetalplanes", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return proc
 
 
 @pytest.fixture()
@@ -41,28 +35,28 @@ def _listed(stderr: str, files: list[Path]) -> list[str]:
     return [line for line in stderr.splitlines() if any(str(f) in line for f in files)]
 
 
-def test_scan_lists_all_bad_files_or_skips_them(folder_with_bad_files) -> None:
+def test_scan_lists_all_bad_files_or_skips_them(cli_run, folder_with_bad_files) -> None:
     root, bad = folder_with_bad_files
-    proc = _cli("scan", str(root))
+    proc = cli_run("scan", str(root))
     assert proc.returncode == 2 and "2 image file(s) cannot be loaded" in proc.stderr and "--skip-bad" in proc.stderr
     lines = _listed(proc.stderr, bad)
     assert len(lines) == 2 and "corrupt or truncated PNG" in lines[0] and "empty file" in lines[1]
-    proc = _cli("scan", str(root), "--skip-bad")
+    proc = cli_run("scan", str(root), "--skip-bad")
     assert proc.returncode == 0 and "6 images" in proc.stdout and "2 unreadable left out" in proc.stdout
     assert len(_listed(proc.stderr, bad)) == 2
 
 
-def test_evaluate_stops_with_the_list_or_reports_what_it_skipped(folder_with_bad_files, onnx_model: Path,
+def test_evaluate_stops_with_the_list_or_reports_what_it_skipped(cli_run, folder_with_bad_files, onnx_model: Path,
                                                                  tmp_path: Path) -> None:
     root, bad = folder_with_bad_files
     out = tmp_path / "eval"
     # The phantoms are the model's own training data: --split test would refuse them (data.splits).
-    proc = _cli("evaluate", "--model", str(onnx_model), "--data", str(root), "--out", str(out), "--n-boot", "20",
+    proc = cli_run("evaluate", "--model", str(onnx_model), "--data", str(root), "--out", str(out), "--n-boot", "20",
                 "--split", "all")
     assert proc.returncode == 2 and len(_listed(proc.stderr, bad)) == 2, proc.stderr
     assert not (out / "metrics.json").exists()  # nothing half-written
     # A class-folder set has no patient ids: image-level intervals must be asked for.
-    proc = _cli("evaluate", "--model", str(onnx_model), "--data", str(root), "--out", str(out), "--n-boot", "20",
+    proc = cli_run("evaluate", "--model", str(onnx_model), "--data", str(root), "--out", str(out), "--n-boot", "20",
                 "--skip-bad", "--unit", "image", "--split", "all")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())

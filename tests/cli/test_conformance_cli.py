@@ -66,12 +66,6 @@ def expect(rel: str) -> dict:
     return {"kind": "image", "equals": load.get("equals") or load.get("gray_equals")}
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "fetalplanes", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return proc
 
 
 def _one_line(message: str, rel: str, needle: str | None = None) -> None:
@@ -84,9 +78,9 @@ def _one_line(message: str, rel: str, needle: str | None = None) -> None:
 
 
 @pytest.fixture(scope="module")
-def predicted(onnx_model: Path) -> tuple[dict[str, list[dict]], str]:
+def predicted(cli_run, onnx_model: Path) -> tuple[dict[str, list[dict]], str]:
     """{relative file: its JSON rows in order} and stderr of one `predict --format json` call."""
-    proc = _cli("predict", "--model", str(onnx_model), "--format", "json", *[str(SHARED / f) for f in FILES])
+    proc = cli_run("predict", "--model", str(onnx_model), "--format", "json", *[str(SHARED / f) for f in FILES])
     assert proc.returncode == 1, proc.stderr[-3000:]  # the bomb, the texts and the bad frame fail
     rows: dict[str, list[dict]] = {}
     for row in json.loads(proc.stdout):
@@ -201,9 +195,9 @@ STREAMED = [rel for rel in FILES if expect(rel)["kind"] in ("frames", "video")]
 
 
 @pytest.mark.parametrize("rel", STREAMED)
-def test_stream_keeps_good_frames_and_names_bad_ones(onnx_model: Path, tmp_path: Path, rel: str) -> None:
+def test_stream_keeps_good_frames_and_names_bad_ones(cli_run, onnx_model: Path, tmp_path: Path, rel: str) -> None:
     want = expect(rel)
-    proc = _cli("stream", str(SHARED / rel), "--model", str(onnx_model), "--out", str(tmp_path), "--no-save-best")
+    proc = cli_run("stream", str(SHARED / rel), "--model", str(onnx_model), "--out", str(tmp_path), "--no-save-best")
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "frames.csv", newline="") as fh:
         frames = list(csv.DictReader(fh))
@@ -227,7 +221,7 @@ def test_stream_keeps_good_frames_and_names_bad_ones(onnx_model: Path, tmp_path:
 # ------------------------------------------------------------------ scan
 
 
-def test_scan_lists_every_bad_file_at_once_or_skips_them(tmp_path: Path) -> None:
+def test_scan_lists_every_bad_file_at_once_or_skips_them(cli_run, tmp_path: Path) -> None:
     """Every image file as one class folder (links): scan names the bad ones, one line each."""
     images = [rel for rel in FILES if Path(rel).suffix.lower() in IMAGE_SUFFIXES]
     folder = tmp_path / "set" / "Other"
@@ -236,21 +230,21 @@ def test_scan_lists_every_bad_file_at_once_or_skips_them(tmp_path: Path) -> None
         (folder / rel.replace("/", "__")).symlink_to(SHARED / rel)
     bad = [rel for rel in images if expect(rel)["kind"] == "error"]
     assert bad == ["cases/dicom_bomb/c21_small_header_big_jpeg.dcm"]
-    proc = _cli("scan", str(tmp_path / "set"))
+    proc = cli_run("scan", str(tmp_path / "set"))
     assert proc.returncode == 2 and f"{len(bad)} image file(s) cannot be loaded" in proc.stderr, proc.stderr
     named = [line for line in proc.stderr.splitlines() if "__" in line]
     assert [line.split(":")[0].strip() for line in named] == [str(folder / rel.replace("/", "__")) for rel in bad]
     assert "12000x12000" in named[0]
-    proc = _cli("scan", str(tmp_path / "set"), "--skip-bad")
+    proc = cli_run("scan", str(tmp_path / "set"), "--skip-bad")
     assert proc.returncode == 0, proc.stderr
     assert f"{len(images) - len(bad)} images" in proc.stdout and "1 unreadable left out" in proc.stdout
 
 
-def test_scan_reads_a_spreadsheet_csv_like_its_clean_twin() -> None:
+def test_scan_reads_a_spreadsheet_csv_like_its_clean_twin(cli_run) -> None:
     from fetalplanes.data.sources import load_source
 
     root = SHARED / "cases" / "csv_blank_rows"
-    outputs = [_cli("scan", str(root / name)) for name in ("labels_control", "labels_excel")]
+    outputs = [cli_run("scan", str(root / name)) for name in ("labels_control", "labels_excel")]
     assert all(p.returncode == 0 for p in outputs), [p.stderr for p in outputs]
     assert outputs[0].stdout == outputs[1].stdout and "12 images" in outputs[0].stdout
     a, b = (load_source(root / name) for name in ("labels_control", "labels_excel"))
@@ -260,9 +254,9 @@ def test_scan_reads_a_spreadsheet_csv_like_its_clean_twin() -> None:
 # ------------------------------------------------------------------ evaluate on the external layout
 
 
-def test_evaluate_reads_the_african_layout_with_centres(onnx_model: Path, tmp_path: Path) -> None:
+def test_evaluate_reads_the_african_layout_with_centres(cli_run, onnx_model: Path, tmp_path: Path) -> None:
     root = SHARED / "cases" / "external_csv_layout"
-    proc = _cli("evaluate", "--model", str(onnx_model), "--data", str(root), "--out", str(tmp_path), "--n-boot", "50")
+    proc = cli_run("evaluate", "--model", str(onnx_model), "--data", str(root), "--out", str(tmp_path), "--n-boot", "50")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     with open(root / "African_planes_database.csv", newline="", encoding="utf-8-sig") as fh:
