@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 import fetalplanes
 from fetalplanes.core import atomic
@@ -131,6 +132,8 @@ def _trainer(cfg: TrainConfig, run_dir: Path, callbacks: list[L.Callback], resum
     version = _log_version(run_dir, resume)
     precision = resolve_execution(cfg).trainer.precision
     return L.Trainer(
+        # cuDNN picks the fastest kernels for the fixed input shape (GPU only; not with deterministic).
+        benchmark=on_cuda(cfg) and not t.deterministic,
         max_epochs=cfg.optim.max_epochs,
         accelerator=t.accelerator,
         devices=t.devices,
@@ -141,7 +144,9 @@ def _trainer(cfg: TrainConfig, run_dir: Path, callbacks: list[L.Callback], resum
         callbacks=callbacks,
         logger=[CSVLogger(run_dir, name="logs", version=version), TensorBoardLogger(run_dir, name="logs", version=f"tb{version}")],
         default_root_dir=run_dir,
-        plugins=[AtomicCheckpointIO()],
+        # On a GPU an epoch can take about as long as writing last.ckpt: write it from a thread
+        # (Lightning clones the tensors first; the write is still temp file + rename).
+        plugins=[AsyncCheckpointIO(AtomicCheckpointIO()) if on_cuda(cfg) else AtomicCheckpointIO()],
         use_distributed_sampler=False,
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress,
