@@ -207,34 +207,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     own_batch = load_config(args.config).optim.batch_size
     batches = [int(b) for b in (args.batches or f"{own_batch},256").split(",")]
-    compute = [compute_only(_cfg(args, b, "auto", 1), b, args.steps, args.warmup) for b in batches]
+    import torch
+
+    res: dict[str, Any] = {"device": _device_name(base), "torch": torch.__version__, "config": args.config,
+                           "image_size": args.image_size, "quick": args.quick, "threads": args.threads,
+                           "precision": base.trainer.precision, "data": info, "variants": {}, "jobs_probe": {},
+                           "eval_cost": None}
+    # Stages in order of importance; the JSON is rewritten after each, so a run stopped by its
+    # time limit still leaves what it measured.
+    res["compute_only"] = [compute_only(_cfg(args, b, "auto", 1), b, args.steps, args.warmup) for b in batches]
+    _save(args.out, res)
     e2e = [end_to_end(args, data, work, batches[0], loader) for loader in args.loaders.split(",") if loader]
     for b in batches[1:]:
         e2e += [end_to_end(args, data, work, b, loader) for loader in args.large_loaders.split(",") if loader]
-    n = e2e[0]
-    info.update({"n_train": n["train_images"], "n_val": n["val_images"]})
-    variants = {}
+    info.update({"n_train": e2e[0]["train_images"], "n_val": e2e[0]["val_images"]})
+    res.update(end_to_end=e2e, ratios=_ratios(res["compute_only"], e2e))
+    _save(args.out, res)
+    if args.eval:
+        res["eval_cost"] = _eval_cost(data, Path(e2e[-1]["run_dir"]))
+        _save(args.out, res)
     if args.project_variants:
         from fetalplanes.reproduce.variants import load_variants
 
         for name, v in load_variants(None).items():
-            variants[name] = compute_only(_variant_cfg(args, v, batches[-1]), batches[-1], args.steps, args.warmup)
-            variants[name]["frozen"] = v.frozen
+            res["variants"][name] = {**compute_only(_variant_cfg(args, v, batches[-1]), batches[-1], args.steps,
+                                                    args.warmup), "frozen": v.frozen}
+        _save(args.out, res)
     ks = [int(k) for k in args.jobs_probe.split(",") if k]
-    jobs = concurrent_compute(_cfg(args, batches[0], "auto", 1), batches[0], args.warmup, ks) if ks else {}
-    eval_cost = _eval_cost(data, Path(e2e[-1]["run_dir"])) if args.eval else None
-    res = {"device": _device_name(base), "config": args.config, "image_size": args.image_size, "quick": args.quick,
-           "threads": args.threads,
-           "precision": base.trainer.precision, "data": info, "compute_only": compute, "end_to_end": e2e,
-           "ratios": _ratios(compute, e2e), "variants": variants, "jobs_probe": jobs, "eval_cost": eval_cost}
-    import torch
-
-    res["torch"] = torch.__version__
+    if ks:
+        res["jobs_probe"] = concurrent_compute(_cfg(args, batches[0], "auto", 1), batches[0], args.warmup, ks)
     res["projection"] = project_table(res)
+    _save(args.out, res)
     print(table(res))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2, default=str))
     return res
+
+
+def _save(out: str, res: dict[str, Any]) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(res, indent=2, default=str))
+    log.warning("bench_train: %s written (%s)", out, ", ".join(k for k in res if res[k]))
 
 
 def _variant_cfg(args: argparse.Namespace, variant: Any, batch: int) -> Any:

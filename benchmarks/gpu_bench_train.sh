@@ -19,7 +19,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version,utilization.gpu --format=csv,noheader
 python3 -c "import torch, timm, lightning, pydantic; print('torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__, 'pydantic', pydantic.__version__, 'bf16', torch.cuda.is_bf16_supported())" || exit 4
 WORKERS=$(( $(nproc) - 2 ))
-timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/bench_train.py --out "$OUT/bench_train.json" --work /tmp/bench_train \
+timeout "${BENCH_TIMEOUT:-450}" python3 benchmarks/bench_train.py --out "$OUT/bench_train.json" --work /tmp/bench_train \
   --config "${CONFIG:-paper_v2b0}" --per-class "${PER_CLASS:-1400}" --sets 14 --synth-size 512x384 \
   --batches 32,256 --loaders workers,device --large-loaders device --workers "$WORKERS" --epochs 3 \
   --steps 20 --warmup 5 --project-variants --jobs-probe 1,3 --eval 2>&1 | tee "$OUT/bench_train.log"
