@@ -1,5 +1,6 @@
 """`fetalplanes reproduce` end to end on a tiny synthetic FETAL_PLANES_DB-format set:
-table shape, the LEAKY flag, model cards, skip-on-rerun, resume from last.ckpt, grid guard."""
+table shape, the LEAKY flag, model cards, skip-on-rerun, resume from last.ckpt, grid guard,
+``--jobs 2`` (runs trained in two processes at once)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _invoke(*args: str):
 def grid(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     out = tmp_path_factory.mktemp("grid") / "out"
     args = ["--data", str(synth_data), "--out", str(out), "--variants", VARIANTS, "--seeds", "2",
-            "--split", "official,image-8020", "--quick"]
+            "--split", "official,image-8020", "--quick", "--jobs", "2"]
     res = _invoke(*args)
     assert res.exit_code == 0, res.output
     return out, args
@@ -66,6 +67,10 @@ def test_table_shape_and_leaky_flag(grid: tuple[Path, list[str]]) -> None:
     assert len(runs) == 8
     for run in runs:
         assert (run / "checkpoints" / "MODEL_CARD.md").is_file() and (run / "calibration.json").is_file()
+        done = json.loads((run / "done.json").read_text())
+        # --jobs 2: fit() runs trained two at a time (on the CPU: no GPU shared); fast-path runs one at a time
+        assert done["concurrent_jobs"] == (1 if "lite0_frozen" in str(run) else 2)
+        assert done["shared_device"] is False and done["device"] == "cpu"
 
 
 @pytest.mark.slow

@@ -72,3 +72,17 @@ def test_one_seed_shows_std_na_and_survives_a_refused_interval(tmp_path: Path) -
     rec["metrics"]["ci95"] = {"top1": None, "f1_macro": None, "status": "too few units", "n_units": 3}
     row = aggregate(tmp_path, [rec])[0]
     assert row["top1_ci_kind"] == "none" and "0.8000 ± n/a |" in to_markdown([row], {})
+
+
+def test_runs_that_shared_a_gpu_are_listed(tmp_path: Path) -> None:
+    alone = _record(tmp_path, "b0_cbam", "official", 0, 0.7)
+    shared = [_record(tmp_path, "v2b0_cbam", "official", s, 0.7) for s in (0, 1)]
+    shared[0].update(shared_device=True, concurrent_jobs=3)
+    shared[1].update(shared_device=False, concurrent_jobs=1)
+    rows = aggregate(tmp_path, [alone, *shared])
+    by = {r["variant"]: r for r in rows}
+    assert (by["b0_cbam"]["shared_device"], by["v2b0_cbam"]["shared_device"]) == (0, 1)
+    md = to_markdown(rows, {})
+    assert "Runs that shared a GPU" in md and "`v2b0_cbam` (planes, official): 1 of 2 run(s), --jobs 3" in md
+    assert "`b0_cbam` (planes" not in md.split("Runs that shared a GPU")[1]
+    assert "Runs that shared a GPU" not in to_markdown([by["b0_cbam"]], {})

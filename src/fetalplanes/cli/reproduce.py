@@ -47,6 +47,7 @@ def reproduce(
     fast_path: bool = typer.Option(True, "--fast-path/--no-fast-path", help="Frozen backbones train on cached features."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache folder (default OUT/feature_cache)."),
     n_boot: Optional[int] = typer.Option(None, "--n-boot", help="Bootstrap resamples per run (default 1000; 100 with --quick)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Runs trained at once, one process each (several small models share one GPU; results.md lists the runs that shared it)."),
     list_only: bool = typer.Option(False, "--list", help="List the variants and groups, then exit."),
 ) -> None:
     """Train and evaluate the paper's variants, ablations and baselines over seeds; write the results table."""
@@ -69,7 +70,7 @@ def reproduce(
         data=data, out=out, variants=select_variants(variants, rows), seeds=_ints(seeds), splits=_names(split),
         tasks=_names(task), base_config=config, pretrained=pretrained, overrides=overrides, fast_path=fast_path,
         n_boot=n_boot if n_boot is not None else (100 if quick else 1000), latency_runs=3 if quick else 7,
-        cache_dir=cache_dir,
+        cache_dir=cache_dir, jobs=jobs,
     )
     result = run_grid(settings)
     console.print(f"{result['runs']} runs ({result['skipped']} already done) -> {result['results_md']}")

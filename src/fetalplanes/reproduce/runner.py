@@ -17,6 +17,12 @@ Resume: a run with ``done.json`` is skipped; a run with ``checkpoints/last.ckpt`
 ``train_summary.json`` continues training from it (``fit(..., resume=True)``); a trained run
 without ``done.json`` is calibrated (if its summary has no calibration yet) and evaluated again.
 Every file is written atomically.
+
+Concurrency (``--jobs K``): one B0-class model cannot fill a large GPU, so K runs may train at
+once, each in its own process (spawned: CUDA and the loaders start clean). The frozen fast-path
+runs go first, one at a time (they share the feature cache and are short); the others then
+run K at a time. Each ``done.json`` records ``concurrent_jobs`` and whether the run shared its
+device, and ``results.md`` lists those rows: their wall times are not those of a run alone.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import multiprocessing as mp
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +84,11 @@ class ReproduceSettings:
     latency_runs: int = 7
     cache_dir: Path | None = None
     calibration_target: float = 0.95
+    jobs: int = 1  # runs trained at once, one process each (how runs are executed: not in the fingerprint)
 
     def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ValueError(f"--jobs: expected a count >= 1, got {self.jobs}")
         bad = [s for s in self.splits if s not in SCHEMES]
         if bad:
             raise UsageError(f"--split: unknown scheme(s) {bad}; choose from {list(SCHEMES)}")
@@ -241,6 +252,7 @@ def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, An
         "image_size": cfg.data.image_size, "max_epochs": cfg.optim.max_epochs,
         "epochs_run": train.get("epochs_run"), "train_path": train.get("feature_cache", {}).get("path", "fit"),
         "train_wall_s": train.get("wall_s"), "run_wall_s": time.perf_counter() - t0,
+        **_execution(s, variant, train),
         "metrics": {k: metrics[k] for k in ("n", "top1", "top2", "f1_macro", "f1_weighted", "ci95")},
         "selection": metrics.get("selection"),  # which images were scored; none seen in training
         "calibration": {"temperature": cal["temperature"], "abstain_threshold": cal["abstain_threshold"],
@@ -249,6 +261,33 @@ def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, An
     }
     atomic.write_json(done, record)
     return record
+
+
+def _execution(s: ReproduceSettings, variant: Variant, train: dict[str, Any]) -> dict[str, Any]:
+    """How the run was executed: its device and whether other runs trained beside it."""
+    device = (train.get("execution") or {}).get("device", "unknown")
+    concurrent = s.jobs > 1 and not (variant.frozen and s.fast_path)  # fast-path runs go one at a time
+    return {"device": device, "concurrent_jobs": s.jobs if concurrent else 1,
+            "shared_device": concurrent and not device.startswith("cpu")}
+
+
+def _child_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(name)s: %(message)s")
+
+
+def run_all(s: ReproduceSettings, todo: list[tuple[Variant, RunKey]]) -> list[dict[str, Any]]:
+    """``run_one`` for every cell, in order with ``jobs == 1``, else frozen fast-path cells first
+    (one at a time) and the rest ``jobs`` at a time in spawned processes (one per run)."""
+    if s.jobs <= 1:
+        return [run_one(s, v, k) for v, k in todo]
+    serial = [i for i, (v, _) in enumerate(todo) if v.frozen and s.fast_path]
+    records: dict[int, dict[str, Any]] = {i: run_one(s, *todo[i]) for i in serial}
+    rest = [i for i in range(len(todo)) if i not in records]
+    with ProcessPoolExecutor(s.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1,
+                             initializer=_child_logging) as pool:
+        futures = {i: pool.submit(run_one, s, *todo[i]) for i in rest}
+        records.update({i: f.result() for i, f in futures.items()})
+    return [records[i] for i in range(len(todo))]
 
 
 def _check_grid(s: ReproduceSettings) -> None:
@@ -278,6 +317,6 @@ def reproduce(s: ReproduceSettings) -> dict[str, Any]:
     todo = grid(s)
     skipped = sum((k.path(s.out) / "done.json").is_file() for _, k in todo)
     log.info("reproduce: %d runs (%d already done) in %s", len(todo), skipped, s.out)
-    records = [run_one(s, v, k) for v, k in todo]
+    records = run_all(s, todo)
     paths = write_tables(s.out)
     return {"runs": len(records), "skipped": skipped, **{k: str(v) for k, v in paths.items()}}

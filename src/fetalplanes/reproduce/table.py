@@ -99,7 +99,9 @@ def aggregate(out: Path, records: Sequence[dict[str, Any]]) -> list[dict[str, An
         c = first["costs"]
         row.update(params_total=c["params_total"], params_trainable=c["params_trainable"], gflops=c["gflops"],
                    cpu_latency_ms=c["cpu_latency_ms"], latency_threads=c.get("threads"),
-                   train_wall_s_mean=statistics.fmean(float(r.get("train_wall_s") or 0.0) for r in runs))
+                   train_wall_s_mean=statistics.fmean(float(r.get("train_wall_s") or 0.0) for r in runs),
+                   shared_device=sum(bool(r.get("shared_device")) for r in runs),
+                   concurrent_jobs=max(int(r.get("concurrent_jobs") or 1) for r in runs))
         rows.append(row)
     split_order = {s: i for i, s in enumerate(SCHEMES)}
     task_order = {"planes": 0, "brain": 1}
@@ -183,6 +185,11 @@ def to_markdown(rows: Sequence[dict[str, Any]], info: dict[str, Any]) -> str:
                  f"{r['temperature']:.2f}", f"{r['params_total'] / 1e6:.2f} M / {r['params_trainable'] / 1e6:.2f} M",
                  f"{r['gflops']:.3f}", f"{r['cpu_latency_ms']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    shared = [f"`{r['variant']}` ({r['task']}, {r['split']}): {r['shared_device']} of {r['seeds']} run(s), "
+              f"--jobs {r['concurrent_jobs']}" for r in rows if r.get("shared_device")]
+    if shared:
+        lines += ["", "## Runs that shared a GPU (trained beside other runs: their wall times are not a run alone)",
+                  "", *(f"- {line}" for line in shared)]
     effect = leakage_effect(rows)
     if effect:
         lines += ["", "## Leakage effect (same variant, leaky minus honest split)", "", *effect]

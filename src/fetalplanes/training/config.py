@@ -33,6 +33,12 @@ class DataConfig(BaseModel):
     augment: float = 1.0
     cache_images: bool = True
     num_workers: int = 2
+    # How training images reach the model: "workers" (PIL augmentation per image in loader
+    # processes; the CPU path), "device" (decoded uint8 images held on the training device and
+    # augmented there in batches: training.device_data; not bit-identical to "workers"), or
+    # "auto" ("device" when training on a CUDA GPU, else "workers"). fit writes the resolved
+    # choice into RUN/config.yaml.
+    loader: Literal["auto", "workers", "device"] = "auto"
     skip_bad: bool = False
 
 
@@ -62,6 +68,8 @@ class TrainerConfig(BaseModel):
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
+    # "auto": bf16-mixed on a CUDA GPU that supports it (no loss scaler, so no host sync per
+    # step), else 16-mixed on CUDA, 32-true on CPU; fit writes the resolved value to config.yaml.
     precision: str = "auto"
     deterministic: bool = False
     seed: int = 42

@@ -19,13 +19,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 import fetalplanes
 from fetalplanes.core import atomic
@@ -107,13 +108,38 @@ def _log_version(run_dir: Path, resume: bool) -> str:
     return f"resume{len(list((run_dir / 'logs').glob('resume*'))) + 1}"
 
 
+def on_cuda(cfg: TrainConfig) -> bool:
+    """Whether ``cfg`` trains on a CUDA GPU here (the accelerator asks for one, or 'auto' finds one)."""
+    return torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+
+
+def resolve_execution(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its 'auto' execution settings made concrete for this machine.
+
+    - ``trainer.precision``: bf16-mixed on a CUDA GPU with bf16 (no loss scaler: fp16's scaler
+      reads an overflow flag back to the host every step), 16-mixed on other CUDA GPUs,
+      32-true on CPU.
+    - ``data.loader``: ``device`` on a CUDA GPU (``training.device_data``), ``workers`` on CPU.
+
+    The result is what ``RUN/config.yaml`` records, so a run says how it was executed.
+    """
+    cuda = on_cuda(cfg)
+    precision, loader = cfg.trainer.precision, cfg.data.loader
+    if precision == "auto":
+        precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if cuda else "32-true"
+    if loader == "auto":
+        loader = "device" if cuda else "workers"
+    return cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"precision": precision}),
+                                  "data": cfg.data.model_copy(update={"loader": loader})})
+
+
 def _trainer(cfg: TrainConfig, run_dir: Path, callbacks: list[L.Callback], resume: bool = False) -> L.Trainer:
     t = cfg.trainer
     version = _log_version(run_dir, resume)
-    precision = t.precision
-    if precision == "auto":
-        precision = "16-mixed" if torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda") else "32-true"
+    precision = resolve_execution(cfg).trainer.precision
     return L.Trainer(
+        # cuDNN picks the fastest kernels for the fixed input shape (GPU only; not with deterministic).
+        benchmark=on_cuda(cfg) and not t.deterministic,
         max_epochs=cfg.optim.max_epochs,
         accelerator=t.accelerator,
         devices=t.devices,
@@ -124,7 +150,9 @@ def _trainer(cfg: TrainConfig, run_dir: Path, callbacks: list[L.Callback], resum
         callbacks=callbacks,
         logger=[CSVLogger(run_dir, name="logs", version=version), TensorBoardLogger(run_dir, name="logs", version=f"tb{version}")],
         default_root_dir=run_dir,
-        plugins=[AtomicCheckpointIO()],
+        # On a GPU an epoch can take about as long as writing last.ckpt: write it from a thread
+        # (Lightning clones the tensors first; the write is still temp file + rename).
+        plugins=[AsyncCheckpointIO(AtomicCheckpointIO()) if on_cuda(cfg) else AtomicCheckpointIO()],
         use_distributed_sampler=False,
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress,
@@ -146,8 +174,13 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
-def _image_source(cfg: TrainConfig, spec: ModelSpec, splits: Splits, n: int) -> tuple[PlaneModule, PlaneDataModule]:
-    dm = PlaneDataModule(cfg, spec.preprocessing, splits.train, splits.val, n)
+def _image_source(cfg: TrainConfig, spec: ModelSpec, splits: Splits, n: int) -> tuple[PlaneModule, L.LightningDataModule]:
+    if cfg.data.loader == "device":
+        from fetalplanes.training.device_data import DeviceDataModule
+
+        dm: PlaneDataModule | DeviceDataModule = DeviceDataModule(cfg, spec.preprocessing, splits.train, splits.val, n)
+    else:
+        dm = PlaneDataModule(cfg, spec.preprocessing, splits.train, splits.val, n)
     dm.prepare()
     weights = class_weights([s.label for s in dm.train_ds.samples], n).tolist() if cfg.data.balance == "loss" else None
     return PlaneModule(cfg.model_dump(mode="json"), spec.to_dict(), weights), dm
@@ -172,9 +205,10 @@ def _feature_source(cfg: TrainConfig, spec: ModelSpec, index: Any, splits: Split
 
 
 def train_loop(cfg: TrainConfig, run_dir: Path, module: PlaneModule, dm: L.LightningDataModule,
-               resume: bool = False) -> tuple[L.Trainer, dict[str, Any]]:
+               resume: bool = False, extra_callbacks: Sequence[L.Callback] = ()) -> tuple[L.Trainer, dict[str, Any]]:
     """Run Lightning over ``module`` and ``dm`` (images or cached features) into ``run_dir``:
     best.ckpt on validation macro-F1, last.ckpt every epoch, early stopping, CSV/TensorBoard logs.
+    ``extra_callbacks`` (e.g. a benchmark's timers) run after the loop's own.
 
     Returns the trainer and the run's numbers (epochs run, best validation macro-F1, training
     images per second, wall seconds, parameter counts).
@@ -193,6 +227,7 @@ def train_loop(cfg: TrainConfig, run_dir: Path, module: PlaneModule, dm: L.Light
         LearningRateMonitor(logging_interval="epoch"),
         BatchSeed(cfg.trainer.seed),
         throughput,
+        *extra_callbacks,
     ]
     trainer = _trainer(cfg, run_dir, callbacks, resume)
     counts = module.model.param_counts()
@@ -217,7 +252,7 @@ def train_loop(cfg: TrainConfig, run_dir: Path, module: PlaneModule, dm: L.Light
 
 
 def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
-        feature_cache: str | Path | None = None) -> FitResult:
+        feature_cache: str | Path | None = None, extra_callbacks: Sequence[L.Callback] = ()) -> FitResult:
     """Train ``cfg`` on the dataset at ``data``; writes the run into ``out_dir``.
 
     ``feature_cache``: a folder for cached backbone features. With it (and ``model.finetune:
@@ -233,6 +268,7 @@ def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = 
         raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     if feature_cache is not None and cfg.model.finetune != "frozen":
         raise UsageError(f"the feature-cache fast path needs model.finetune 'frozen', got {cfg.model.finetune!r}")
+    cfg = resolve_execution(cfg)
     index, splits, spec, summary = prepare_run(data, cfg, run_dir)
     n = len(index.class_names)
     extra: dict[str, Any] = {}
@@ -242,7 +278,9 @@ def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = 
     else:
         module, dm, extra["feature_cache"] = _feature_source(cfg, spec, index, splits, n, Path(feature_cache))
         val_samples = list(splits.val)
-    trainer, result = train_loop(cfg, run_dir, module, dm, resume)
+    trainer, result = train_loop(cfg, run_dir, module, dm, resume, extra_callbacks)
+    extra["execution"] = {"precision": cfg.trainer.precision, "loader": cfg.data.loader if feature_cache is None
+                          else "feature_cache", "device": str(module.device), "batch_size": cfg.optim.batch_size}
     result = {**result, **extra, **summary}
     if trainer.is_global_zero:
         atomic.write_json(run_dir / "train_summary.json", result)

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from fetalplanes.models.checkpoint import CKPT_KEY, checkpoint_record
 from fetalplanes.models.registry import build_model
 from fetalplanes.training.config import TrainConfig
-from fetalplanes.training.optim import adamw, param_groups, warmup_cosine
+from fetalplanes.training.optim import adamw, param_groups, use_fused, warmup_cosine
 
 # The model-selection metric of every run: best.ckpt, early stopping and train_summary.json's
 # best_val_f1_macro all read it.
@@ -71,7 +71,9 @@ class PlaneModule(L.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         self.train_acc(logits, y)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        # Not in the progress bar: the bar reads its values every step, which is a host sync per
+        # step (the GPU drains its queue); the logger reads them every log_every_n_steps only.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
@@ -87,9 +89,7 @@ class PlaneModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.cfg.optim
         groups = param_groups(self.model, o.lr, o.weight_decay, o.backbone_lr_mult)
-        # Fused AdamW on the fast path only: there the optimizer's per-tensor overhead dominated
-        # the tiny steps; the image path keeps the reference implementation.
-        optimizer = adamw(groups, o.lr, fused=self.inputs == "features")
+        optimizer = adamw(groups, o.lr, fused=use_fused(self.inputs, self.device))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(total - 1, int(round(o.warmup_epochs * total / max(1, self.trainer.max_epochs))))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))

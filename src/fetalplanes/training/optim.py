@@ -48,6 +48,14 @@ def adamw(groups: list[dict[str, Any]], lr: float, fused: bool = False) -> torch
     return torch.optim.AdamW(groups, lr=lr)
 
 
+def use_fused(inputs: str, device: torch.device | str) -> bool:
+    """Whether a module's AdamW is the fused kernel: on the frozen fast path (``inputs ==
+    "features"``: the optimizer's per-tensor overhead dominated its tiny steps) and on CUDA
+    (one kernel launch per parameter group instead of several per tensor). Image training on
+    the CPU keeps the reference implementation, so CPU results stay as they were."""
+    return inputs == "features" or torch.device(device).type == "cuda"
+
+
 def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.01) -> float:
     """Learning-rate factor: linear warm-up to 1, then cosine decay to ``floor`` at ``total`` steps."""
     if warmup > 0 and step < warmup:
