@@ -105,7 +105,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             "apt-get install -y chromium (as root), then make test (.ci/run does this)", yellow=True)
 
 
-def _run_cli(*args: str) -> "subprocess.CompletedProcess[str]":
+def _run_cli(*args: str):  # -> subprocess.CompletedProcess[str]
     """``python -m fetalplanes ARGS`` as a user runs it; a traceback on stderr fails the test."""
     import subprocess
     import sys

@@ -4,10 +4,7 @@ or with --skip-bad go on and say which files were left out (tiny synthetic class
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

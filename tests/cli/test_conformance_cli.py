@@ -16,9 +16,6 @@ from __future__ import annotations
 import csv
 import fnmatch
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

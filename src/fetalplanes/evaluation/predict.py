@@ -7,7 +7,6 @@ Evaluation, calibration and the explain pipeline score ``Sample`` lists with any
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np

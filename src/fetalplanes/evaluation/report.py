@@ -12,7 +12,7 @@ import numpy as np
 
 from fetalplanes.core import atomic
 from fetalplanes.core.errors import DataError
-from fetalplanes.core.postprocess import softmax, top1
+from fetalplanes.core.postprocess import top1
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.data.records import Sample
 from fetalplanes.data.splits import choose_split, selection_lines

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fetalplanes.core.spec import ModelSpec
-from fetalplanes.runtime.artifact import SPEC_KEY, ModelFileError, ModelFileNotFound, spec_from_metadata
+from fetalplanes.runtime.artifact import ModelFileError, spec_from_metadata
 from fetalplanes.core.predictor import DEFAULT_BATCH, BasePredictor  # noqa: F401  (DEFAULT_BATCH re-exported)
 from fetalplanes.runtime.session import available_cores, load_session, session_options  # noqa: F401  (re-exported)
 
