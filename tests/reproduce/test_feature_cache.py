@@ -68,7 +68,8 @@ def test_features_match_the_backbone(synth_data: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_frozen_run_checkpoint_loads_and_matches_cached_head(frozen_run, synth_data: Path) -> None:
-    from fetalplanes.evaluation.predict import predict_logits
+    from fetalplanes.evaluation.predict import sample_logits
+    from fetalplanes.models.predictor import TorchPredictor
     from fetalplanes.models.weights import LITE0_BACKBONE, lite0_state_dict, map_lite0_keys
     from fetalplanes.models.checkpoint import load_checkpoint, read_checkpoint
 
@@ -95,7 +96,7 @@ def test_frozen_run_checkpoint_loads_and_matches_cached_head(frozen_run, synth_d
     assert fs.cached
     with torch.no_grad():
         cached_logits = model.forward_head(model.attention(fs.features[:8].float()))
-    full = predict_logits(model, spec, every[:8])
+    full = sample_logits(TorchPredictor.from_model(model, spec), every[:8])
     assert torch.allclose(cached_logits, torch.from_numpy(full), atol=5e-2)
     assert (cached_logits.argmax(1).numpy() == full.argmax(1)).mean() >= 0.875
 

@@ -200,7 +200,7 @@ class BasePredictor:
         naming its index, the good frames still answered. A video file is refused with a
         pointer to ``stream``. Results come in input order, frames in index order.
         """
-        files = expand_inputs(paths)
+        files = expand_inputs(paths, missing_ok=True)  # a missing file is one bad row, not the batch's end
         step = max(1, int(batch_size))
         results: list[FileResult] = []
         pending: list[tuple[FileResult, np.ndarray]] = []
@@ -271,13 +271,14 @@ def _file_frames(path: Path, pre: Any) -> Iterator[FileResult | tuple[FileResult
         yield FileResult(path, error=f"{path}: short read: {reader.info['short_read']}")
 
 
-def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, folders searched recursively for images; FileNotFoundError for a missing path."""
+def expand_inputs(paths: Iterable[str | os.PathLike[str]], missing_ok: bool = False) -> list[Path]:
+    """Files as given, folders searched recursively for images; FileNotFoundError for a missing
+    path, unless ``missing_ok`` (then it is kept, and its reader reports it like any bad file)."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             files += list_images(p)
-        elif p.exists():
+        elif p.exists() or missing_ok:
             files.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
