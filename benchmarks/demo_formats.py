@@ -33,20 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", type=Path, default=Path("runs/demo"), help="Output folder of `fetalplanes demo`.")
     ap.add_argument("--out", type=Path, default=Path("runs/demo_formats"))
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--max-drop", type=float, default=0.01, help="int8 accuracy gate (export --max-drop)")
     args = ap.parse_args(argv)
     ckpt, data = args.run / "run" / "checkpoints" / "best.ckpt", args.run / "data"
     if not ckpt.is_file() or not data.is_dir():
         ap.error(f"{args.run}: no demo run there (expected {ckpt} and {data}); run `make demo` first")
     fp32, int8 = args.out / "model.onnx", args.out / "model.int8.onnx"
     cli("export", "--checkpoint", str(ckpt), "--out", str(fp32), "--int8", "--calibration", str(data),
-        "--int8-out", str(int8), "--report", str(args.out / "export.json"))
+        "--int8-out", str(int8), "--max-drop", str(args.max_drop), "--report", str(args.out / "export.json"))
     rows = []
     for name, model in (("checkpoint (.ckpt)", ckpt), ("ONNX fp32", fp32), ("ONNX int8 (QDQ)", int8)):
         out = args.out / f"eval_{model.name.replace('.', '_')}"
         t0 = time.perf_counter()
         cli("evaluate", "--model", str(model), "--data", str(data), "--out", str(out), "--n-boot", str(args.n_boot))
         m = json.loads((out / "metrics.json").read_text())
-        ci = m["ci95"]["top1"]
+        ci = (m.get("ci95") or {}).get("top1") or {"low": float("nan"), "high": float("nan")}
         rows.append({"format": name, "file": str(model), "size_mb": model.stat().st_size / 1e6, "n": m["n"],
                      "top1": m["top1"], "top1_low": ci["low"], "top1_high": ci["high"], "top2": m["top2"],
                      "f1_macro": m["f1_macro"], "evaluate_s": time.perf_counter() - t0})
