@@ -56,6 +56,9 @@ def test_predict_batch_keeps_good_answers_beside_a_bad_file(onnx_model: Path, sy
     assert [r.path for r in results] == [good[0], bad, *good[1:]]
     assert [r.ok for r in results] == [True, False, True, True]
     assert isinstance(results[1], FileResult) and "broken.png" in results[1].error
+    # A path that does not exist is one bad row too, not the end of the batch.
+    results = load_predictor(onnx_model).predict_batch([tmp_path / "nosuch.png", good[0]])
+    assert [r.ok for r in results] == [False, True] and "nosuch.png" in results[0].error
 
 
 @pytest.mark.parametrize("content, needle", [(b"", "empty file"), (b"hello world", "unknown model file type")])
