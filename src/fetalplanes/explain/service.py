@@ -31,12 +31,11 @@ class CamExplainer:
         return overlay_png(image, result, spec)
 
 
-def service_explainer(predictor: Any) -> CamExplainer | str:
-    """An explainer for a torch Predictor, else the sentence that tells the user why there is none."""
+def service_explainer(predictor: Any) -> CamExplainer | str | None:
+    """An explainer for a torch Predictor; for another backend None (the service then says why
+    there are no heat maps); a sentence when the explanation libraries cannot be imported."""
     if getattr(predictor, "kind", None) != "checkpoint" or not hasattr(predictor, "model"):
-        name = getattr(getattr(predictor, "path", None), "name", "model")
-        return (f"Heat maps are not available for plain ONNX models ({name}): Grad-CAM needs the "
-                "PyTorch checkpoint. Serve the .ckpt file to get explanations.")
+        return None
     try:
         # Imported now, at start-up, rather than inside the first request (torch, pytorch-grad-cam).
         import fetalplanes.explain.cam  # noqa: F401

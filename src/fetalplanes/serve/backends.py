@@ -41,8 +41,8 @@ class Explainer(Protocol):
     def __call__(self, image: Image.Image) -> bytes: ...
 
 
-# Predictor -> an Explainer, or a sentence saying why there is none.
-ExplainerFactory = Callable[[BasePredictor], "Explainer | str"]
+# Predictor -> an Explainer, a sentence saying why there is none, or None (the default reason).
+ExplainerFactory = Callable[[BasePredictor], "Explainer | str | None"]
 
 
 class ServedModel:
