@@ -1,4 +1,5 @@
-"""CBAM's spatial gate: padding that invents no border, recorded in the spec; old models keep theirs."""
+"""CBAM's spatial gate: padding that invents no border, logits BatchNorm-ed so the gate cannot
+saturate, both recorded in the spec; old models keep theirs."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import pytest
 import torch
 
 from fetalplanes.core.spec import SPEC_FORMAT_VERSION, ModelSpec
-from fetalplanes.models.attention import CBAM, SPATIAL_PADDINGS, create_attention
+from fetalplanes.models.attention import CBAM, SPATIAL_NORMS, SPATIAL_PADDINGS, create_attention
 from fetalplanes.models.checkpoint import load_model, write_checkpoint
 from fetalplanes.models.registry import create_model, resolve_config
 
 
 def _pair(channels: int = 16) -> tuple[CBAM, CBAM]:
     torch.manual_seed(0)
-    new = CBAM(channels, spatial_padding="replicate").eval()
-    old = CBAM(channels, spatial_padding="zeros").eval()
+    new = CBAM(channels, spatial_padding="replicate", spatial_norm="none").eval()
+    old = CBAM(channels, spatial_padding="zeros", spatial_norm="none").eval()
     old.load_state_dict(new.state_dict())  # the padding is no parameter: same weights
     return new, old
 
@@ -43,16 +44,39 @@ def test_gate_follows_the_input_on_small_maps() -> None:
     assert share["new"] < share["old"]
 
 
-def test_padding_choice_is_validated_and_the_default_is_the_new_one() -> None:
-    assert CBAM(16).spatial_padding == "replicate" and "zeros" in SPATIAL_PADDINGS
+def test_gate_logits_are_normalised_so_large_activations_do_not_saturate_it() -> None:
+    """Fine-tuned features are large: without a norm the sigmoid sits at ~1 on every cell."""
+    torch.manual_seed(0)
+    x = 50.0 * torch.randn(32, 16, 4, 4).abs()  # activations far from unit scale
+    gates = {}
+    for norm in SPATIAL_NORMS:
+        block = CBAM(16, spatial_norm=norm).train()  # training mode: BatchNorm uses the batch statistics
+        torch.manual_seed(1)
+        block.spatial.weight.data = torch.randn_like(block.spatial.weight)
+        with torch.no_grad():
+            gates[norm] = block.spatial_gate(block.channel_refined(x))
+    saturated = {n: float(((g < 0.01) | (g > 0.99)).float().mean()) for n, g in gates.items()}
+    assert saturated["none"] > 0.8, saturated
+    assert saturated["batch"] < 0.2, saturated
+    assert float(gates["batch"].std()) > 5 * float(gates["none"].std())
+
+
+def test_gate_options_are_validated_and_the_defaults_are_the_new_ones() -> None:
+    block = CBAM(16)
+    assert block.spatial_padding == "replicate" and "zeros" in SPATIAL_PADDINGS
+    assert block.spatial_norm_kind == "batch" and isinstance(block.spatial_norm, torch.nn.BatchNorm2d)
+    assert block.spatial.bias is None  # BatchNorm's shift replaces it
+    assert isinstance(CBAM(16, spatial_norm="none").spatial_norm, torch.nn.Identity)
     with pytest.raises(ValueError, match="choose one of"):
         CBAM(16, spatial_padding="circularish")
+    with pytest.raises(ValueError, match=r"choose one of \['batch', 'none'\]"):
+        CBAM(16, spatial_norm="layer")
     with pytest.raises(ValueError, match="does not take attention_kwargs"):
         create_attention("se", 16, spatial_padding="zeros")
-    # New configs record the new default (in the spec, through model_dump); other blocks get nothing.
-    assert resolve_config("demo").attention_kwargs == {"spatial_padding": "replicate"}
+    # New configs record the new defaults (in the spec, through model_dump); other blocks get nothing.
+    assert resolve_config("demo").attention_kwargs == {"spatial_padding": "replicate", "spatial_norm": "batch"}
     assert resolve_config("paper_lite0", attention_kwargs={"spatial_padding": "zeros"}).attention_kwargs == {
-        "spatial_padding": "zeros"}
+        "spatial_padding": "zeros", "spatial_norm": "batch"}
     assert resolve_config("demo", attention="se").attention_kwargs == {}
 
 
@@ -62,21 +86,30 @@ def _spec(model, version: str, kwargs: dict) -> ModelSpec:
                                 "format_version": version})
 
 
-@pytest.mark.parametrize(("version", "kwargs", "padding"), [
-    ("1.1", {}, "zeros"),  # written before the choice existed: trained with zero padding
-    ("1.0", {"reduction": 16}, "zeros"),
-    (SPEC_FORMAT_VERSION, {}, "replicate"),  # a hand-made new spec without the key: the new default
-    (SPEC_FORMAT_VERSION, {"spatial_padding": "zeros"}, "zeros"),
+@pytest.mark.parametrize(("version", "kwargs", "padding", "norm"), [
+    ("1.1", {}, "zeros", "none"),  # written before either choice existed
+    ("1.0", {"reduction": 16}, "zeros", "none"),
+    ("1.2", {"spatial_padding": "replicate"}, "replicate", "none"),  # padding chosen, no norm yet
+    (SPEC_FORMAT_VERSION, {}, "replicate", "batch"),  # a hand-made new spec without the keys: the defaults
+    (SPEC_FORMAT_VERSION, {"spatial_padding": "zeros", "spatial_norm": "none"}, "zeros", "none"),
 ])
-def test_checkpoints_rebuild_with_the_padding_they_were_trained_with(tmp_path: Path, version: str, kwargs: dict,
-                                                                     padding: str) -> None:
-    model = create_model("demo", 3, pretrained=False).eval()
+def test_checkpoints_rebuild_with_the_gate_they_were_trained_with(tmp_path: Path, version: str, kwargs: dict,
+                                                                  padding: str, norm: str) -> None:
+    # The weights come from a model built with the old options: a strict state-dict load only
+    # succeeds if the spec's migration rebuilds exactly that module (with or without the BatchNorm).
+    model = create_model("demo", 3, pretrained=False, attention_kwargs={"spatial_padding": padding,
+                                                                       "spatial_norm": norm}).eval()
     spec = _spec(model, version, kwargs)
     assert spec.format_version == SPEC_FORMAT_VERSION
     path = write_checkpoint(tmp_path / "m.ckpt", model, spec, {})
     loaded, loaded_spec = load_model(path)
-    assert loaded.attention.spatial_padding == padding
-    assert loaded_spec.architecture["attention_kwargs"].get("spatial_padding", "replicate") == padding
+    assert (loaded.attention.spatial_padding, loaded.attention.spatial_norm_kind) == (padding, norm)
+    recorded = loaded_spec.architecture["attention_kwargs"]
+    assert recorded.get("spatial_padding", "replicate") == padding
+    assert recorded.get("spatial_norm", "batch") == norm
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
 
 
 def test_migration_leaves_other_attentions_alone() -> None:

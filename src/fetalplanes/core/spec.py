@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 # 1.1: ``format_version`` and a top-level ``explain`` section.
 # 1.2: CBAM's spatial gate pads with 'replicate' by default; older CBAM models get their
 #      'zeros' padding written into ``architecture.attention_kwargs`` (same weights, old maths).
-SPEC_FORMAT_VERSION = "1.2"
+# 1.3: CBAM's spatial gate has a BatchNorm by default (``spatial_norm='batch'``); older CBAM
+#      models get ``spatial_norm='none'`` written in (their weights have no such layer).
+SPEC_FORMAT_VERSION = "1.3"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -174,21 +176,24 @@ def migrate(d: dict[str, Any], source: str = "model spec") -> tuple[dict[str, An
         d.setdefault("explain", training.pop("explain", None) or {})
         d["training"] = training
     if have < (1, 2):
-        _pin_cbam_zero_padding(d)
+        _pin_cbam_option(d, "spatial_padding", "zeros")
+    if have < (1, 3):
+        _pin_cbam_option(d, "spatial_norm", "none")
     return d, have > current
 
 
-def _pin_cbam_zero_padding(d: dict[str, Any]) -> None:
-    """1.1 -> 1.2: CBAM models trained before the padding was a choice keep zero padding.
+def _pin_cbam_option(d: dict[str, Any], key: str, old_value: str) -> None:
+    """CBAM models trained before ``key`` was a choice keep the behaviour they were trained with.
 
-    The padding changes no weight, so without this an old checkpoint would load silently with
-    the new default and compute a different spatial gate from the one it was trained with.
+    1.1 -> 1.2 pins zero padding: the padding changes no weight, so without this an old
+    checkpoint would load silently with the new default and compute a different spatial gate.
+    1.2 -> 1.3 pins no spatial BatchNorm: old weights have no such layer.
     """
     arch = d.get("architecture")
     if not isinstance(arch, dict) or arch.get("attention", "cbam") != "cbam":
         return
     kwargs = dict(arch.get("attention_kwargs") or {})
-    kwargs.setdefault("spatial_padding", "zeros")
+    kwargs.setdefault(key, old_value)
     d["architecture"] = {**arch, "attention_kwargs": kwargs}
 
 

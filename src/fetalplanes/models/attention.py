@@ -39,9 +39,20 @@ class SqueezeExcite(nn.Module):
 SPATIAL_PADDINGS: tuple[str, ...] = ("replicate", "reflect", "zeros")
 DEFAULT_SPATIAL_PADDING = "replicate"
 
+# Normalisation of the spatial gate's logits. 'batch' is Woo et al.'s released CBAM
+# (github.com/Jongchan/attention-module: the spatial branch is Conv-BatchNorm, then sigmoid).
+# Without it ('none', every checkpoint before spec format 1.3) the logits scale with the
+# backbone's activations: the fine-tuned demo's gate sat at 0.997 on every cell of every image,
+# i.e. it passed the features through and attended to nothing (benchmarks/bench_attention_gate.py).
+# BatchNorm keeps the logits near unit scale, so the sigmoid stays where it can discriminate.
+SPATIAL_NORMS: tuple[str, ...] = ("batch", "none")
+DEFAULT_SPATIAL_NORM = "batch"
+
 # Options whose default changed between releases: ``ModelConfig`` writes them into every new
 # config, so the spec of each model says which behaviour it was trained with.
-RECORDED_DEFAULTS: dict[str, dict[str, object]] = {"cbam": {"spatial_padding": DEFAULT_SPATIAL_PADDING}}
+RECORDED_DEFAULTS: dict[str, dict[str, object]] = {
+    "cbam": {"spatial_padding": DEFAULT_SPATIAL_PADDING, "spatial_norm": DEFAULT_SPATIAL_NORM},
+}
 
 
 class CBAM(nn.Module):
@@ -50,19 +61,30 @@ class CBAM(nn.Module):
     The spatial gate is what lets the head focus on the anatomy (skull, femur, stomach) rather
     than on the whole fan, which is why it is the default refinement here. ``spatial_padding``
     (one of :data:`SPATIAL_PADDINGS`) is how its 7x7 convolution sees past the map's edge;
-    models written before spec format 1.2 load with 'zeros' (``core.spec.migrate``).
+    ``spatial_norm`` (one of :data:`SPATIAL_NORMS`) whether its logits pass a BatchNorm, as in
+    the authors' released code. Models written before spec format 1.2 load with 'zeros'
+    padding, before 1.3 with no norm (``core.spec.migrate``).
+
+    Raises:
+        UsageError: an unknown ``spatial_padding`` or ``spatial_norm`` (the valid ones listed).
     """
 
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7,
-                 spatial_padding: str = DEFAULT_SPATIAL_PADDING) -> None:
+                 spatial_padding: str = DEFAULT_SPATIAL_PADDING, spatial_norm: str = DEFAULT_SPATIAL_NORM) -> None:
         super().__init__()
         if spatial_padding not in SPATIAL_PADDINGS:
             raise UsageError(f"unknown CBAM spatial_padding {spatial_padding!r}; choose one of {list(SPATIAL_PADDINGS)}")
+        if spatial_norm not in SPATIAL_NORMS:
+            raise UsageError(f"unknown CBAM spatial_norm {spatial_norm!r}; choose one of {list(SPATIAL_NORMS)}")
         hidden = max(8, channels // reduction)
-        self.spatial_padding = spatial_padding
+        self.spatial_padding, self.spatial_norm_kind = spatial_padding, spatial_norm
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
-        # padding_mode changes no parameter, so the state dict is the same for every choice.
-        self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, padding_mode=spatial_padding)
+        # padding_mode changes no parameter, so the state dict is the same for every padding.
+        # With BatchNorm the conv's bias is redundant (BN subtracts the mean), as in the reference.
+        batch = spatial_norm == "batch"
+        self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, padding_mode=spatial_padding,
+                                 bias=not batch)
+        self.spatial_norm = nn.BatchNorm2d(1) if batch else nn.Identity()
 
     def channel_refined(self, x: torch.Tensor) -> torch.Tensor:
         """The channel-attention half: (B, C, H, W) -> (B, C, H, W)."""
@@ -73,7 +95,7 @@ class CBAM(nn.Module):
     def spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial gate in (0, 1), (B, 1, H, W), for channel-refined features ``x``."""
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return torch.sigmoid(self.spatial(pooled))
+        return torch.sigmoid(self.spatial_norm(self.spatial(pooled)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.channel_refined(x)
