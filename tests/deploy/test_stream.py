@@ -199,6 +199,24 @@ def test_stream_cli(tiny_onnx: Path, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--smooth" in bad.stderr
 
 
+def test_stream_says_why_there_is_no_best_frame(tiny_onnx: Path, tmp_path: Path) -> None:
+    """Every frame below the abstain threshold: no best/ image, and the CLI says why."""
+    import shutil
+
+    from fetalplanes.runtime.artifact import update_spec
+
+    model = Path(shutil.copy(tiny_onnx, tmp_path / "strict.onnx"))
+    update_spec(model, abstain_threshold=1.0)  # no softmax reaches 1.0 on these frames
+    video = write_phantom_video(tmp_path / "sweep.mp4", 4, (160, 128))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fetalplanes.cli", "stream", str(video), "--model", str(model), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no best frame: every frame was below the model's abstain threshold" in proc.stdout
+    assert not list((tmp_path / "o").glob("best/*.png"))
+
+
 def test_stream_keeps_good_frames_of_a_cine_with_a_bad_one(tiny_onnx: Path, tmp_path: Path, shared_cases: Path) -> None:
     """cases/cine_bad_frame: the five good frames are classified, frame 3 is reported, the run succeeds."""
     summary = run_stream(StreamConfig(shared_cases / "cine_bad_frame" / "c05_cine_badframe.dcm", tiny_onnx, tmp_path))

@@ -86,6 +86,9 @@ def stream(
     )
     for label, b in s["best_frames"].items():
         console.print(f"  best {label}: frame {b['frame']} (t={b['time_s']:.2f} s, {b['confidence']:.1%}) -> {b['path']}", markup=False)
+    if save_best and not s["best_frames"]:
+        # Say why the best/ folder is empty instead of leaving the user to look for it.
+        console.print("  no best frame: every frame was below the model's abstain threshold", markup=False)
     console.print(f"-> {out / 'frames.csv'}  {out / 'stream.json'}")
 
 
