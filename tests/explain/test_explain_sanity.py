@@ -109,6 +109,16 @@ def test_a_randomized_models_maps_are_flagged() -> None:
     assert report["flagged"]
 
 
+@pytest.mark.parametrize(("n", "small"), [(sanity.MIN_IMAGES - 1, True), (sanity.MIN_IMAGES, False)])
+def test_few_images_make_the_verdict_say_it_is_indicative(n: int, small: bool) -> None:
+    torch.manual_seed(0)
+    model, images = Tiny().eval(), _images(n)
+    report = sanity.run_checks(model, images, [_cam_map(model, im, "0") for im in images], ["0"] * n, _cam_map)
+    assert report["small_sample"] is small
+    assert ("indicative, not evidence" in report["verdict"]) is small
+    assert report["verdict"].startswith("the maps change") or report["verdict"].startswith("FLAGGED")
+
+
 def test_explain_sanity_writes_reports(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

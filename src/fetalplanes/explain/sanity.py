@@ -19,7 +19,8 @@ A randomization is *survived* when the median rank correlation over images is at
 ``SURVIVAL_RHO``; maps that survive any randomization are **flagged** as not explaining the
 model (they follow the image or the architecture, not the learned decision). A map that
 becomes constant has no ranking: its correlation is reported as None and counts as 0 in the
-median (it certainly changed).
+median (it certainly changed). With fewer than ``MIN_IMAGES`` images the verdict says that a
+median over so few maps is indicative only (``small_sample``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 SURVIVAL_RHO = 0.5
 MAX_PIXELS = 4096
 PERMUTED_STEPS = 100
+MIN_IMAGES = 10  # below this, one odd image moves the median: say so beside the verdict
 REFERENCE = "Adebayo et al., Sanity Checks for Saliency Maps, NeurIPS 2018"
 # (name, sub-modules re-drawn; None = the whole model), top of the network first.
 CASCADE: tuple[tuple[str, tuple[str, ...] | None], ...] = (
@@ -161,13 +163,19 @@ def run_checks(model, images: Sequence[Any], trained: Sequence[np.ndarray], targ
         checks.append(_summary("labels permuted (head re-drawn and fit to permuted labels)", rhos, {
             "randomized": ["head"], "steps": PERMUTED_STEPS, "train_accuracy_on_permuted_labels": acc}))
     flagged = [c["name"] for c in checks if c["survives"]]
+    small = len(images) < MIN_IMAGES
+    verdict = _verdict(checks, flagged)
+    if small and checks:
+        verdict += (f"; only {len(images)} image(s): a median over fewer than {MIN_IMAGES} maps is indicative, "
+                    "not evidence")
     return {
         "reference": REFERENCE,
         "n_images": len(images),
         "survival_threshold": SURVIVAL_RHO,
         "checks": checks,
         "flagged": bool(flagged),
-        "verdict": _verdict(checks, flagged),
+        "small_sample": small,
+        "verdict": verdict,
     }
 
 
