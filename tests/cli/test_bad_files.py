@@ -64,3 +64,19 @@ def test_evaluate_stops_with_the_list_or_reports_what_it_skipped(cli_run, folder
     assert "2 of 8 image file(s) could not be read and were left out" in report
     assert all(f"`{p}`" in report for p in bad)
     assert "2 unreadable image(s) left out" in proc.stderr
+
+
+def test_patient_bootstrap_without_patient_ids_names_a_file(cli_run, folder_with_bad_files, onnx_model: Path,
+                                                            tmp_path: Path) -> None:
+    """Class folders carry no patient ids: the one-line error names the data and an image, not a row number."""
+    root, bad = folder_with_bad_files
+    for p in bad:
+        p.unlink()
+    out = tmp_path / "eval"
+    proc = cli_run("evaluate", "--model", str(onnx_model), "--data", str(root), "--out", str(out), "--n-boot", "20",
+                   "--split", "all")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = next(ln for ln in proc.stderr.splitlines() if "no patient id" in ln)
+    assert "6 of 6 image(s) have no patient id (first: " in line and str(root) in line and ".png" in line
+    assert "--unit image" in line and "Traceback" not in proc.stderr
+    assert not (out / "metrics.json").exists()

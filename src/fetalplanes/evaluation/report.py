@@ -147,6 +147,14 @@ def write_report(out_dir: str | Path, m: dict[str, Any], spec: ModelSpec, sample
             (tmp / name).write_bytes(data)
 
 
+def _require_patient_ids(data: str | Path, samples: Sequence[Any]) -> None:
+    """The patient bootstrap needs every image's patient: the first image without one is named by file."""
+    missing = [s.path for s in samples if s.patient is None or str(s.patient).strip() == ""]
+    if missing:
+        raise DataError(f"{data}: {len(missing)} of {len(samples)} image(s) have no patient id (first: {missing[0]}); "
+                        "the patient bootstrap needs one per image, or ask for image-level intervals with --unit image")
+
+
 def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, split: str = "test",
              batch_size: int = 32, n_boot: int = 1000, unit: str = "patient", skip_bad: bool = False) -> dict[str, Any]:
     """Evaluate a model file (``.ckpt`` or ``.onnx``) or a loaded Predictor on one split of a
@@ -176,6 +184,8 @@ def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, spl
     samples, logits, skipped = score_samples(predictor, samples, batch_size, skip_bad)
     if not samples:
         raise DataError(f"{data}: none of the {len(skipped)} image(s) of split {split!r} could be read")
+    if unit == "patient":  # after the unreadable files are listed, before any interval is drawn
+        _require_patient_ids(data, samples)
     probs = predictor.probabilities(logits)
     y = np.array([s.label for s in samples])
     meta = {c: [s.meta[c] for s in samples] for c in BREAKDOWN_COLUMNS if all(c in s.meta for s in samples)}
