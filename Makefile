@@ -57,11 +57,15 @@ lock:
 
 # Mutation testing of the metric math (evaluation/metrics.py, calibration.py, core/postprocess.py,
 # explain/localization.py) against its fast reference tests; config in pyproject [tool.mutmut].
-# Not in CI: about half an hour on 2 busy cores. Score and survivors: docs/metrics.md.
+# Not in CI: about a quarter of an hour on 2 idle cores. Score and survivors: docs/metrics.md.
+# mutmut forks one child per mutant from a process that has imported torch: with more than one
+# OpenMP thread the children deadlock (futex wait) and are reported as timeouts, so the math
+# runs single-threaded here.
 MUTATE_CHILDREN ?= 2
 mutate: setup
 	rm -rf mutants
-	FP_HYPOTHESIS_EXAMPLES=25 $(BIN)/mutmut run --max-children $(MUTATE_CHILDREN)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 FP_HYPOTHESIS_EXAMPLES=25 HF_HUB_OFFLINE=1 \
+		$(BIN)/mutmut run --max-children $(MUTATE_CHILDREN)
 	$(BIN)/mutmut results
 
 clean:
