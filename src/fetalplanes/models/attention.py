@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fetalplanes.core.errors import UsageError
 
@@ -95,7 +96,18 @@ class CBAM(nn.Module):
     def spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial gate in (0, 1), (B, 1, H, W), for channel-refined features ``x``."""
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return torch.sigmoid(self.spatial_norm(self.spatial(pooled)))
+        return torch.sigmoid(self._normalised(self.spatial(pooled)))
+
+    def _normalised(self, logits: torch.Tensor) -> torch.Tensor:
+        norm = self.spatial_norm
+        if isinstance(norm, nn.BatchNorm2d) and norm.training and logits.shape[0] * logits.shape[2] * logits.shape[3] == 1:
+            # One logit (a training batch of one image whose map is 1x1: a frozen backbone at a
+            # small image size, last batch of an epoch) has no batch statistics, and torch's
+            # BatchNorm refuses it. Normalise with the running statistics, as at inference,
+            # and leave them as they are; the affine still learns.
+            return F.batch_norm(logits, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                                training=False, eps=norm.eps)
+        return norm(logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.channel_refined(x)
