@@ -175,8 +175,10 @@ def check_attention_kwargs(kind: str, kwargs: dict[str, object]) -> None:
     Called when a config is read (``models.registry.ModelConfig``), so a typo in a YAML or a
     variants file fails there, naming the file, not later when the model is built.
     """
-    takes = [n for n in inspect.signature(ATTENTIONS[kind]).parameters if n != "channels"]
-    unknown = sorted(set(kwargs) - set(takes))
+    params = inspect.signature(ATTENTIONS[kind]).parameters.values()
+    takes = [p.name for p in params if p.name != "channels" and p.kind is not p.VAR_KEYWORD]
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params)  # a factory taking **kwargs checks its own
+    unknown = [] if open_ended else sorted(set(kwargs) - set(takes))
     if unknown:
         raise UsageError(f"attention {kind!r} does not take attention_kwargs {unknown}; it takes {takes}")
     for key, choices in OPTION_CHOICES.get(kind, {}).items():
