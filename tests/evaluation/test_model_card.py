@@ -66,3 +66,17 @@ def test_card_rejects_metrics_without_fields(evaluated: tuple[Path, dict], tmp_p
     ckpt, _ = evaluated
     with pytest.raises(ValueError, match="top2"):
         write_model_card(ckpt, {"top1": 0.5}, out=tmp_path / "card.md")
+
+
+def test_card_names_the_attention_options(evaluated: tuple[Path, dict]) -> None:
+    """Two CBAM models with different spatial gates (the 1.3 BatchNorm or not) must not read alike."""
+    from fetalplanes.models.checkpoint import load_checkpoint
+
+    ckpt, metrics = evaluated
+    _, spec = load_checkpoint(ckpt)
+    assert "`cbam` attention (spatial_padding `replicate`, spatial_norm `batch`)" in render_card(spec, metrics)
+    old = spec.replace(architecture={**spec.architecture, "attention_kwargs": {"spatial_padding": "zeros",
+                                                                               "spatial_norm": "none"}})
+    assert "(spatial_padding `zeros`, spatial_norm `none`)" in render_card(old, metrics)
+    plain = spec.replace(architecture={**spec.architecture, "attention": "se", "attention_kwargs": {}})
+    assert "`se` attention -> global average" in render_card(plain, metrics)

@@ -115,3 +115,59 @@ def test_checkpoints_rebuild_with_the_gate_they_were_trained_with(tmp_path: Path
 def test_migration_leaves_other_attentions_alone() -> None:
     model = create_model("demo", 3, pretrained=False, attention="se")
     assert _spec(model, "1.1", {}).architecture["attention_kwargs"] == {}
+
+
+def test_gate_norm_trains_on_a_batch_of_one_1x1_map() -> None:
+    """A frozen backbone at a small image size gives 1x1 maps; a last training batch of one image
+    then has a single gate logit, which has no batch statistics. The block must still train."""
+    block = CBAM(16).train()
+    x = torch.rand(1, 16, 1, 1, requires_grad=True)
+    before = (block.spatial_norm.running_mean.clone(), block.spatial_norm.running_var.clone())
+    y = block(x)  # torch's BatchNorm raises "Expected more than 1 value per channel when training"
+    y.sum().backward()
+    assert block.spatial.weight.grad is not None  # the gate still learns through the norm's affine
+    # Normalised with the running statistics, as at inference, which it leaves untouched.
+    norm = block.spatial_norm
+    assert torch.equal(norm.running_mean, before[0]) and torch.equal(norm.running_var, before[1])
+    with torch.no_grad():
+        assert torch.allclose(y, block.eval()(x))
+    # Any other batch uses (and updates) the batch statistics as usual.
+    block.train()(torch.rand(2, 16, 1, 1))
+    assert not torch.equal(block.spatial_norm.running_mean, before[0])
+
+
+def test_frozen_model_trains_on_one_small_image() -> None:
+    model = create_model("demo", 3, pretrained=False, finetune="frozen").train()
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 3)  # 32 px: Lite0's last map is 1x1
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({"model.attention_kwargs.spatial_norm": "layer"},
+     r"^invalid config \(.*demo.yaml\): model.attention_kwargs: unknown cbam spatial_norm 'layer'; "
+     r"choose one of \['batch', 'none'\]$"),
+    ({"model.attention_kwargs.spatial_padding": "circular"},
+     r"spatial_padding 'circular'; choose one of \['replicate'"),
+    ({"model.attention_kwargs.spatial_nrom": "batch"},  # a typo in the key: the valid keys listed
+     r"attention 'cbam' does not take attention_kwargs \['spatial_nrom'\]; it takes \['reduction', 'kernel_size', "
+     r"'spatial_padding', 'spatial_norm'\]"),
+    ({"model.attention": "se", "model.attention_kwargs.spatial_norm": "none"},
+     r"attention 'se' does not take attention_kwargs \['spatial_norm'\]; it takes \['reduction'\]"),
+])
+def test_bad_attention_options_fail_when_the_config_is_read(overrides: dict, match: str) -> None:
+    """Not later, when the model is built (after the data was read; mid-grid in ``reproduce``)."""
+    from fetalplanes.core.errors import UsageError
+    from fetalplanes.training.config import load_config
+
+    with pytest.raises(UsageError, match=match):
+        load_config("demo", overrides)
+
+
+def test_a_checkpoint_with_bad_attention_options_is_a_one_line_error(tmp_path: Path) -> None:
+    from fetalplanes.core.errors import UserError
+
+    model = create_model("demo", 3, pretrained=False)
+    spec = _spec(model, SPEC_FORMAT_VERSION, {"spatial_norm": "group"})
+    path = write_checkpoint(tmp_path / "m.ckpt", model, spec, {})
+    with pytest.raises(UserError, match=r"m\.ckpt: the spec's architecture\): attention_kwargs: unknown cbam "
+                                         r"spatial_norm 'group'; choose one of \['batch', 'none'\]"):
+        load_model(path)

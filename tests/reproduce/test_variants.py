@@ -97,6 +97,11 @@ def test_yaml_rows_add_and_override(tmp_path: Path) -> None:
     ("x:\n  base: nosuch\n", r"v.yaml: variant 'x': base 'nosuch' is neither a preset \(.*densenet169"),
     ("x:\n  bogus: 1\n", r"unknown keys \['bogus'\]; valid keys are \['base'"),
     ("x:\n  overrides: {model.attention: nope}\n", "(?s)variant 'x'.*unknown attention 'nope'"),
+    # Attention options are checked when the file is read, not when the grid reaches the row.
+    ("x:\n  overrides: {model.attention_kwargs.spatial_norm: layer}\n",
+     r"(?s)variant 'x'.*spatial_norm 'layer'; choose one of \['batch', 'none'\]"),
+    ("x:\n  overrides: {model.attention: se, model.attention_kwargs: {spatial_norm: none}}\n",
+     r"(?s)variant 'x'.*'se' does not take attention_kwargs \['spatial_norm'\]"),
 ])
 def test_bad_user_rows_fail_at_load_naming_file_and_row(tmp_path: Path, text: str, match: str) -> None:
     f = tmp_path / "v.yaml"

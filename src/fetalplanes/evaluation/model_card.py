@@ -128,6 +128,13 @@ def _calibration(spec: Any, cal: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _options(arch: dict[str, Any]) -> str:
+    """`` (spatial_padding `replicate`, spatial_norm `batch`)``: the attention block's options, which
+    tell apart models of one block trained with different defaults (e.g. CBAM before spec 1.3)."""
+    kwargs = arch.get("attention_kwargs") or {}
+    return f" ({', '.join(f'{k} `{v}`' for k, v in kwargs.items())})" if kwargs else ""
+
+
 def render_card(spec: Any, metrics: dict[str, Any], calibration: dict[str, Any] | None = None,
                 costs: dict[str, Any] | None = None, notes: list[str] | None = None) -> str:
     """The Markdown text of a model card (front matter + sections)."""
@@ -147,9 +154,9 @@ def render_card(spec: Any, metrics: dict[str, Any], calibration: dict[str, Any] 
     lines += [
         "## Model details",
         "",
-        f"- Architecture: `{arch.get('backbone')}` backbone -> `{arch.get('attention')}` attention -> global average "
-        f"pooling -> {head} head (dropout {arch.get('dropout')}); backbone fine-tuning: `{arch.get('finetune')}`; "
-        f"initialisation: `{arch.get('pretrained')}`.",
+        f"- Architecture: `{arch.get('backbone')}` backbone -> `{arch.get('attention')}` attention{_options(arch)} "
+        f"-> global average pooling -> {head} head (dropout {arch.get('dropout')}); backbone fine-tuning: "
+        f"`{arch.get('finetune')}`; initialisation: `{arch.get('pretrained')}`.",
         f"- Classes ({spec.num_classes}, output order): {', '.join(spec.class_names)}.",
         f"- Input: {pre.image_size}x{pre.image_size} grayscale replicated to 3 channels, resize `{pre.resize}`, "
         f"mean {list(pre.mean)}, std {list(pre.std)} (`fetalplanes.core.preprocess`).",

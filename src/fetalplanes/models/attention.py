@@ -7,11 +7,13 @@ Grad-CAM target layer for every backbone.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fetalplanes.core.errors import UsageError
 
@@ -95,7 +97,19 @@ class CBAM(nn.Module):
     def spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial gate in (0, 1), (B, 1, H, W), for channel-refined features ``x``."""
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return torch.sigmoid(self.spatial_norm(self.spatial(pooled)))
+        return torch.sigmoid(self._normalised(self.spatial(pooled)))
+
+    def _normalised(self, logits: torch.Tensor) -> torch.Tensor:
+        norm = self.spatial_norm
+        # (The shape is read only when training: an exported graph keeps its dynamic batch axis.)
+        if isinstance(norm, nn.BatchNorm2d) and norm.training and logits[:, 0].numel() == 1:
+            # One logit (a training batch of one image whose map is 1x1: a frozen backbone at a
+            # small image size, last batch of an epoch) has no batch statistics, and torch's
+            # BatchNorm refuses it. Normalise with the running statistics, as at inference,
+            # and leave them as they are; the affine still learns.
+            return F.batch_norm(logits, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                                training=False, eps=norm.eps)
+        return norm(logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.channel_refined(x)
@@ -148,6 +162,30 @@ ATTENTIONS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# The valid values of each block's options (its other options take any value its code accepts).
+OPTION_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "cbam": {"spatial_padding": SPATIAL_PADDINGS, "spatial_norm": SPATIAL_NORMS},
+}
+
+
+def check_attention_kwargs(kind: str, kwargs: dict[str, object]) -> None:
+    """Raise UsageError when block ``kind`` does not take an option of ``kwargs`` (its options
+    listed) or an option's value is not one of its :data:`OPTION_CHOICES` (the choices listed).
+
+    Called when a config is read (``models.registry.ModelConfig``), so a typo in a YAML or a
+    variants file fails there, naming the file, not later when the model is built.
+    """
+    params = inspect.signature(ATTENTIONS[kind]).parameters.values()
+    takes = [p.name for p in params if p.name != "channels" and p.kind is not p.VAR_KEYWORD]
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params)  # a factory taking **kwargs checks its own
+    unknown = [] if open_ended else sorted(set(kwargs) - set(takes))
+    if unknown:
+        raise UsageError(f"attention {kind!r} does not take attention_kwargs {unknown}; it takes {takes}")
+    for key, choices in OPTION_CHOICES.get(kind, {}).items():
+        if key in kwargs and kwargs[key] not in choices:
+            raise UsageError(f"unknown {kind} {key} {kwargs[key]!r}; choose one of {list(choices)}")
+
+
 def create_attention(kind: str, channels: int, **kwargs: object) -> nn.Module:
     """Build an attention block by name, listing the valid names on error.
 
@@ -158,6 +196,7 @@ def create_attention(kind: str, channels: int, **kwargs: object) -> nn.Module:
         factory = ATTENTIONS[kind]
     except KeyError:
         raise UsageError(f"unknown attention {kind!r}; choose one of {sorted(ATTENTIONS)}") from None
+    check_attention_kwargs(kind, kwargs)
     try:
         return factory(channels, **kwargs)
     except TypeError as err:  # an unknown keyword: name the block and what it was given

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from fetalplanes.core.atomic import atomic_path
 from fetalplanes.core.errors import UserError
 from fetalplanes.core.spec import ModelSpec
+from fetalplanes.core.validation import config_error
 from fetalplanes.models.registry import ModelConfig, build_model
 
 log = logging.getLogger(__name__)
@@ -98,10 +100,16 @@ def spec_of(ckpt: dict[str, Any], source: str = "checkpoint") -> ModelSpec:
     return ModelSpec.from_dict(ckpt[CKPT_KEY]["spec"], source)
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], spec: ModelSpec) -> torch.nn.Module:
-    """Rebuild the architecture from the spec and load the weights (strict)."""
+def model_from_checkpoint(ckpt: dict[str, Any], spec: ModelSpec, source: str = "checkpoint") -> torch.nn.Module:
+    """Rebuild the architecture from the spec and load the weights (strict).
+
+    Raises CheckpointError naming ``source`` when the spec's architecture is not a valid model config.
+    """
     # Weights come from the checkpoint: never fetch pretrained weights again at load time.
-    cfg = ModelConfig(**{**spec.architecture, "pretrained": "none"})
+    try:
+        cfg = ModelConfig(**{**spec.architecture, "pretrained": "none"})
+    except ValidationError as err:
+        raise CheckpointError(str(config_error(err, ModelConfig, f"{source}: the spec's architecture"))) from None
     model = build_model(cfg, spec.num_classes)
     state = {k.removeprefix(STATE_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
     model.load_state_dict(state, strict=True)
@@ -112,7 +120,7 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
     """(model in eval mode on CPU, its ModelSpec) from a checkpoint of either training path."""
     ckpt = read_checkpoint(path)
     spec = spec_of(ckpt, str(path))
-    return model_from_checkpoint(ckpt, spec), spec
+    return model_from_checkpoint(ckpt, spec, str(path)), spec
 
 
 # The name every caller used before the model had one home.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fetalplanes.core.spec import Preprocessing
 from fetalplanes.core.validation import config_error
@@ -38,6 +38,17 @@ class ModelConfig(BaseModel):
 
         if v not in ATTENTIONS:
             raise ValueError(f"unknown attention {v!r}; choose one of {sorted(ATTENTIONS)}")
+        return v
+
+    @field_validator("attention_kwargs")
+    @classmethod
+    def _known_attention_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Checked here, where the config is read, so the error names the YAML (or variants
+        # file) instead of surfacing when the model is built, after the data was read.
+        from fetalplanes.models.attention import check_attention_kwargs
+
+        if "attention" in info.data:  # else the attention itself was invalid: that error is enough
+            check_attention_kwargs(info.data["attention"], v)
         return v
 
     @model_validator(mode="after")

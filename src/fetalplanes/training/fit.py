@@ -251,6 +251,27 @@ def train_loop(cfg: TrainConfig, run_dir: Path, module: PlaneModule, dm: L.Light
     }
 
 
+def check_resumable(last: Path, cfg: TrainConfig) -> None:
+    """Raise UsageError when ``cfg`` builds another model than the one ``last`` (a run's
+    last.ckpt) was trained as, naming the differing fields and the run's values.
+
+    The run's side is its checkpoint's spec, migrated (``core.spec``): a run started before a
+    default changed (e.g. CBAM's spatial_norm, spec format 1.3) reads with its old value, while
+    a config read now gets the new default. Without this check the weights fail to load deep in
+    Lightning (a BatchNorm missing), or, for an option without weights (the padding), the run
+    silently continues with other maths. ``pretrained`` may differ: the weights come from ``last``.
+    """
+    from fetalplanes.models.checkpoint import read_spec
+
+    had = {k: v for k, v in read_spec(last).architecture.items() if k != "pretrained"}
+    now = {k: v for k, v in cfg.model.model_dump(mode="json").items() if k != "pretrained"}
+    diff = sorted(k for k in set(had) | set(now) if had.get(k) != now.get(k))
+    if diff:
+        parts = "; ".join(f"model.{k}: the run has {had.get(k)!r}, the config gives {now.get(k)!r}" for k in diff)
+        raise UsageError(f"--resume: {last} was trained as another model ({parts}); resume with the run's "
+                         "settings, or start a new run in another --out")
+
+
 def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         feature_cache: str | Path | None = None, extra_callbacks: Sequence[L.Callback] = ()) -> FitResult:
     """Train ``cfg`` on the dataset at ``data``; writes the run into ``out_dir``.
@@ -264,6 +285,8 @@ def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = 
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"--resume: no {last} to resume from")
+    if resume:
+        check_resumable(last, cfg)
     if not resume and last.exists():
         raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     if feature_cache is not None and cfg.model.finetune != "frozen":
