@@ -120,3 +120,44 @@ def test_summary_fields_and_edge_maps() -> None:
     assert s["energy_share"] == {"mean": pytest.approx(0.5), "n_scored": 1, "n_empty_cams": 1,
                                  "chance_uniform": pytest.approx(36 / 400),
                                  "chance_center": pytest.approx(rows[0]["center_energy"])}
+
+
+def test_peak_of_a_flat_top_is_its_middle() -> None:
+    block = np.zeros((12, 16), np.float32)
+    block[4:7, 10:13] = 2.0  # 3 x 3 plateau: its middle, not its first pixel (4, 10)
+    assert loc.peak(block) == (5, 11)
+    bar = np.zeros((8, 8))
+    bar[3, 1:6] = 1.0
+    assert loc.peak(bar) == (3, 3)
+    bar[3, 5] = 1.5  # a single maximum
+    assert loc.peak(bar) == (3, 5)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_peak_does_not_depend_on_the_maps_scale(scale: float) -> None:
+    """The flat-top tolerance is relative (1e-6 of the maximum) at any scale: float noise of
+    5e-7 still makes a plateau, a real difference of 1e-4 does not."""
+    noisy = np.zeros((5, 9))
+    noisy[2, 2:7] = 1.0 - np.array([5e-7, 0, 3e-7, 5e-7, 4e-7])
+    assert loc.peak(noisy * scale) == (2, 4)
+    distinct = np.zeros((5, 9))
+    distinct[2, 2:7] = 1.0 - np.array([0, 1e-4, 1e-4, 1e-4, 1e-4])
+    assert loc.peak(distinct * scale) == (2, 2)
+
+
+@pytest.mark.parametrize("shape", [(7, 12), (8, 5)])
+def test_center_prior_is_the_stated_gaussian(shape: tuple[int, int]) -> None:
+    """Centre ((H-1)/2, (W-1)/2), sigma = H/4 and W/4, peak value 1 (scipy's normal pdf, rescaled)."""
+    from scipy.stats import norm
+
+    h, w = shape
+    gy = norm.pdf(np.arange(h), loc=(h - 1) / 2, scale=h / 4) / norm.pdf(0, scale=h / 4)
+    gx = norm.pdf(np.arange(w), loc=(w - 1) / 2, scale=w / 4) / norm.pdf(0, scale=w / 4)
+    prior = loc.center_prior(shape)
+    assert prior.shape == shape and np.allclose(prior, np.outer(gy, gx), rtol=1e-6, atol=0)
+
+
+def test_energy_share_does_not_depend_on_the_maps_dtype() -> None:
+    cam = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    mask = _mask(64, 64, (10, 40, 5, 50))
+    assert loc.energy_share(cam, mask) == loc.energy_share(cam.astype(np.float64), mask)
