@@ -227,6 +227,8 @@ def test_reliability_bins_by_definition(n_bins: int) -> None:
     for key in ("count", "confidence", "accuracy"):
         assert got[key] == pytest.approx(ref[key], abs=1e-12), key
     assert 1.0 in got["count"] and got["count"][-1] >= 2  # a bin of one case; confidence 1 folded in
+    below_one = cal.reliability_bins(probs[:-1], labels[:-1], n_bins)  # no case at confidence 1
+    assert below_one["count"] == _reliability_by_definition(probs[:-1], labels[:-1], n_bins)["count"]
 
 
 def test_abstain_threshold_edges_defaults_and_fields() -> None:

@@ -161,3 +161,40 @@ def test_energy_share_does_not_depend_on_the_maps_dtype() -> None:
     cam = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     mask = _mask(64, 64, (10, 40, 5, 50))
     assert loc.energy_share(cam, mask) == loc.energy_share(cam.astype(np.float64), mask)
+
+
+def test_find_mask_by_stem_suffix_extension_and_folder_order(tmp_path: Path) -> None:
+    from PIL import Image
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for p in (a / "x.png", b / "x_Mask.png", b / "y_mask.tif", b / "z.bmp", b / "z_Mask.png", a / "z_Mask.PNG"):
+        Image.new("L", (4, 3)).save(p, format="PNG" if p.suffix.lower() == ".png" else None)
+    assert loc.find_mask("x", [a, b]) == a / "x.png"  # first folder first
+    assert loc.find_mask("x", [b, a]) == b / "x_Mask.png"
+    assert loc.find_mask("x", [a, b], image=a / "x.png") == b / "x_Mask.png"  # never the image itself
+    assert loc.find_mask("y", [a, b]) == b / "y_mask.tif"
+    assert loc.find_mask("z", [a]) == a / "z_Mask.PNG"
+    assert loc.find_mask("z", [b, a]) == b / "z.bmp"  # suffix '' before '_Mask', whatever the extension
+    assert loc.find_mask("w", [a, b]) is None and loc.find_mask("x", []) is None
+
+
+def test_load_mask_any_mode_resized_to_its_image_and_bad_files(tmp_path: Path, caplog) -> None:
+    from PIL import Image
+
+    from fetalplanes.core.errors import DataError
+
+    rgb = Image.new("RGB", (4, 2))
+    rgb.putpixel((3, 1), (0, 0, 40))  # dark blue: > 0 after convert('L') -> inside
+    rgb.save(tmp_path / "m.png")
+    assert loc.load_mask(tmp_path / "m.png").tolist() == [[False] * 4, [False, False, False, True]]
+    caplog.set_level("WARNING", logger=loc.__name__)
+    big = loc.load_mask(tmp_path / "m.png", size=(8, 4))  # (W, H), nearest: each pixel becomes 2 x 2
+    assert big.shape == (4, 8) and big.sum() == 4 and big[2:, 6:].all()
+    assert "mask size (4, 2) != image size (8, 4)" in caplog.text
+    caplog.clear()
+    assert loc.load_mask(tmp_path / "m.png", size=(4, 2)).sum() == 1 and caplog.text == ""
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"bad\.png: cannot read mask"):
+        loc.load_mask(tmp_path / "bad.png")
