@@ -14,7 +14,10 @@ from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core.postprocess import softmax, topk_indices
 from fetalplanes.evaluation import calibration as cal
 
+# Under make mutate (FP_HYPOTHESIS_EXAMPLES set) the examples are fixed (derandomize), so every
+# mutant meets the same inputs and the mutation score is reproducible.
 SETTINGS = settings(max_examples=int(os.environ.get("FP_HYPOTHESIS_EXAMPLES", "80")), deadline=None,
+                    derandomize="FP_HYPOTHESIS_EXAMPLES" in os.environ,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
