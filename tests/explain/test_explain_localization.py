@@ -187,14 +187,15 @@ def test_load_mask_any_mode_resized_to_its_image_and_bad_files(tmp_path: Path, c
 
     rgb = Image.new("RGB", (4, 2))
     rgb.putpixel((3, 1), (0, 0, 9))  # dark blue: 1 after convert('L'), > 0 -> inside
+    rgb.putpixel((0, 0), (255, 255, 255))
     rgb.save(tmp_path / "m.png")
-    assert loc.load_mask(tmp_path / "m.png").tolist() == [[False] * 4, [False, False, False, True]]
+    assert loc.load_mask(tmp_path / "m.png").tolist() == [[True, False, False, False], [False, False, False, True]]
     caplog.set_level("WARNING", logger=loc.__name__)
     big = loc.load_mask(tmp_path / "m.png", size=(8, 4))  # (W, H), nearest: each pixel becomes 2 x 2
-    assert big.shape == (4, 8) and big.sum() == 4 and big[2:, 6:].all()
+    assert big.shape == (4, 8) and big.sum() == 8 and big[:2, :2].all() and big[2:, 6:].all()  # no blur
     assert f"{tmp_path / 'm.png'}: mask size (4, 2) != image size (8, 4)" in caplog.text  # names the file
     caplog.clear()
-    assert loc.load_mask(tmp_path / "m.png", size=(4, 2)).sum() == 1 and caplog.text == ""
+    assert loc.load_mask(tmp_path / "m.png", size=(4, 2)).sum() == 2 and caplog.text == ""
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"bad\.png: cannot read mask"):
         loc.load_mask(tmp_path / "bad.png")
