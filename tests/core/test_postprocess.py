@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core.postprocess import decide, softmax, top1, topk_indices
 
-SETTINGS = settings(max_examples=int(os.environ.get("FP_HYPOTHESIS_EXAMPLES", "80")), deadline=None)
+# Under make mutate (FP_HYPOTHESIS_EXAMPLES set) the examples are fixed (derandomize), so every
+# mutant meets the same inputs and the mutation score is reproducible.
+SETTINGS = settings(max_examples=int(os.environ.get("FP_HYPOTHESIS_EXAMPLES", "80")), deadline=None,
+                    derandomize="FP_HYPOTHESIS_EXAMPLES" in os.environ)
 
 
 @SETTINGS
@@ -68,3 +71,20 @@ def test_prediction_fields() -> None:
                            "topk": [{"label": "b", "probability": 0.7}, {"label": "c", "probability": 0.2}],
                            "probabilities": {"a": 0.1, "b": 0.7, "c": 0.2}, "abstain": False}
     assert isinstance(p.confidence, float) and isinstance(p.probabilities["a"], float)
+
+
+def test_softmax_default_temperature_last_axis_and_float32_input() -> None:
+    """Default T = 1; rows are the LAST axis for any (..., C) shape; float32 logits are computed
+    in float64 (a float32 computation would be off by ~1e-7)."""
+    from scipy.special import softmax as ref
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 3, (2, 3, 4))
+    assert np.allclose(softmax(x), ref(x, axis=-1), rtol=1e-13, atol=0)
+    assert np.allclose(softmax(x[0, 0]), ref(x[0, 0]), rtol=1e-13, atol=0)
+    x32 = rng.normal(0, 3, (6, 5)).astype(np.float32)
+    p = softmax(x32, 0.3)
+    assert p.dtype == np.float64
+    assert np.allclose(p, ref(x32.astype(np.float64) / 0.3, axis=1), rtol=1e-13, atol=0)
+    # numerically stable: each row shifted by its own maximum before exp (no overflow at 1000 / 0.05)
+    assert np.array_equal(softmax(np.array([[1000.0, 0.0], [0.0, 1000.0]]), 0.05), [[1.0, 0.0], [0.0, 1.0]])

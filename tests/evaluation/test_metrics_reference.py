@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, top_k_accuracy_score
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
+                             top_k_accuracy_score)
 
 from fetalplanes.core.errors import DataError, UsageError, UserError
 from fetalplanes.core.postprocess import top1
 from fetalplanes.evaluation import metrics as M
 
-# Fewer examples under mutation testing (make mutate) where each mutant reruns these tests.
+# Under mutation testing (make mutate sets FP_HYPOTHESIS_EXAMPLES), where each mutant reruns these
+# tests: fewer examples, and fixed ones (derandomize), so the mutation score is reproducible.
 SETTINGS = settings(max_examples=int(os.environ.get("FP_HYPOTHESIS_EXAMPLES", "80")), deadline=None,
+                    derandomize="FP_HYPOTHESIS_EXAMPLES" in os.environ,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -73,7 +76,8 @@ def test_point_metrics_equal_sklearn(case) -> None:
             if got[key] is not None:
                 assert got[key] == pytest.approx(ref)
         assert got["support"] == s[i]
-    assert np.array_equal(np.array(m["confusion_matrix"]).trace(), (pred == y).sum())
+    assert m["confusion_matrix"] == confusion_matrix(y, pred, labels=list(range(c))).tolist()
+    assert m["macro_over"] == "classes present in y_true"
 
 
 @SETTINGS
@@ -93,6 +97,8 @@ def test_precision_and_recall_are_not_swapped() -> None:
     assert pc["a"]["precision"] == pytest.approx(0.75) and pc["a"]["recall"] == pytest.approx(1.0)
     assert pc["b"]["precision"] == pytest.approx(1.0) and pc["b"]["recall"] == pytest.approx(0.5)
     assert pc["c"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    # class c neither true nor predicted: its row and column are still there, all zero
+    assert M.point_metrics(y, probs, ["a", "b", "c"])["confusion_matrix"] == [[3, 0, 0], [1, 1, 0], [0, 0, 0]]
 
 
 def test_macro_is_not_micro() -> None:
@@ -135,6 +141,25 @@ def test_undefined_values_are_none_and_print_na() -> None:
     m = M.point_metrics(np.zeros(0, int), np.zeros((0, 3)), ["a", "b", "c"])
     assert m["top1"] is m["f1_macro"] is m["f1_weighted"] is None
     assert M.fmt(None) == M.fmt(float("nan")) == "n/a" and M.fmt(0.5, 2) == "0.50"
+    assert M.fmt(1 / 3) == "0.3333"  # four decimals by default
+    assert m["confusion_matrix"] == [[0] * 3] * 3 and m["n_classes_present"] == 0
+
+
+def test_undefined_macro_f1_raises_no_numpy_warning() -> None:
+    """0 / 0 (no class with support) is None, silently: no RuntimeWarning in the user's output."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert M.macro_f1(np.zeros(0, int), np.zeros(0, int), 3) is None
+        stack = M._macro_f1_from_cm(np.stack([np.zeros((3, 3)), np.eye(3)]))
+    assert np.isnan(stack[0]) and stack[1] == 1.0
+
+
+def test_breakdown_names_missing_values() -> None:
+    y = np.array([0, 1, 1])
+    b = M.breakdown(y, np.eye(2)[[0, 1, 0]], [None, "A", None], ["a", "b"])
+    assert sorted(b) == ["(missing)", "A"] and b["(missing)"]["n"] == 2 and b["(missing)"]["top1"] == 0.5
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -255,3 +280,33 @@ def test_batched_macro_f1_and_patient_id_checks() -> None:
     with pytest.raises(DataError, match="1 of 24 images have no patient id"):
         M.bootstrap_ci(y, probs, pats, 3)
     assert M.bootstrap_ci(*_clustered(12, 2), 3, n_boot=20)["min_units"] == M.MIN_CLUSTERS == 10
+
+
+def _one_right_one_wrong(n_patients: int = 15, seed: int = 0):
+    """Each patient: one image right, one wrong (random classes): top-1 is 0.5 in EVERY
+    resample, while macro-F1 varies with the classes drawn."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 3, n_patients), rng.integers(0, 3, n_patients)
+    y = np.ravel(np.column_stack([a, b]))
+    pred = np.ravel(np.column_stack([a, (b + 1) % 3]))
+    return y, np.eye(3)[pred], [f"p{i // 2}" for i in range(2 * n_patients)]
+
+
+def test_bootstrap_status_needs_both_intervals_and_notes_only_failures() -> None:
+    y, probs, pats = _one_right_one_wrong()
+    bca = M.bootstrap_ci(y, probs, pats, 3, n_boot=300, method="BCa")
+    assert bca["top1"] is None and bca["f1_macro"]["low"] < bca["f1_macro"]["high"]
+    assert bca["status"] == "degenerate" and "every resample gave the same value" in bca["note"]
+    pct = M.bootstrap_ci(y, probs, pats, 3, n_boot=300)
+    assert pct["status"] == "ok" and "note" not in pct and pct["top1"]["low"] == pct["top1"]["high"] == 0.5
+
+
+def test_bootstrap_level_and_number_of_resamples_are_used() -> None:
+    y, probs, pats = _clustered(20, 3, seed=2)
+    wide = M.bootstrap_ci(y, probs, pats, 3, n_boot=400, seed=3)
+    narrow = M.bootstrap_ci(y, probs, pats, 3, n_boot=400, seed=3, alpha=0.4)
+    assert narrow["level"] == pytest.approx(0.6)
+    for key in ("top1", "f1_macro"):  # the same resamples: the 60 % interval lies inside the 95 % one
+        assert wide[key]["low"] < narrow[key]["low"] <= narrow[key]["high"] < wide[key]["high"]
+    one = M.bootstrap_ci(y, probs, pats, 3, n_boot=1)  # one resample: both ends are its value
+    assert one["top1"]["low"] == one["top1"]["high"] and one["top1"]["se"] is None

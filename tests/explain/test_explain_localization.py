@@ -120,3 +120,82 @@ def test_summary_fields_and_edge_maps() -> None:
     assert s["energy_share"] == {"mean": pytest.approx(0.5), "n_scored": 1, "n_empty_cams": 1,
                                  "chance_uniform": pytest.approx(36 / 400),
                                  "chance_center": pytest.approx(rows[0]["center_energy"])}
+
+
+def test_peak_of_a_flat_top_is_its_middle() -> None:
+    block = np.zeros((12, 16), np.float32)
+    block[4:7, 10:13] = 2.0  # 3 x 3 plateau: its middle, not its first pixel (4, 10)
+    assert loc.peak(block) == (5, 11)
+    bar = np.zeros((8, 8))
+    bar[3, 1:6] = 1.0
+    assert loc.peak(bar) == (3, 3)
+    bar[3, 5] = 1.5  # a single maximum
+    assert loc.peak(bar) == (3, 5)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_peak_does_not_depend_on_the_maps_scale(scale: float) -> None:
+    """The flat-top tolerance is relative (1e-6 of the maximum) at any scale: float noise of
+    5e-7 still makes a plateau, a real difference of 1e-4 does not."""
+    noisy = np.zeros((5, 9))
+    noisy[2, 2:7] = 1.0 - np.array([5e-7, 0, 3e-7, 5e-7, 4e-7])
+    assert loc.peak(noisy * scale) == (2, 4)
+    distinct = np.zeros((5, 9))
+    distinct[2, 2:7] = 1.0 - np.array([0, 1e-4, 1e-4, 1e-4, 1e-4])
+    assert loc.peak(distinct * scale) == (2, 2)
+
+
+@pytest.mark.parametrize("shape", [(7, 12), (8, 5)])
+def test_center_prior_is_the_stated_gaussian(shape: tuple[int, int]) -> None:
+    """Centre ((H-1)/2, (W-1)/2), sigma = H/4 and W/4, peak value 1 (scipy's normal pdf, rescaled)."""
+    from scipy.stats import norm
+
+    h, w = shape
+    gy = norm.pdf(np.arange(h), loc=(h - 1) / 2, scale=h / 4) / norm.pdf(0, scale=h / 4)
+    gx = norm.pdf(np.arange(w), loc=(w - 1) / 2, scale=w / 4) / norm.pdf(0, scale=w / 4)
+    prior = loc.center_prior(shape)
+    assert prior.shape == shape and np.allclose(prior, np.outer(gy, gx), rtol=1e-6, atol=0)
+
+
+def test_energy_share_does_not_depend_on_the_maps_dtype() -> None:
+    cam = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    mask = _mask(64, 64, (10, 40, 5, 50))
+    assert loc.energy_share(cam, mask) == loc.energy_share(cam.astype(np.float64), mask)
+
+
+def test_find_mask_by_stem_suffix_extension_and_folder_order(tmp_path: Path) -> None:
+    from PIL import Image
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for p in (a / "x.png", b / "x_Mask.png", b / "y_mask.tif", b / "z.bmp", b / "z_Mask.png", a / "z_Mask.PNG"):
+        Image.new("L", (4, 3)).save(p, format="PNG" if p.suffix.lower() == ".png" else None)
+    assert loc.find_mask("x", [a, b]) == a / "x.png"  # first folder first
+    assert loc.find_mask("x", [b, a]) == b / "x_Mask.png"
+    assert loc.find_mask("x", [a, b], image=a / "x.png") == b / "x_Mask.png"  # never the image itself
+    assert loc.find_mask("y", [a, b]) == b / "y_mask.tif"
+    assert loc.find_mask("z", [a]) == a / "z_Mask.PNG"
+    assert loc.find_mask("z", [b, a]) == b / "z.bmp"  # suffix '' before '_Mask', whatever the extension
+    assert loc.find_mask("w", [a, b]) is None and loc.find_mask("x", []) is None
+
+
+def test_load_mask_any_mode_resized_to_its_image_and_bad_files(tmp_path: Path, caplog) -> None:
+    from PIL import Image
+
+    from fetalplanes.core.errors import DataError
+
+    rgb = Image.new("RGB", (4, 2))
+    rgb.putpixel((3, 1), (0, 0, 9))  # dark blue: 1 after convert('L'), > 0 -> inside
+    rgb.putpixel((0, 0), (255, 255, 255))
+    rgb.save(tmp_path / "m.png")
+    assert loc.load_mask(tmp_path / "m.png").tolist() == [[True, False, False, False], [False, False, False, True]]
+    caplog.set_level("WARNING", logger=loc.__name__)
+    big = loc.load_mask(tmp_path / "m.png", size=(8, 4))  # (W, H), nearest: each pixel becomes 2 x 2
+    assert big.shape == (4, 8) and big.sum() == 8 and big[:2, :2].all() and big[2:, 6:].all()  # no blur
+    assert f"{tmp_path / 'm.png'}: mask size (4, 2) != image size (8, 4)" in caplog.text  # names the file
+    caplog.clear()
+    assert loc.load_mask(tmp_path / "m.png", size=(4, 2)).sum() == 2 and caplog.text == ""
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"bad\.png: cannot read mask"):
+        loc.load_mask(tmp_path / "bad.png")

@@ -53,7 +53,8 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimizing validation NLL (bounded search on log T)."""
+    """The temperature minimizing validation NLL (bounded search on log T); 1 unless another T
+    lowers the NLL (so 1 when the NLL does not depend on T). Raises ``DataError`` when empty."""
     from scipy.optimize import minimize_scalar
 
     labels = np.asarray(labels, dtype=int)
@@ -63,8 +64,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     res = minimize_scalar(lambda lt: nll(logits, labels, math.exp(lt)), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-4})
     t = float(math.exp(res.x))
-    # Never return a T that is worse than leaving the model alone.
-    return t if nll(logits, labels, t) <= nll(logits, labels, 1.0) else 1.0
+    # Never return a T that is worse than leaving the model alone, and keep T = 1 on a tie: when
+    # the logits carry no information about T (every row constant, NLL = log C at every T) the
+    # search's last probe would otherwise be returned (T = 20) and stored in the model file.
+    return t if nll(logits, labels, t) < nll(logits, labels, 1.0) else 1.0
 
 
 def bin_index(conf: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
