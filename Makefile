@@ -57,7 +57,7 @@ lock:
 
 # Mutation testing of the metric math (evaluation/metrics.py, calibration.py, core/postprocess.py,
 # explain/localization.py) against its fast reference tests; config in pyproject [tool.mutmut].
-# Not in CI: about a quarter of an hour on 2 idle cores. Score and survivors: docs/metrics.md.
+# Not in CI: about 4 minutes on 2 idle cores (8 when busy). Score and survivors: docs/metrics.md.
 # mutmut forks one child per mutant from a process that has imported torch: with more than one
 # OpenMP thread the children deadlock (futex wait) and are reported as timeouts, so the math
 # runs single-threaded here.
