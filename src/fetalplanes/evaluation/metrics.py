@@ -120,6 +120,11 @@ def point_metrics(y: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) 
     }
 
 
+def missing_ids(groups: Sequence[Any]) -> list[int]:
+    """Indices of the images without a patient id (None or blank)."""
+    return [i for i, g in enumerate(groups) if g is None or str(g).strip() == ""]
+
+
 def _clusters(n: int, groups: Sequence[Any] | None, unit: str) -> list[np.ndarray]:
     """Row indices of each resampling unit; a missing patient id is an error, never a fallback."""
     if unit not in UNITS:
@@ -131,7 +136,7 @@ def _clusters(n: int, groups: Sequence[Any] | None, unit: str) -> list[np.ndarra
                         "column, or ask for image-level intervals explicitly (unit='image', CLI --unit image)")
     if len(groups) != n:
         raise DataError(f"{len(groups)} patient ids for {n} images")
-    missing = [i for i, g in enumerate(groups) if g is None or str(g).strip() == ""]
+    missing = missing_ids(groups)
     if missing:
         raise DataError(f"{len(missing)} of {n} images have no patient id (first: row {missing[0]}); the patient "
                         "bootstrap needs one per image, or ask for image-level intervals (unit='image', "

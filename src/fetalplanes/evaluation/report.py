@@ -17,7 +17,7 @@ from fetalplanes.core.spec import ModelSpec
 from fetalplanes.data.records import Sample
 from fetalplanes.data.splits import choose_split, selection_lines
 from fetalplanes.data.splits import select_split  # noqa: F401  (re-exported: evaluate scores one split)
-from fetalplanes.evaluation.metrics import evaluate_arrays, fmt
+from fetalplanes.evaluation.metrics import evaluate_arrays, fmt, missing_ids
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,10 @@ def write_report(out_dir: str | Path, m: dict[str, Any], spec: ModelSpec, sample
 
 def _require_patient_ids(data: str | Path, samples: Sequence[Any]) -> None:
     """The patient bootstrap needs every image's patient: the first image without one is named by file."""
-    missing = [s.path for s in samples if s.patient is None or str(s.patient).strip() == ""]
+    missing = missing_ids([s.patient for s in samples])
     if missing:
-        raise DataError(f"{data}: {len(missing)} of {len(samples)} image(s) have no patient id (first: {missing[0]}); "
+        raise DataError(f"{data}: {len(missing)} of {len(samples)} image(s) have no patient id "
+                        f"(first: {samples[missing[0]].path}); "
                         "the patient bootstrap needs one per image, or ask for image-level intervals with --unit image")
 
 

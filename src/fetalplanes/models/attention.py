@@ -74,10 +74,7 @@ class CBAM(nn.Module):
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7,
                  spatial_padding: str = DEFAULT_SPATIAL_PADDING, spatial_norm: str = DEFAULT_SPATIAL_NORM) -> None:
         super().__init__()
-        if spatial_padding not in SPATIAL_PADDINGS:
-            raise UsageError(f"unknown CBAM spatial_padding {spatial_padding!r}; choose one of {list(SPATIAL_PADDINGS)}")
-        if spatial_norm not in SPATIAL_NORMS:
-            raise UsageError(f"unknown CBAM spatial_norm {spatial_norm!r}; choose one of {list(SPATIAL_NORMS)}")
+        check_choices("cbam", {"spatial_padding": spatial_padding, "spatial_norm": spatial_norm})
         hidden = max(8, channels // reduction)
         self.spatial_padding, self.spatial_norm_kind = spatial_padding, spatial_norm
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
@@ -181,6 +178,11 @@ def check_attention_kwargs(kind: str, kwargs: dict[str, object]) -> None:
     unknown = [] if open_ended else sorted(set(kwargs) - set(takes))
     if unknown:
         raise UsageError(f"attention {kind!r} does not take attention_kwargs {unknown}; it takes {takes}")
+    check_choices(kind, kwargs)
+
+
+def check_choices(kind: str, kwargs: dict[str, object]) -> None:
+    """Raise UsageError when an option of block ``kind`` is not one of its :data:`OPTION_CHOICES`."""
     for key, choices in OPTION_CHOICES.get(kind, {}).items():
         if key in kwargs and kwargs[key] not in choices:
             raise UsageError(f"unknown {kind} {key} {kwargs[key]!r}; choose one of {list(choices)}")
