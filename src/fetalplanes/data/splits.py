@@ -80,23 +80,50 @@ def assert_no_patient_overlap(splits: dict[str, list[Sample]]) -> None:
                 )
 
 
-def _group_fold(samples: list[Sample], n_folds: int, fold: int, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (rest, held-out) of one stratified, patient-grouped fold."""
+def _group_fold(samples: list[Sample], n_folds: int, fold: int, seed: int, what: str = "split") -> tuple[list[int], list[int]]:
+    """Indices (rest, held-out) of one stratified, patient-grouped fold.
+
+    Raises ``DataError`` (one line with the numbers) when the samples cannot make the folds,
+    before scikit-learn is asked: see :func:`check_fold_preconditions`.
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     y = np.array([s.label for s in samples])
     groups = np.array([_patient_key(s, i) for i, s in enumerate(samples)])
-    n_groups = len(set(groups))
-    n_folds = max(2, min(n_folds, n_groups))
+    n_folds = max(2, min(n_folds, len(set(groups))))
+    check_fold_preconditions(samples, n_folds, what)
     cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     rest, held = list(cv.split(np.zeros(len(y)), y, groups))[fold % n_folds]
     return rest.tolist(), held.tolist()
 
 
+def check_fold_preconditions(samples: list[Sample], n_folds: int, what: str) -> None:
+    """Raise ``DataError`` unless ``samples`` can make ``n_folds`` patient-grouped, class-stratified
+    folds (scikit-learn's ``StratifiedGroupKFold``): at least ``n_folds`` patients, and at least
+    one class with ``n_folds`` images. The message names the numbers found and what to change."""
+    groups = {_patient_key(s, i) for i, s in enumerate(samples)}
+    per_class: dict[int, int] = {}
+    for s in samples:
+        per_class[s.label] = per_class.get(s.label, 0) + 1
+    counts = ", ".join(f"class {k}: {v}" for k, v in sorted(per_class.items()))
+    if len(groups) < n_folds:
+        raise DataError(
+            f"the {what} needs at least {n_folds} patients to make {n_folds} patient-grouped folds; "
+            f"the data has {len(groups)} patient(s) ({len(samples)} images: {counts})"
+        )
+    if max(per_class.values(), default=0) < n_folds:
+        raise DataError(
+            f"the {what} makes {n_folds} patient-grouped folds, which needs at least one class with {n_folds} "
+            f"images from different patients; the largest class has {max(per_class.values(), default=0)} "
+            f"({counts}): add images, or raise val_fraction / lower n_folds"
+        )
+
+
 def _carve_val(train: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     if not 0 < val_fraction < 1:
         raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    rest, held = _group_fold(train, round(1 / val_fraction), 0, seed)
+    rest, held = _group_fold(train, round(1 / val_fraction), 0, seed,
+                             f"validation split (val_fraction {val_fraction} of the training part)")
     return [train[i] for i in rest], [train[i] for i in held]
 
 
@@ -110,17 +137,19 @@ def make_splits(
 ) -> Splits:
     """Split ``index`` by ``scheme``; patient-level schemes are verified leak-free."""
     samples = index.samples
+    if n_folds < 2 or not 0 <= fold < n_folds:
+        raise UsageError(f"n_folds must be >= 2 and fold in 0..n_folds-1, got n_folds={n_folds}, fold={fold}")
     if scheme == "official":
         official = [s.meta.get("official_split") for s in samples]
         if any(v is None for v in official):
             log.info("%s has no official split column; using a patient-grouped 5-fold test split", index.root)
-            rest, held = _group_fold(samples, n_folds, 0, seed)
+            rest, held = _group_fold(samples, n_folds, 0, seed, f"{index.root}: test split ({n_folds} folds, no split column)")
             train_all, test = [samples[i] for i in rest], [samples[i] for i in held]
         else:
             train_all = [s for s in samples if s.meta["official_split"] == "train"]
             test = [s for s in samples if s.meta["official_split"] == "test"]
     elif scheme == "patient-kfold":
-        rest, held = _group_fold(samples, n_folds, fold, seed)
+        rest, held = _group_fold(samples, n_folds, fold, seed, f"{index.root}: patient-kfold split")
         train_all, test = [samples[i] for i in rest], [samples[i] for i in held]
     elif scheme == "image-8020":
         return _image_split(samples, val_fraction, seed)
