@@ -203,17 +203,23 @@ class Selection:
     seen: dict[str, int] | None
     notes: list[str] = field(default_factory=list)
     patients_seen: int | None = None
+    checks: str = "file-content hash"
+    near_duplicates: int | None = None
 
     def seen_text(self) -> str:
         """The one-sentence answer to "did the model see any of these images?"."""
         n = len(self.samples)
         if self.seen is None:
             return "unknown: the model file has no training record"
+        how = f"checked by {self.checks} against the model's training record"
+        near = ""
+        if self.near_duplicates:
+            near = (f"; {self.near_duplicates} more look like near duplicates of training or validation images "
+                    "(JPEG or resized copies?)")
         if self.seen["any"] == 0:
-            return (f"none of the {n} scored images was seen in training or validation "
-                    "(checked by content hash against the model's training record)")
+            return f"none of the {n} scored images was seen in training or validation ({how}){near}"
         return (f"{self.seen['any']} of the {n} scored images were seen in training ({self.seen['train']}) or "
-                f"validation ({self.seen['val']}) (content hash against the model's training record)")
+                f"validation ({self.seen['val']}) ({how}){near}")
 
     def summary(self) -> dict[str, Any]:
         """The JSON record every report carries (metrics.json, calibration.json, ...)."""
@@ -223,14 +229,15 @@ class Selection:
             "seen_in_training_or_validation": None if self.seen is None else self.seen["any"],
             "seen_train": None if self.seen is None else self.seen["train"],
             "seen_val": None if self.seen is None else self.seen["val"],
-            "patients_seen": self.patients_seen, "statement": self.seen_text(), "notes": list(self.notes),
+            "patients_seen": self.patients_seen, "near_duplicates": self.near_duplicates, "checks": self.checks,
+            "statement": self.seen_text(), "notes": list(self.notes),
         }
 
 
 def selection_lines(sel: dict[str, Any]) -> list[str]:
     """report.md bullet lines for a :meth:`Selection.summary` (which images, seen or not)."""
     seen = sel.get("seen_in_training_or_validation")
-    warn = "**WARNING**: " if seen else ""
+    warn = "**WARNING**: " if seen or sel.get("near_duplicates") else ""
     lines = [f"- scored: {sel['n_scored']} of the {sel['n_data']} images of the data: {sel['rule_text']}",
              f"- seen in training or validation: {warn}{sel['statement']}"]
     return lines + [f"- {note}" for note in sel.get("notes", [])]
@@ -272,6 +279,13 @@ def choose_split(index: DatasetIndex, spec: ModelSpec, split: str) -> Selection:
         seen = {p: sum(p in where[id(s)] for s in samples) for p in SEEN_PARTS}
         seen["any"] = len(seen_samples)
     sel = Selection(samples, split, rule, len(index), seen, notes)
+    if record is not None:
+        sel.checks = record.checks
+        unseen = [s for s in samples if not where[id(s)] & set(SEEN_PARTS)]
+        sel.near_duplicates = len(record.near_duplicates(unseen)) if record.version >= 2 else None
+        if sel.near_duplicates:
+            log.warning("%s: %d scored image(s) are near duplicates of training or validation images",
+                        index.root, sel.near_duplicates)
     if record is not None and rule == "record" and split == "test":
         sel.patients_seen = len(record.patients_seen({s.patient for s in samples if s.patient is not None}))
         if sel.patients_seen:
