@@ -98,7 +98,9 @@ def pixel_identity(path: str | os.PathLike[str]) -> tuple[str, bytes] | None:
         st = os.stat(path)
         return _pixel_hashed(os.fspath(path), st.st_mtime_ns, st.st_size, st.st_ino)
     except (OSError, ImageLoadError) as err:
-        log.warning("%s: cannot be decoded to identify its pixels (%s)", path, err)
+        # The command that scores the image reports it (once, with the others); here it just
+        # falls back to the file-bytes and path checks.
+        log.debug("%s: cannot be decoded to identify its pixels (%s)", path, err)
         return None
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -205,6 +206,19 @@ class Selection:
     patients_seen: int | None = None
     checks: str = "file-content hash"
     near_duplicates: int | None = None
+    where: dict[Path, frozenset[str]] = field(default_factory=dict, repr=False)  # record splits per path
+    near: set[Path] = field(default_factory=set, repr=False)  # paths that are near duplicates
+
+    def keep(self, samples: list[Sample]) -> None:
+        """Narrow the selection to ``samples`` (those actually scored, e.g. after ``--skip-bad``):
+        the counts and the statement then speak of these images only."""
+        self.samples = list(samples)
+        if self.seen is not None:
+            marks = [self.where.get(s.path, frozenset()) for s in self.samples]
+            self.seen = {p: sum(p in m for m in marks) for p in SEEN_PARTS}
+            self.seen["any"] = sum(bool(m & set(SEEN_PARTS)) for m in marks)
+        if self.near_duplicates is not None:
+            self.near_duplicates = sum(s.path in self.near for s in self.samples)
 
     def seen_text(self) -> str:
         """The one-sentence answer to "did the model see any of these images?"."""
@@ -281,8 +295,10 @@ def choose_split(index: DatasetIndex, spec: ModelSpec, split: str) -> Selection:
     sel = Selection(samples, split, rule, len(index), seen, notes)
     if record is not None:
         sel.checks = record.checks
+        sel.where = {s.path: where[id(s)] for s in samples}
         unseen = [s for s in samples if not where[id(s)] & set(SEEN_PARTS)]
-        sel.near_duplicates = len(record.near_duplicates(unseen)) if record.version >= 2 else None
+        sel.near = {unseen[i].path for i in record.near_duplicates(unseen)}
+        sel.near_duplicates = len(sel.near) if record.version >= 2 else None
         if sel.near_duplicates:
             log.warning("%s: %d scored image(s) are near duplicates of training or validation images",
                         index.root, sel.near_duplicates)
