@@ -27,6 +27,7 @@ import numpy as np
 from fetalplanes.core.atomic import atomic_path
 from fetalplanes.core.errors import DataError, UserError
 from fetalplanes.core.io import load_image
+from fetalplanes.core.postprocess import top1
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.runtime.predictor import INPUT_NAME, OnnxPredictor
@@ -194,7 +195,7 @@ def _batched(predictor: OnnxPredictor, x: np.ndarray, batch: int = _BATCH) -> np
 
 def gate_metrics(fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Top-1 agreement, accuracies (when labels are known) and the drop the gate judges."""
-    p32, p8 = fp32_logits.argmax(1), int8_logits.argmax(1)
+    p32, p8 = top1(fp32_logits), top1(int8_logits)
     out: dict[str, Any] = {"n_holdout": int(len(p32)), "agreement": float((p32 == p8).mean())}
     known = labels >= 0
     if known.any():

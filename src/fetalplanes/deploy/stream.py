@@ -35,6 +35,7 @@ from fetalplanes.core.atomic import write_json, write_text
 from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core.frames import DEFAULT_FPS, VIDEO_SUFFIXES, Frame  # noqa: F401 - re-exported
 from fetalplanes.core.frames import open_frames as open_frames_core
+from fetalplanes.core.postprocess import top1
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class _Tracker:
         self.best: dict[str, tuple[float, Frame]] = {}
 
     def add(self, frame: Frame, raw: np.ndarray, smooth: np.ndarray, latency_s: float) -> None:
-        r, s = int(np.argmax(raw)), int(np.argmax(smooth))
+        r, s = int(top1(raw)[0]), int(top1(smooth)[0])
         label, conf = self.class_names[s], float(smooth[s])
         abstain = conf < self.threshold
         self.rows.append({
