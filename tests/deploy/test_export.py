@@ -112,12 +112,13 @@ def test_unknown_exporter_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _cli():
-    from fetalplanes.cli import app
-    from fetalplanes.cli.deploy import register
+    # Every command group, as the console entry point registers them: registering only `export`
+    # here would leave the shared app without the others for tests that run later.
+    from fetalplanes import cli
 
-    if "export" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
-        register(app)
-    return app
+    if not cli.app.registered_commands:
+        cli._register()
+    return cli.app
 
 
 def test_cli_int8_requires_calibration(tmp_path: Path) -> None:
