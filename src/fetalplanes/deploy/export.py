@@ -33,7 +33,8 @@ from fetalplanes.core.postprocess import top1
 from fetalplanes.core.preprocess import preprocess_batch
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.runtime.artifact import SPEC_KEY, onnx_metadata, set_onnx_metadata, spec_to_metadata
-from fetalplanes.runtime.predictor import INPUT_NAME, OUTPUT_NAME, session_options
+from fetalplanes.runtime.onnx_backend import INPUT_NAME, OUTPUT_NAME
+from fetalplanes.runtime.session import session_options
 
 if TYPE_CHECKING:  # torch / onnx are imported lazily: the CLI must start without them
     import onnx

@@ -12,7 +12,7 @@ import numpy as np
 
 from fetalplanes.core import atomic
 from fetalplanes.core.errors import DataError
-from fetalplanes.core.postprocess import top1
+from fetalplanes.core.postprocess import softmax, top1
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.data.records import Sample
 from fetalplanes.core.hashing import file_sha256
@@ -189,7 +189,7 @@ def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, spl
     selection.keep(samples)  # counts and statements are of the images actually scored
     if unit == "patient":  # after the unreadable files are listed, before any interval is drawn
         _require_patient_ids(data, samples)
-    probs = predictor.probabilities(logits)
+    probs = softmax(logits, spec.temperature)
     y = np.array([s.label for s in samples])
     meta = {c: [s.meta[c] for s in samples] for c in BREAKDOWN_COLUMNS if all(c in s.meta for s in samples)}
     patients = [s.patient for s in samples]
