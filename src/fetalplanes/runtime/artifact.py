@@ -102,6 +102,9 @@ def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """``metadata_props`` of an ONNX file, read with ONNX Runtime (no ``onnx`` package needed)."""
     import onnxruntime as ort
 
+    from fetalplanes.runtime.onnx_bounds import check_onnx
+
+    check_onnx(path)  # declared sizes and external data bounded before ORT allocates anything
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own exception types for bad files
