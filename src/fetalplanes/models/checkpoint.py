@@ -120,10 +120,9 @@ def safe_load(path: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt, foreign or unsafe files
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if found or type(err).__name__ == "UnpicklingError":
-            what = f"the Python object {found.group(1)!r}" if found else "a Python object outside the allow-list"
+        if found:
             raise CheckpointError(
-                f"{path}: refused: the file needs {what}, and a model file is read as data only "
+                f"{path}: refused: the file needs the Python object {found.group(1)!r}, and a model file is read as data only "
                 "(tensors, numbers, strings, lists, dicts), never run as code; use a checkpoint written "
                 "by `fetalplanes train` or an .onnx from `fetalplanes export`"
             ) from None
