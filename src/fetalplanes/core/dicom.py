@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from fetalplanes.core.dicom_bounds import bounded_dicom
 from fetalplanes.core.errors import ImageLoadError
-from fetalplanes.core.formats import check_size, codestream_size
+from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, check_size, codestream_size
 from fetalplanes.core.intensity import DicomIntensity
 
 if TYPE_CHECKING:
@@ -45,13 +46,15 @@ _JPEG_FAMILY = ("1.2.840.10008.1.2.4.",)
 _PREFERRED_PLUGIN = "pillow"  # raises on damaged JPEG/J2K data where pylibjpeg may return zeros
 
 
-def read_dataset(data: bytes, label: str) -> Dataset:
-    """Parse DICOM bytes; ImageLoadError for junk, for files without pixel data."""
+def read_dataset(data: bytes, label: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
+    """Parse DICOM bytes; ImageLoadError for junk, for files without pixel data, and for declared
+    lengths beyond the file or (deflated data sets) beyond the limits (:mod:`fetalplanes.core.dicom_bounds`)."""
     # Imported lazily: pydicom is only needed for DICOM and costs import time at startup.
     import pydicom
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     has_preamble = data[128:132] == b"DICM"
+    data = bounded_dicom(data, label, max_pixels)  # before pydicom allocates anything the file declares
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about many harmless deviations
@@ -98,7 +101,7 @@ class DicomFrames:
 
     def _setup(self, data: bytes, label: str, max_pixels: int) -> None:
         self.label, self.max_pixels = label, max_pixels
-        self.ds = ds = read_dataset(data, label)
+        self.ds = ds = read_dataset(data, label, max_pixels)
         self.rows, self.cols, self.declared = _geometry(ds, label, max_pixels)
         self.uid = ds.file_meta.TransferSyntaxUID
         self.decoder = _decoder(self.uid, label)
