@@ -35,7 +35,7 @@ def serve(
     """Serve the model over HTTP: JSON API under /v1, the web page at /, the schema at /openapi.json."""
     import uvicorn
 
-    from fetalplanes.serve.app import DEFAULT_MAX_PIXELS, ServeSettings, build_app
+    from fetalplanes.serve.app import SERVICE_MAX_PIXELS, ServeSettings, build_app
     from fetalplanes.serve.backends import check_model_path, load_backend
 
     settings = ServeSettings(
@@ -44,7 +44,7 @@ def serve(
         api_key=api_key or None,
         cors_origins=tuple(cors_origin or ()),
         max_batch=max_batch,
-        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        max_pixels=max_pixels or SERVICE_MAX_PIXELS,
         threads=threads,
     )
     if host not in LOOPBACK and not settings.api_key:

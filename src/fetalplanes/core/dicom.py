@@ -33,6 +33,7 @@ from fetalplanes.core.dicom_bounds import bounded_dicom
 from fetalplanes.core.errors import ImageLoadError
 from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, check_size, codestream_size
 from fetalplanes.core.intensity import DicomIntensity
+from fetalplanes.core.limits import PixelBudget
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -84,7 +85,8 @@ class DicomFrames:
     Raises :class:`ImageLoadError` for a file-level fault (geometry, no decoder, LUTs).
     """
 
-    def __init__(self, data: bytes, label: str, max_pixels: int) -> None:
+    def __init__(self, data: bytes, label: str, max_pixels: int, budget: PixelBudget | None = None) -> None:
+        self.budget = budget
         with warnings.catch_warnings():
             # pydicom warns (to stderr) about every deviation it meets; faults that matter
             # become an ImageLoadError instead.
@@ -149,6 +151,8 @@ class DicomFrames:
     # ----------------------------------------------------------------- decoding
     def frame(self, index: int) -> Image.Image:
         """Frame ``index`` (0-based) as 'L' or 'RGB'; ImageLoadError naming the file and frame."""
+        if self.budget is not None:  # Rows x Columns, checked against the codestream in _decode
+            self.budget.charge(self.cols, self.rows, self.label, self._where(index))
         raw = self._decode(index)
         try:
             with warnings.catch_warnings():
@@ -202,10 +206,11 @@ class DicomFrames:
             raise ImageLoadError(self.label, reason, "a complete codestream ending with FFD9", index)
 
 
-def dicom_frames(data: bytes, label: str, max_pixels: int, first_only: bool) -> list[Image.Image]:
+def dicom_frames(data: bytes, label: str, max_pixels: int, first_only: bool,
+                 budget: PixelBudget | None = None) -> list[Image.Image]:
     """All frames (or the first) of a DICOM file; any bad frame raises (see :mod:`fetalplanes.core.frames`
     for the per-frame robust iterator)."""
-    frames = DicomFrames(data, label, max_pixels)
+    frames = DicomFrames(data, label, max_pixels, budget)
     if frames.short_read and not first_only:
         raise ImageLoadError(label, f"{frames.short_read}: {len(frames)} of {frames.declared} frame(s) present")
     return [frames.frame(i) for i in range(1 if first_only else len(frames))]

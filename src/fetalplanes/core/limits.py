@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from fetalplanes.core.errors import ImageLoadError
 
-__all__ = ["LIMITS", "Limits", "PixelBudget"]
+__all__ = ["LIMITS", "BudgetExceeded", "Limits", "PixelBudget"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,10 @@ class Limits:
 LIMITS = Limits()
 
 
+class BudgetExceeded(ImageLoadError):
+    """A frame refused because the request's (or call's) decoded-pixel budget is spent; the file may be fine."""
+
+
 @dataclass
 class PixelBudget:
     """Decoded pixels one request (or one call) may still spend; the decode path charges each frame's
@@ -71,11 +75,11 @@ class PixelBudget:
     spent: int = field(default=0)
 
     def charge(self, width: int, height: int, label: str, frame: int | None = None) -> None:
-        """Spend ``width * height``; :class:`ImageLoadError` naming ``label`` when it would exceed ``total``."""
+        """Spend ``width * height``; :class:`BudgetExceeded` naming ``label`` when it would exceed ``total``."""
         pixels = max(0, width) * max(0, height)
         if self.spent + pixels > self.total:
             left = max(0, self.total - self.spent)
-            raise ImageLoadError(
+            raise BudgetExceeded(
                 label,
                 f"{width}x{height} = {pixels:,} pixels exceeds what is left of this request's decoded-pixel "
                 f"budget ({left:,} of {self.total:,})",

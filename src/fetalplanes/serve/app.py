@@ -3,12 +3,14 @@
 ``create_app(model)`` loads the model once and serves:
 
 * ``POST /v1/predict`` (one image), ``POST /v1/predict/batch`` (several), ``GET /v1/model``,
-  ``GET /health``, ``GET /openapi.json``;
+  ``GET``/``HEAD /health``, ``GET /openapi.json``;
 * the clinician page at ``/`` with its assets under ``/static`` (no CDN).
 
 Uploads are parsed in memory (:mod:`fetalplanes.serve.uploads`), typed by their magic
-bytes and decoded only by :func:`fetalplanes.core.io.load_image` with a pixel limit (the
-decompression-bomb guard). Nothing is written to disk and no path is taken from a
+bytes and decoded only by :func:`fetalplanes.core.io.load_image` with a pixel limit per image
+and a decoded-pixel budget per request (the decompression-bomb guards; limits in
+:mod:`fetalplanes.core.limits`). A request body must arrive within a deadline and the bytes
+buffered across uploads are capped (:mod:`fetalplanes.serve.guard`). Nothing is written to disk and no path is taken from a
 request. CORS is off unless origins are given; an API key (header ``X-API-Key``) is
 required on ``/v1/*`` when configured. ``app_from_env`` builds the app from
 ``FETALPLANES_*`` environment variables for ``uvicorn --factory`` / ``--workers N``.
@@ -33,8 +35,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from fetalplanes.core.errors import UsageError
+from fetalplanes.core.limits import LIMITS
 from fetalplanes.serve.backends import ExplainerFactory, ServedModel, load_backend
 from fetalplanes.serve.schemas import BatchResponse, ErrorResponse, HealthResponse, ModelInfo, PredictResponse
+from fetalplanes.serve.guard import RequestGuard
 from fetalplanes.serve.service import Service
 from fetalplanes.serve.uploads import UploadError, read_uploads
 
@@ -45,7 +49,8 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).with_name("static")
 API_KEY_HEADER = "X-API-Key"
 ENV_PREFIX = "FETALPLANES_"
-DEFAULT_MAX_PIXELS = 40_000_000  # ~6300x6300: far above any ultrasound frame
+# The service's own, smaller per-image limit (many requests share one process): the limits table.
+SERVICE_MAX_PIXELS = LIMITS.serve_max_pixels
 PREDICT_QUERY = ("top_k", "explain", "preview")
 
 # Only same-origin resources: the page must work offline and never load third-party code.
@@ -77,8 +82,11 @@ class ServeSettings:
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     max_batch: int = 16
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = SERVICE_MAX_PIXELS
     threads: int | None = None
+    request_pixels: int = LIMITS.serve_request_pixels
+    receive_s: float = LIMITS.serve_receive_s
+    max_buffered_bytes: int = LIMITS.serve_buffered_bytes
 
     def __post_init__(self) -> None:
         if not self.max_upload_mb > 0:
@@ -87,6 +95,11 @@ class ServeSettings:
             raise UsageError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.max_pixels < 1:
             raise UsageError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        if self.request_pixels < self.max_pixels:  # the largest accepted image must fit one request
+            object.__setattr__(self, "request_pixels", self.max_pixels)
+        if not self.receive_s > 0 or self.max_buffered_bytes < self.max_upload_bytes:
+            raise UsageError(f"receive_s must be > 0 and max_buffered_bytes >= the upload limit ({self.max_upload_bytes}), "
+                             f"got {self.receive_s} and {self.max_buffered_bytes}")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -101,6 +114,9 @@ class ServeSettings:
             "MAX_PIXELS": str(self.max_pixels),
             "THREADS": str(self.threads or ""),
             "API_KEY": self.api_key or "",
+            "REQUEST_PIXELS": str(self.request_pixels),
+            "RECEIVE_S": str(self.receive_s),
+            "MAX_BUFFERED_BYTES": str(self.max_buffered_bytes),
         }
         return {ENV_PREFIX + k: v for k, v in env.items()}
 
@@ -118,8 +134,11 @@ class ServeSettings:
                 api_key=get("API_KEY") or None,
                 cors_origins=tuple(o.strip() for o in get("CORS_ORIGINS").split(",") if o.strip()),
                 max_batch=int(get("MAX_BATCH") or 16),
-                max_pixels=int(get("MAX_PIXELS") or DEFAULT_MAX_PIXELS),
+                max_pixels=int(get("MAX_PIXELS") or SERVICE_MAX_PIXELS),
                 threads=int(get("THREADS")) if get("THREADS") else None,
+                request_pixels=int(get("REQUEST_PIXELS") or LIMITS.serve_request_pixels),
+                receive_s=float(get("RECEIVE_S") or LIMITS.serve_receive_s),
+                max_buffered_bytes=int(get("MAX_BUFFERED_BYTES") or LIMITS.serve_buffered_bytes),
             )
         except ValueError as err:
             raise UsageError(f"invalid {ENV_PREFIX}* setting: {err}") from None
@@ -181,13 +200,15 @@ def create_app(
     api_key: str | None = None,
     cors_origins: tuple[str, ...] | list[str] = (),
     max_batch: int = 16,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = SERVICE_MAX_PIXELS,
     threads: int | None = None,
     backend: ServedModel | None = None,
     explainer_factory: ExplainerFactory | None = None,
+    **limits: Any,
 ) -> FastAPI:
     """The service for one model (.onnx or .ckpt); ``backend`` overrides loading (tests);
-    ``explainer_factory`` (e.g. ``fetalplanes.explain.service_explainer``) adds heat maps."""
+    ``explainer_factory`` (e.g. ``fetalplanes.explain.service_explainer``) adds heat maps;
+    ``limits``: ``request_pixels``, ``receive_s``, ``max_buffered_bytes`` (see :class:`ServeSettings`)."""
     settings = ServeSettings(
         model_path=Path(model_path),
         max_upload_mb=max_upload_mb,
@@ -196,6 +217,7 @@ def create_app(
         max_batch=max_batch,
         max_pixels=max_pixels,
         threads=threads,
+        **limits,
     )
     return build_app(settings, backend, explainer_factory)
 
@@ -235,6 +257,7 @@ def _add_middleware(app: FastAPI, settings: ServeSettings) -> None:
             allow_methods=["GET", "POST"],
             allow_headers=[API_KEY_HEADER, "Content-Type"],
         )
+    app.add_middleware(RequestGuard, receive_s=settings.receive_s, max_buffered=settings.max_buffered_bytes)
     app.add_middleware(_SecurityHeaders)
 
 
@@ -335,11 +358,13 @@ def _api_router(service: Service, settings: ServeSettings) -> APIRouter:
 
 
 def _add_pages(app: FastAPI, service: Service) -> None:
-    @app.get("/health", response_model=HealthResponse, summary="Liveness and the model served")
+    # HEAD too: load balancers and uptime probes often check liveness without a body.
+    @app.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse,
+                   summary="Liveness and the model served")
     async def health() -> HealthResponse:
         return HealthResponse(status="ok", model=service.spec.name, version=service.spec.version)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 

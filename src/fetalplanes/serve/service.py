@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from fetalplanes.core.io import ImageLoadError, load_image, sniff_format
+from fetalplanes.core.limits import BudgetExceeded, PixelBudget
 from fetalplanes.core.postprocess import Prediction
 from fetalplanes.core.preprocess import to_gray
 from fetalplanes.core.encode import png_bytes
@@ -60,8 +61,9 @@ class Service:
 
     # ------------------------------------------------------------------ uploads
 
-    def decode(self, upload: Upload) -> tuple[Image.Image, str]:
-        """The decoded image and its detected format, or UploadError 415/422."""
+    def decode(self, upload: Upload, budget: PixelBudget | None = None) -> tuple[Image.Image, str]:
+        """The decoded image and its detected format, or UploadError 415/422 (413 when the request's
+        decoded-pixel ``budget`` is spent)."""
         name = upload.filename or "upload"
         if not upload.data:
             raise UploadError(422, f"{name}: empty file (0 bytes); expected {ACCEPTED_TEXT}")
@@ -70,31 +72,37 @@ class Service:
             found = f"a {fmt.upper()} image" if fmt else "not a recognised image format"
             raise UploadError(415, f"{name}: unsupported file type ({found}); expected {ACCEPTED_TEXT}")
         try:
-            image = load_image(bytes(upload.data), name=name, max_pixels=self.settings.max_pixels)
+            image = load_image(bytes(upload.data), name=name, max_pixels=self.settings.max_pixels, budget=budget)
+        except BudgetExceeded as err:
+            raise UploadError(413, str(err)) from None
         except ImageLoadError as err:
             raise UploadError(422, str(err)) from None
         return image, fmt
 
+    def budget(self) -> PixelBudget:
+        """A fresh decoded-pixel budget for one request (``ServeSettings.request_pixels``)."""
+        return PixelBudget(self.settings.request_pixels)
+
     def analyse(self, upload: Upload, top_k: int, explain: bool, preview: bool) -> PredictResponse:
-        image, fmt = self.decode(upload)
+        image, fmt = self.decode(upload, self.budget())
         prediction = self.backend.predict([image], top_k)[0]
         return self._response(upload, image, fmt, prediction, explain, preview)
 
     def analyse_batch(self, uploads: list[Upload], top_k: int, explain: bool, preview: bool) -> BatchResponse:
-        """Per-item results: one bad file does not spoil the others' answers."""
+        """Per-item results: one bad file does not spoil the others' answers. Images are decoded and
+        answered one at a time (one decoded image in memory), charged to one budget per request."""
         items: list[BatchItem] = []
-        decoded: list[tuple[int, Upload, Image.Image, str]] = []
+        budget = self.budget()
         for upload in uploads:
             try:
-                image, fmt = self.decode(upload)
+                image, fmt = self.decode(upload, budget)
             except UploadError as err:
                 items.append(BatchItem(filename=upload.filename, status=err.status, error=err.detail))
                 continue
-            items.append(BatchItem(filename=upload.filename, status=200))
-            decoded.append((len(items) - 1, upload, image, fmt))
-        predictions = self.backend.predict([d[2] for d in decoded], top_k)
-        for (index, upload, image, fmt), prediction in zip(decoded, predictions):
-            items[index].result = self._response(upload, image, fmt, prediction, explain, preview)
+            prediction = self.backend.predict([image], top_k)[0]
+            result = self._response(upload, image, fmt, prediction, explain, preview)
+            del image  # released before the next item is decoded
+            items.append(BatchItem(filename=upload.filename, status=200, result=result))
         failed = sum(item.status != 200 for item in items)
         return BatchResponse(count=len(items), failed=failed, items=items)
 
