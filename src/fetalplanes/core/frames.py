@@ -277,6 +277,9 @@ def _video(source: Path | BytesIO, label: str, fps: float | None, max_pixels: in
         container.close()
         raise ImageLoadError(label, "the file has no video stream", VIDEO_EXPECTED)
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # a damaged header names no codec FFmpeg can open
+        container.close()
+        raise ImageLoadError(label, "the video stream's codec cannot be opened (damaged or unsupported)", VIDEO_EXPECTED)
     width, height = stream.codec_context.width, stream.codec_context.height
     if width and height:  # 0 = not in the container's header: each decoded frame is checked below
         try:

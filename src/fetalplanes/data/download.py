@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -315,8 +316,10 @@ def extract_archive(archive: Path, out_dir: Path, *, overwrite: bool = False) ->
                 _check_members(zf, archive)
                 _check_sizes(zf, archive)  # every refusal happens before the first byte is extracted
                 zf.extractall(tmp)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise DownloadError(f"cannot unpack {archive}: {exc}; delete it and download again") from exc
+        # zipfile lets the decompressors' errors through on damaged data (zlib.error, EOFError,
+        # NotImplementedError for an unknown method, RuntimeError for encryption, ValueError).
+        except (zipfile.BadZipFile, OSError, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
+            raise DownloadError(f"cannot unpack {archive}: {type(exc).__name__}: {exc}; delete it and download again") from exc
         root = _find_root(tmp)
         if root is None:
             raise DownloadError(f"{archive} is not FETAL_PLANES_DB: missing {_missing(tmp)}")
