@@ -1,4 +1,5 @@
-"""Seeded mutations of valid PNG, JPEG and DICOM bytes, run through the input layer.
+"""Seeded mutations of valid PNG, JPEG, DICOM (incl. deflated), H.264 video and zip bytes, run through
+the input layer (and the dataset unpacker for zips).
 
 Run by tests/core/test_fuzz.py in a fresh process (``python fuzz_inputs.py N SEED``) so peak
 memory can be measured; prints one JSON object: inputs tried, outcomes, failures (any
@@ -38,14 +39,15 @@ def _jpeg(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _dicom(arr: np.ndarray | None = None, jpeg_frames: list[bytes] | None = None, **attrs) -> bytes:
+def _dicom(arr: np.ndarray | None = None, jpeg_frames: list[bytes] | None = None, deflated: bool = False,
+           **attrs) -> bytes:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
     ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.3.1", generate_uid()
     if jpeg_frames is not None:
         ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
@@ -77,7 +79,53 @@ def seeds() -> dict[str, bytes]:
         "dcm_cine": _dicom(np.stack([gray, noise, gray]), FrameTime="40"),
         "dcm_jpeg_cine": _dicom(jpeg_frames=[_jpeg(gray), _jpeg(noise), _jpeg(gray)], FrameTime="33.3"),
         "dcm_rgb": _dicom(np.stack([gray, noise, gray], -1)),
+        "dcm_deflated": _dicom(np.stack([gray, noise, gray]), deflated=True, FrameTime="40"),
+        "mp4": _video(),
     }
+
+
+def _video() -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    from fetalplanes.deploy.stream import write_phantom_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return write_phantom_video(Path(tmp) / "v.mp4", n_frames=3, size=(64, 48)).read_bytes()
+
+
+def zip_seed() -> bytes:
+    """A FETAL_PLANES_DB-shaped zip (CSV + two PNGs), deflated."""
+    import zipfile
+
+    buf = BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("FETAL_PLANES_DB_data.csv", "Image_name;Patient_num;Plane\na;1;Other\n")
+        zf.writestr("Images/a.png", _png(np.zeros((8, 8), np.uint8)))
+        zf.writestr("Images/b.png", _png(np.full((8, 8), 9, np.uint8)))
+    return buf.getvalue()
+
+
+def run_zip(name: str, data: bytes) -> str | None:
+    """None when unpacking a mutated zip gives a dataset or one DownloadError line, leaving nothing behind."""
+    import tempfile
+    from pathlib import Path
+
+    from fetalplanes.data.download import DownloadError, extract_archive
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / f"{name}.zip"
+        archive.write_bytes(data)
+        try:
+            extract_archive(archive, Path(tmp) / "db")
+        except DownloadError as err:
+            if "\n" in str(err) or name not in str(err):
+                return f"bad message: {err!r}"
+            if (Path(tmp) / "db").exists() or any(p.name.startswith(".fetalplanes-extract") for p in Path(tmp).iterdir()):
+                return "left a half-unpacked folder"
+        except Exception:  # noqa: BLE001 - exactly what the fuzz test looks for
+            return traceback.format_exc(limit=3)
+    return None
 
 
 def _field_change(data: bytearray, rng: np.random.Generator) -> None:
@@ -152,7 +200,7 @@ def main(count: int, seed: int) -> dict:
 
     logging.disable(logging.WARNING)  # skipped-frame warnings are expected by the hundred
     rng = np.random.default_rng(seed)
-    bases = seeds()
+    bases = {**seeds(), "zip": zip_seed()}
     failures, slowest = [], (0.0, "")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for i in range(count):
@@ -161,7 +209,7 @@ def main(count: int, seed: int) -> dict:
         name = f"fuzz-{i}-{base}-{kind}"
         t0 = time.perf_counter()
         try:
-            problem = run_one(name, data)
+            problem = run_zip(name, data) if base == "zip" else run_one(name, data)
         except Exception:  # noqa: BLE001 - load_image raised something other than ImageLoadError
             problem = traceback.format_exc(limit=3)
         elapsed = time.perf_counter() - t0

@@ -1,6 +1,7 @@
 """Seeded fuzzing of the input layer: a few hundred mutations (truncation, bit flips, header bytes,
-header fields) of valid PNG, JPEG and DICOM bytes. Each must give pixels or one line naming the
-input; never another exception. Runs in a fresh process to bound time per input and memory."""
+header fields) of valid PNG, JPEG, DICOM (also deflated), H.264 video and zip bytes. Each must give
+pixels (or a dataset) or one line naming the input; never another exception, never a half-unpacked
+folder. Runs in a fresh process to bound time per input and memory."""
 
 from __future__ import annotations
 

@@ -134,3 +134,21 @@ def test_decide_topk_and_abstain():
     assert preds[1].label == "a" and preds[1].abstain
     with pytest.raises(ValueError, match="class names"):
         decide(probs, ["a", "b"])
+
+
+def test_transparent_pixels_composite_strip_by_strip_like_the_whole_image(monkeypatch) -> None:
+    """Large RGBA uploads are composited in strips (memory); the pixels equal one whole composite."""
+    import numpy as np
+    from PIL import Image
+
+    from fetalplanes.core import preprocess
+
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (203, 117, 4), dtype=np.uint8), "RGBA")
+    whole = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("L")
+    monkeypatch.setattr(preprocess, "_STRIP_PIXELS", 117 * 10)  # 21 strips, the last one short
+    assert np.array_equal(np.asarray(preprocess.to_gray(rgba)), np.asarray(whole))
+    palette = rgba.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
+    palette.info["transparency"] = 3
+    want = Image.alpha_composite(Image.new("RGBA", palette.size, (0, 0, 0, 255)), palette.convert("RGBA")).convert("L")
+    assert np.array_equal(np.asarray(preprocess.to_gray(palette)), np.asarray(want))

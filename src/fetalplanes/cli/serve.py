@@ -37,7 +37,7 @@ def serve(
 
     from fetalplanes.runtime import detect_kind, load_predictor
     from fetalplanes.serve.app import build_app
-    from fetalplanes.serve.settings import DEFAULT_MAX_PIXELS, ServeSettings
+    from fetalplanes.serve.settings import SERVICE_MAX_PIXELS, ServeSettings
 
     settings = ServeSettings(
         model_path=model,
@@ -45,7 +45,7 @@ def serve(
         api_key=api_key or None,
         cors_origins=tuple(cors_origin or ()),
         max_batch=max_batch,
-        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        max_pixels=max_pixels or SERVICE_MAX_PIXELS,
         threads=threads,
     )
     if host not in LOOPBACK and not settings.api_key:

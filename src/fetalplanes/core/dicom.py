@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from fetalplanes.core.dicom_bounds import bounded_dicom
 from fetalplanes.core.errors import ImageLoadError
-from fetalplanes.core.formats import check_size, codestream_size
+from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, check_size, codestream_size
 from fetalplanes.core.intensity import DicomIntensity
+from fetalplanes.core.limits import PixelBudget
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -45,13 +47,15 @@ _JPEG_FAMILY = ("1.2.840.10008.1.2.4.",)
 _PREFERRED_PLUGIN = "pillow"  # raises on damaged JPEG/J2K data where pylibjpeg may return zeros
 
 
-def read_dataset(data: bytes, label: str) -> Dataset:
-    """Parse DICOM bytes; ImageLoadError for junk, for files without pixel data."""
+def read_dataset(data: bytes, label: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
+    """Parse DICOM bytes; ImageLoadError for junk, for files without pixel data, and for declared
+    lengths beyond the file or (deflated data sets) beyond the limits (:mod:`fetalplanes.core.dicom_bounds`)."""
     # Imported lazily: pydicom is only needed for DICOM and costs import time at startup.
     import pydicom
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     has_preamble = data[128:132] == b"DICM"
+    data = bounded_dicom(data, label, max_pixels)  # before pydicom allocates anything the file declares
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about many harmless deviations
@@ -81,7 +85,8 @@ class DicomFrames:
     Raises :class:`ImageLoadError` for a file-level fault (geometry, no decoder, LUTs).
     """
 
-    def __init__(self, data: bytes, label: str, max_pixels: int) -> None:
+    def __init__(self, data: bytes, label: str, max_pixels: int, budget: PixelBudget | None = None) -> None:
+        self.budget = budget
         with warnings.catch_warnings():
             # pydicom warns (to stderr) about every deviation it meets; faults that matter
             # become an ImageLoadError instead.
@@ -98,7 +103,7 @@ class DicomFrames:
 
     def _setup(self, data: bytes, label: str, max_pixels: int) -> None:
         self.label, self.max_pixels = label, max_pixels
-        self.ds = ds = read_dataset(data, label)
+        self.ds = ds = read_dataset(data, label, max_pixels)
         self.rows, self.cols, self.declared = _geometry(ds, label, max_pixels)
         self.uid = ds.file_meta.TransferSyntaxUID
         self.decoder = _decoder(self.uid, label)
@@ -146,6 +151,8 @@ class DicomFrames:
     # ----------------------------------------------------------------- decoding
     def frame(self, index: int) -> Image.Image:
         """Frame ``index`` (0-based) as 'L' or 'RGB'; ImageLoadError naming the file and frame."""
+        if self.budget is not None:  # Rows x Columns, checked against the codestream in _decode
+            self.budget.charge(self.cols, self.rows, self.label, self._where(index))
         raw = self._decode(index)
         try:
             with warnings.catch_warnings():
@@ -199,10 +206,11 @@ class DicomFrames:
             raise ImageLoadError(self.label, reason, "a complete codestream ending with FFD9", index)
 
 
-def dicom_frames(data: bytes, label: str, max_pixels: int, first_only: bool) -> list[Image.Image]:
+def dicom_frames(data: bytes, label: str, max_pixels: int, first_only: bool,
+                 budget: PixelBudget | None = None) -> list[Image.Image]:
     """All frames (or the first) of a DICOM file; any bad frame raises (see :mod:`fetalplanes.core.frames`
     for the per-frame robust iterator)."""
-    frames = DicomFrames(data, label, max_pixels)
+    frames = DicomFrames(data, label, max_pixels, budget)
     if frames.short_read and not first_only:
         raise ImageLoadError(label, f"{frames.short_read}: {len(frames)} of {frames.declared} frame(s) present")
     return [frames.frame(i) for i in range(1 if first_only else len(frames))]

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["EXPECTED", "BadFilesError", "DataError", "ImageLoadError", "MissingExtraError", "UsageError", "UserError"]
+__all__ = ["EXPECTED", "BadFilesError", "DataError", "ImageLoadError", "MissingExtraError", "ModelFileError",
+           "ModelFileNotFound", "UsageError", "UserError"]
 
 EXPECTED = "a PNG, JPEG, BMP, TIFF or DICOM image"
 
@@ -38,6 +39,17 @@ class DataError(UserError, ValueError):
 
 class MissingExtraError(UserError, ImportError):
     """An optional dependency is not installed; the message names the ``fetalplanes[extra]`` to install."""
+
+
+class ModelFileError(UserError, ValueError):
+    """A model file cannot be used; the one-line message names the file and the accepted formats.
+
+    Raised by the model-file readers (``runtime.artifact``, ``runtime.onnx_bounds``,
+    ``models.checkpoint``); defined here so that they need not import each other."""
+
+
+class ModelFileNotFound(ModelFileError, FileNotFoundError):
+    """The model path does not exist (also a FileNotFoundError)."""
 
 
 class ImageLoadError(DataError):

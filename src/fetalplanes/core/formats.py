@@ -24,12 +24,14 @@ from __future__ import annotations
 import struct
 
 from fetalplanes.core.errors import ImageLoadError
+from fetalplanes.core.limits import LIMITS
 
 __all__ = ["DEFAULT_MAX_PIXELS", "check_size", "codestream_size", "sniff_format", "sniff_video"]
 
-DEFAULT_MAX_PIXELS: int = 50_000_000
-"""Largest accepted width*height per frame: far above any ultrasound frame, far below
-what would exhaust memory when a hostile upload claims a huge size in a tiny file."""
+DEFAULT_MAX_PIXELS: int = LIMITS.max_pixels
+"""Largest accepted width*height per frame (the limits table, :mod:`fetalplanes.core.limits`):
+far above any ultrasound frame, far below what would exhaust memory when a hostile upload
+claims a huge size in a tiny file."""
 
 # BITMAPINFOHEADER sizes Pillow understands; checking them keeps a text file that happens
 # to start with "BM" from being reported as a corrupt bitmap.

@@ -36,7 +36,7 @@ from typing import Any
 from PIL import Image
 
 from fetalplanes.core.errors import ImageLoadError, UsageError
-from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, sniff_format, sniff_video
+from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, check_size, sniff_format, sniff_video
 from fetalplanes.core.io import IMAGE_SUFFIXES, PilFrames, Source, _read_source, list_images, load_image
 
 __all__ = ["DEFAULT_FPS", "MAX_FPS", "VIDEO_SUFFIXES", "Frame", "FrameReader", "dicom_frame_rate", "is_video_file",
@@ -142,11 +142,11 @@ def open_frames(
         if path.is_dir():
             return _folder(path, label, fps, max_pixels)
         if is_video_file(path):
-            return _video(path, label, fps)
+            return _video(path, label, fps, max_pixels)
     data, label = _read_source(source, name, max_bytes)
     fmt = sniff_format(data)
     if fmt is None and sniff_video(data):
-        return _video(BytesIO(data), label, fps)
+        return _video(BytesIO(data), label, fps, max_pixels)
     if fmt == "dicom":
         return _dicom(data, label, fps, max_pixels)
     if fmt is None:
@@ -259,19 +259,34 @@ def _folder(path: Path, label: str, fps: float | None, max_pixels: int) -> Frame
 
 
 # ------------------------------------------------------------------------------ video
-def _video(source: Path | BytesIO, label: str, fps: float | None) -> FrameReader:
+def _video(source: Path | BytesIO, label: str, fps: float | None, max_pixels: int) -> FrameReader:
+    """Frames of a video; the codec's width x height is checked against ``max_pixels`` (the same limit
+    as images and DICOM) before any frame is decoded, and every decoded frame before it is converted."""
     try:
         import av
     except ImportError:  # pragma: no cover - depends on the install
         raise ImageLoadError(label, "reading video needs PyAV", "pip install 'fetalplanes[video]'") from None
     try:
-        container = av.open(str(source) if isinstance(source, Path) else source)
+        # FFmpeg's stream probe decodes frames to learn their format: a 12000x12000 clip would allocate
+        # gigabytes before the size check below. skip_frame=all makes the probe read headers only
+        # (the decoder used for the frames afterwards is opened without it).
+        container = av.open(str(source) if isinstance(source, Path) else source, options={"skip_frame": "all"})
     except Exception as exc:  # FFmpegError, OSError, ValueError... on a damaged or truncated file
         raise ImageLoadError(label, f"cannot open video ({type(exc).__name__}: {exc})", VIDEO_EXPECTED) from None
     if not container.streams.video:
         container.close()
         raise ImageLoadError(label, "the file has no video stream", VIDEO_EXPECTED)
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # a damaged header names no codec FFmpeg can open
+        container.close()
+        raise ImageLoadError(label, "the video stream's codec cannot be opened (damaged or unsupported)", VIDEO_EXPECTED)
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width and height:  # 0 = not in the container's header: each decoded frame is checked below
+        try:
+            check_size(width, height, label, max_pixels)
+        except ImageLoadError:
+            container.close()
+            raise
     stream.thread_type = "AUTO"  # FFmpeg's own frame/slice threads
     rate, source_name = _video_rate(stream, fps)
     info = {"kind": "video", "codec": stream.codec_context.name, "fps": rate, "fps_source": source_name,
@@ -280,7 +295,7 @@ def _video(source: Path | BytesIO, label: str, fps: float | None) -> FrameReader
 
     def gen(reader: FrameReader) -> Iterator[Frame]:
         try:
-            yield from _decode_video(container, stream, rate, fps is not None, reader, label)
+            yield from _decode_video(container, stream, rate, fps is not None, reader, label, max_pixels)
         finally:
             container.close()
 
@@ -299,7 +314,7 @@ def _video_rate(stream: Any, fps: float | None) -> tuple[float, str]:
 
 
 def _decode_video(container: Any, stream: Any, rate: float, user_rate: bool, reader: FrameReader,
-                  label: str) -> Iterator[Frame]:
+                  label: str, max_pixels: int) -> Iterator[Frame]:
     """Packet by packet, so one damaged packet costs its frame, not the rest of the video."""
     index, packets = 0, container.demux(stream)
     while True:
@@ -318,6 +333,8 @@ def _decode_video(container: Any, stream: Any, rate: float, user_rate: bool, rea
             index += 1
             continue
         for frame in decoded:
+            # A stream may change size mid-way (a new SPS): refused before the frame is converted or kept.
+            check_size(frame.width, frame.height, label, max_pixels, index)
             t = None if user_rate else frame.time
             time_s = float(t) if t is not None and math.isfinite(t) and t >= 0 else index / rate
             # B-mode is grayscale: decoding straight to 8-bit luma skips a colour conversion.

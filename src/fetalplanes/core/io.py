@@ -37,6 +37,7 @@ from fetalplanes.core.dicom import dicom_frames
 from fetalplanes.core.errors import EXPECTED, BadFilesError, ImageLoadError
 from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, check_size, looks_like_text, sniff_format
 from fetalplanes.core.intensity import scale_by_bits, scale_float
+from fetalplanes.core.limits import PixelBudget
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -122,15 +123,19 @@ def load_image(
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = None,
+    budget: PixelBudget | None = None,
 ) -> Image.Image:
     """Load one image (the first frame of a multi-frame file), fully decoded.
+
+    ``budget`` (:class:`~fetalplanes.core.limits.PixelBudget`, e.g. one per service request) is
+    charged with the frame's header size before it is decoded; once spent, frames are refused.
 
     The mode is 'L', 'LA', 'I;16', 'I', 'RGB' or 'RGBA'; palettes are resolved, 16-bit
     gray stays 16-bit, DICOM becomes 8-bit 'L' (VOI/window applied, MONOCHROME1 inverted)
     or 'RGB'. EXIF orientation is applied so the pixels match what a viewer shows.
     Raises :class:`ImageLoadError` for anything that is not a loadable image.
     """
-    return _load(source, name=name, max_pixels=max_pixels, max_bytes=max_bytes, first_only=True)[0]
+    return _load(source, name=name, max_pixels=max_pixels, max_bytes=max_bytes, first_only=True, budget=budget)[0]
 
 
 def load_frames(
@@ -148,7 +153,8 @@ def load_frames(
 
 
 def _load(
-    source: Source, *, name: str | None, max_pixels: int, max_bytes: int | None, first_only: bool
+    source: Source, *, name: str | None, max_pixels: int, max_bytes: int | None, first_only: bool,
+    budget: PixelBudget | None = None,
 ) -> list[Image.Image]:
     data, label = _read_source(source, name, max_bytes)
     fmt = sniff_format(data)
@@ -156,8 +162,8 @@ def _load(
         what = "the content looks like text" if looks_like_text(data) else "unrecognised binary content"
         raise ImageLoadError(label, f"not an image: {what}")
     if fmt == "dicom":
-        return dicom_frames(data, label, max_pixels, first_only)
-    return _pil_frames(data, fmt, label, max_pixels, first_only)
+        return dicom_frames(data, label, max_pixels, first_only, budget)
+    return _pil_frames(data, fmt, label, max_pixels, first_only, budget)
 
 
 # --------------------------------------------------------------------------- Pillow formats
@@ -197,8 +203,8 @@ class PilFrames:
     in order (GIF/APNG frames build on the previous one).
     """
 
-    def __init__(self, data: bytes, fmt: str, label: str, max_pixels: int) -> None:
-        self.fmt, self.label, self.max_pixels = fmt, label, max_pixels
+    def __init__(self, data: bytes, fmt: str, label: str, max_pixels: int, budget: PixelBudget | None = None) -> None:
+        self.fmt, self.label, self.max_pixels, self.budget = fmt, label, max_pixels, budget
         self.short_read: str | None = None
         with _pillow_errors(label, fmt, max_pixels):
             self._image = Image.open(BytesIO(data), formats=[_PIL_FORMATS[fmt]])
@@ -214,12 +220,15 @@ class PilFrames:
             if index:
                 image.seek(index)
             check_size(*image.size, self.label, self.max_pixels, frame)  # header size, before decoding
+            if self.budget is not None:
+                self.budget.charge(*image.size, self.label, frame)
             image.load()
             return _finish(image if self.count == 1 else image.copy(), self.label)
 
 
-def _pil_frames(data: bytes, fmt: str, label: str, max_pixels: int, first_only: bool) -> list[Image.Image]:
-    frames = PilFrames(data, fmt, label, max_pixels)
+def _pil_frames(data: bytes, fmt: str, label: str, max_pixels: int, first_only: bool,
+                budget: PixelBudget | None = None) -> list[Image.Image]:
+    frames = PilFrames(data, fmt, label, max_pixels, budget)
     return [frames.frame(i) for i in range(1 if first_only else len(frames))]
 
 

@@ -29,10 +29,24 @@ def to_gray(image: Image.Image) -> Image.Image:
         arr = np.asarray(image).astype(np.int64).clip(0, 65535)
         return Image.fromarray(scale_by_bits(arr, 16))
     if image.mode in ("RGBA", "LA", "P", "PA"):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, image)
+        return _on_black(image)
     return image.convert("L")
+
+
+_STRIP_PIXELS = 1 << 22  # pixels per strip when compositing: bounds the temporary RGBA copies (~16 MB each)
+
+
+def _on_black(image: Image.Image) -> Image.Image:
+    """Transparent pixels over black, then gray; strip by strip, so a large RGBA upload needs ~one
+    gray copy more, not three full RGBA copies (the pixels are the same: each is composited alone)."""
+    out = Image.new("L", image.size)
+    step = max(1, _STRIP_PIXELS // max(1, image.width))
+    for top in range(0, image.height, step):
+        box = (0, top, image.width, min(image.height, top + step))
+        strip = image.crop(box).convert("RGBA")
+        background = Image.new("RGBA", strip.size, (0, 0, 0, 255))
+        out.paste(Image.alpha_composite(background, strip).convert("L"), box[:2])
+    return out
 
 
 def resize_gray(image: Image.Image, size: int) -> np.ndarray:

@@ -22,17 +22,20 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from fetalplanes.core.errors import UserError
+from fetalplanes.core.limits import LIMITS
 
 __all__ = [
     "ZENODO_RECORD", "ZENODO_API", "CSV_NAME", "IMAGES_DIR", "DownloadError", "RemoteFile",
@@ -242,6 +245,49 @@ def _check_members(zf: zipfile.ZipFile, archive: Path) -> None:
             raise DownloadError(f"{archive}: unsafe member path {name!r} (absolute or '..'); refusing to extract")
 
 
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # PKWARE APPNOTE 4.3.7: signature ... name length, extra length
+_SMALL_ENTRY = 1 << 20  # entries below 1 MiB cannot be bombs, whatever their ratio
+
+
+def _check_sizes(zf: zipfile.ZipFile, archive: Path) -> None:
+    """Refuse a zip bomb from its directory, before anything is extracted, whatever Python's patch
+    level (CPython added an overlap check only in 3.12 / 3.11.x security releases): too many entries,
+    a declared total above ``LIMITS.archive_total_bytes``, an entry whose declared ratio exceeds
+    ``LIMITS.archive_ratio``, or entries whose data overlap (the "quoted-overlap" bomb)."""
+    infos = zf.infolist()
+    if len(infos) > LIMITS.archive_members:
+        raise DownloadError(f"{archive}: {len(infos):,} entries; at most {LIMITS.archive_members:,} (archive_members); "
+                            "refusing to extract")
+    total = sum(i.file_size for i in infos)
+    if total > LIMITS.archive_total_bytes:
+        raise DownloadError(f"{archive}: entries declare {total:,} bytes in all; at most {LIMITS.archive_total_bytes:,} "
+                            "(archive_total_bytes); refusing to extract")
+    for info in infos:
+        ratio = info.file_size / max(1, info.compress_size)
+        if info.file_size > _SMALL_ENTRY and ratio > LIMITS.archive_ratio:
+            raise DownloadError(f"{archive}: entry {info.filename!r} declares {info.file_size:,} bytes from "
+                                f"{info.compress_size:,} (ratio {ratio:,.0f}); at most {LIMITS.archive_ratio} "
+                                "(archive_ratio); refusing to extract")
+    _check_overlap(zf, infos, archive)
+
+
+def _check_overlap(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], archive: Path) -> None:
+    fp = zf.fp
+    assert fp is not None
+    end_prev, prev = 0, None
+    for info in sorted(infos, key=lambda i: i.header_offset):
+        if info.header_offset < end_prev:
+            raise DownloadError(f"{archive}: entry {info.filename!r} overlaps entry {prev!r} (a zip bomb: entries "
+                                "sharing compressed data); refusing to extract")
+        fp.seek(info.header_offset)
+        header = fp.read(_LOCAL_HEADER.size)
+        if len(header) < _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+            raise DownloadError(f"{archive}: entry {info.filename!r} has no local header at offset "
+                                f"{info.header_offset:,}; the archive is damaged, delete it and download again")
+        name_len, extra_len = _LOCAL_HEADER.unpack(header)[1:]
+        end_prev, prev = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + info.compress_size, info.filename
+
+
 def _find_root(top: Path) -> Path | None:
     for cand in [top, *sorted(p for p in top.iterdir() if p.is_dir())]:
         if (cand / CSV_NAME).is_file() and (cand / IMAGES_DIR).is_dir():
@@ -268,9 +314,12 @@ def extract_archive(archive: Path, out_dir: Path, *, overwrite: bool = False) ->
         try:
             with zipfile.ZipFile(archive) as zf:
                 _check_members(zf, archive)
+                _check_sizes(zf, archive)  # every refusal happens before the first byte is extracted
                 zf.extractall(tmp)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise DownloadError(f"cannot unpack {archive}: {exc}; delete it and download again") from exc
+        # zipfile lets the decompressors' errors through on damaged data (zlib.error, EOFError,
+        # NotImplementedError for an unknown method, RuntimeError for encryption, ValueError).
+        except (zipfile.BadZipFile, OSError, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
+            raise DownloadError(f"cannot unpack {archive}: {type(exc).__name__}: {exc}; delete it and download again") from exc
         root = _find_root(tmp)
         if root is None:
             raise DownloadError(f"{archive} is not FETAL_PLANES_DB: missing {_missing(tmp)}")

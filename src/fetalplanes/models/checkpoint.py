@@ -15,12 +15,24 @@ Layout of a checkpoint (a ``torch.save`` dict; Lightning adds its own keys besid
 The spec is stored once, under ``fetalplanes``; Lightning's ``hyper_parameters`` hold only what
 Lightning itself needs (class weights). Checkpoint format 1 also kept the spec and config in
 ``hyper_parameters``; they are ignored on read and dropped when the file is rewritten.
+
+A model file is data, never code (docs/deploy.md, "What is trusted"): every checkpoint, ours or
+Lightning's ``last.ckpt`` on ``fit --resume``, is read by :func:`safe_load`, i.e. ``torch.load``
+with ``weights_only=True`` and an allow-list (:func:`safe_globals`) of a few plain value types.
+A pickle that needs any other Python object (a class, a function such as ``os.system``) is
+refused before anything in it runs. Every field of the ``fetalplanes`` record is then checked
+(:func:`check_record`) and the state dict is compared with the spec's architecture, built on
+the ``meta`` device (no memory), before any weight is loaded.
 """
 
 from __future__ import annotations
 
 import logging
+import pathlib
 import platform
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +58,8 @@ class CheckpointError(UserError, ValueError):
 
 
 def versions() -> dict[str, str]:
-    """Library versions recorded in every checkpoint (plain strings: weights_only loading)."""
+    """Library versions recorded in every checkpoint: plain strings, so the record reads with
+    ``weights_only=True`` (:func:`safe_load`) and needs no allow-listed type."""
     import fetalplanes
 
     out = {"fetalplanes": fetalplanes.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
@@ -78,26 +91,101 @@ def write_checkpoint(
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The raw checkpoint dict; ``CheckpointError`` naming the file when it is not ours."""
+def safe_globals() -> list[Any]:
+    """The allow-list beyond torch's own (tensors, dicts, lists, numbers, strings): plain values
+    a checkpoint record may hold (paths, numpy scalars and arrays). Nothing callable."""
+    import numpy as np
+
+    multiarray = getattr(np, "_core", None) or np.core  # numpy 2 moved the module
+    dtypes = [type(np.dtype(t)) for t in ("bool", "int32", "int64", "float32", "float64")]
+    return [pathlib.PosixPath, pathlib.PurePosixPath, multiarray.multiarray.scalar,
+            multiarray.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+@contextmanager
+def _allowed() -> Iterator[None]:
+    # Scoped, not add_safe_globals(): other torch.load calls in the process keep torch's default list.
+    with torch.serialization.safe_globals(safe_globals()):
+        yield
+
+
+def safe_load(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with :func:`safe_globals`; ``CheckpointError``
+    naming the file and the refused Python object when the pickle needs anything else."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for corrupt or foreign files
+        with _allowed():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt, foreign or unsafe files
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise CheckpointError(
+                f"{path}: refused: the file needs the Python object {found.group(1)!r}, and a model file is read as data only "
+                "(tensors, numbers, strings, lists, dicts), never run as code; use a checkpoint written "
+                "by `fetalplanes train` or an .onnx from `fetalplanes export`"
+            ) from None
         raise CheckpointError(
             f"{path}: cannot read as a PyTorch checkpoint ({type(err).__name__}); "
             "expected a fetalplanes .ckpt from `fetalplanes train` or an .onnx from `fetalplanes export`"
         ) from None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict, read as data (:func:`safe_load`) and checked (:func:`check_record`);
+    ``CheckpointError`` naming the file when it is not ours."""
+    ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or CKPT_KEY not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a fetalplanes checkpoint (no '{CKPT_KEY}' record); train one with `fetalplanes train`")
+    check_record(ckpt, str(path))
     return ckpt
 
 
+# field of the fetalplanes record -> (required, accepted types)
+_RECORD_FIELDS: dict[str, tuple[bool, tuple[type, ...]]] = {
+    "format": (False, (int,)), "spec": (True, (dict,)), "config": (False, (dict,)), "versions": (False, (dict,)),
+}
+
+
+def check_record(ckpt: dict[str, Any], source: str) -> None:
+    """Check the shape of a checkpoint: ``state_dict`` maps names to tensors, the record's fields
+    exist with their types (``spec`` required); ``CheckpointError`` naming the field otherwise."""
+    state, record = ckpt["state_dict"], ckpt[CKPT_KEY]
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{source}: 'state_dict' is {type(state).__name__}, expected a non-empty mapping of tensors")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{source}: 'state_dict' entry {bad[0]!r} is not a named tensor; expected name -> tensor")
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{source}: the '{CKPT_KEY}' record is {type(record).__name__}, expected a mapping "
+                              f"with fields {sorted(_RECORD_FIELDS)}")
+    for name, (required, types) in _RECORD_FIELDS.items():
+        if name not in record:
+            if required:
+                raise CheckpointError(f"{source}: the '{CKPT_KEY}' record has no '{name}'; expected fields "
+                                      f"{sorted(_RECORD_FIELDS)} ('spec' required)")
+            continue
+        value = record[name]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise CheckpointError(f"{source}: '{CKPT_KEY}.{name}' is {type(value).__name__}, expected "
+                                  f"{' or '.join(t.__name__ for t in types)}")
+    if record.get("format", CHECKPOINT_FORMAT) > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{source}: checkpoint format {record['format']} is newer than this fetalplanes reads "
+                              f"(at most {CHECKPOINT_FORMAT}); upgrade fetalplanes")
+
+
 def spec_of(ckpt: dict[str, Any], source: str = "checkpoint") -> ModelSpec:
-    """The ModelSpec of a checkpoint dict read by :func:`read_checkpoint` (migrated if older)."""
-    return ModelSpec.from_dict(ckpt[CKPT_KEY]["spec"], source)
+    """The ModelSpec of a checkpoint dict read by :func:`read_checkpoint` (migrated if older);
+    ``CheckpointError`` naming ``source`` for an invalid spec."""
+    try:
+        return ModelSpec.from_dict(ckpt[CKPT_KEY]["spec"], source)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any malformed spec field is the file's fault: one line
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        prefix = "" if message.startswith(source) else f"{source}: invalid spec ({type(err).__name__}: "
+        raise CheckpointError(f"{prefix}{message}{')' if prefix else ''}") from None
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], spec: ModelSpec, source: str = "checkpoint") -> torch.nn.Module:
@@ -110,10 +198,39 @@ def model_from_checkpoint(ckpt: dict[str, Any], spec: ModelSpec, source: str = "
         cfg = ModelConfig(**{**spec.architecture, "pretrained": "none"})
     except ValidationError as err:
         raise CheckpointError(str(config_error(err, ModelConfig, f"{source}: the spec's architecture"))) from None
-    model = build_model(cfg, spec.num_classes)
     state = {k.removeprefix(STATE_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
+    # Built on the meta device first (no memory): a spec asking for a huge model, or weights of
+    # another shape, is refused before anything is allocated.
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build_model(cfg, spec.num_classes).state_dict().items()}
+    except Exception as err:  # noqa: BLE001 - a spec the model registry cannot build
+        raise CheckpointError(f"{source}: the spec's architecture cannot be built ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    _check_state(state, shapes, source)
+    model = build_model(cfg, spec.num_classes)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def _check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """One line when the weights do not fit the spec's architecture (missing, extra, other shape)."""
+    missing = sorted(set(shapes) - set(state))
+    extra = sorted(set(state) - set(shapes))
+    wrong = sorted(k for k in set(shapes) & set(state) if tuple(state[k].shape) != shapes[k])
+    if not (missing or extra or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {STATE_PREFIX}{missing[0]})")
+    if extra:
+        parts.append(f"{len(extra)} unexpected (e.g. {STATE_PREFIX}{extra[0]})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} of another shape (e.g. {STATE_PREFIX}{k}: {tuple(state[k].shape)}, "
+                     f"the spec needs {shapes[k]})")
+    raise CheckpointError(f"{source}: the state dict does not match the spec's architecture: {'; '.join(parts)}; "
+                          "expected the weights the spec describes (a checkpoint from `fetalplanes train`)")
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, ModelSpec]:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fetalplanes.core.errors import UserError
+from fetalplanes.core.errors import ModelFileError, ModelFileNotFound, UserError
 from fetalplanes.core.spec import ModelSpec, SpecError
 
 SPEC_KEY = "fetalplanes_spec"
@@ -27,14 +27,6 @@ CHECKPOINT_SUFFIXES: tuple[str, ...] = (".ckpt", ".pt", ".pth")
 ONNX_SUFFIXES: tuple[str, ...] = (".onnx",)
 KINDS: tuple[str, ...] = ("checkpoint", "onnx")
 ACCEPTED = "a fetalplanes checkpoint (.ckpt/.pt/.pth from `fetalplanes train`) or an ONNX model (.onnx from `fetalplanes export`)"
-
-
-class ModelFileError(UserError, ValueError):
-    """A model file cannot be used; the one-line message names the file and the accepted formats."""
-
-
-class ModelFileNotFound(ModelFileError, FileNotFoundError):
-    """The model path does not exist (also a FileNotFoundError)."""
 
 
 def detect_kind(path: str | os.PathLike[str]) -> str:
@@ -102,6 +94,9 @@ def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """``metadata_props`` of an ONNX file, read with ONNX Runtime (no ``onnx`` package needed)."""
     import onnxruntime as ort
 
+    from fetalplanes.runtime.onnx_bounds import check_onnx
+
+    check_onnx(path)  # declared sizes and external data bounded before ORT allocates anything
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own exception types for bad files

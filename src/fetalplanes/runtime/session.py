@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from fetalplanes.core.errors import MissingExtraError
 from fetalplanes.runtime.artifact import ModelFileError, ModelFileNotFound
+from fetalplanes.runtime.onnx_bounds import check_onnx
 
 
 def available_cores() -> int:
@@ -52,6 +53,7 @@ def load_session(path: str | os.PathLike[str], threads: int | None = None, provi
     path = Path(path)
     if not path.is_file():
         raise ModelFileNotFound(f"{path}: ONNX model file not found")
+    check_onnx(path)  # declared sizes and external data bounded before ORT allocates anything
     try:
         opts = options if options is not None else session_options(threads)
         return ort.InferenceSession(str(path), opts, providers=list(providers or ["CPUExecutionProvider"]))

@@ -3,12 +3,14 @@
 ``create_app(model)`` loads the model once and serves:
 
 * ``POST /v1/predict`` (one image), ``POST /v1/predict/batch`` (several), ``GET /v1/model``,
-  ``GET /health``, ``GET /openapi.json``;
+  ``GET``/``HEAD /health``, ``GET /openapi.json``;
 * the clinician page at ``/`` with its assets under ``/static`` (no CDN).
 
 Uploads are parsed in memory (:mod:`fetalplanes.serve.uploads`), typed by their magic
-bytes and decoded only by :func:`fetalplanes.core.io.load_image` with a pixel limit (the
-decompression-bomb guard). Nothing is written to disk and no path is taken from a
+bytes and decoded only by :func:`fetalplanes.core.io.load_image` with a pixel limit per image
+and a decoded-pixel budget per request (the decompression-bomb guards; limits in
+:mod:`fetalplanes.core.limits`). A request body must arrive within a deadline and the bytes
+buffered across uploads are capped (:mod:`fetalplanes.serve.guard`). Nothing is written to disk and no path is taken from a
 request. CORS is off unless origins are given; an API key (header ``X-API-Key``) is
 required on ``/v1/*`` when configured. ``app_from_env`` builds the app from
 ``FETALPLANES_*`` environment variables for ``uvicorn --factory`` / ``--workers N``.
@@ -35,8 +37,9 @@ from fetalplanes.runtime.predictor import Predictor
 from fetalplanes.runtime.session import available_cores
 from fetalplanes.serve.explainers import ExplainerFactory, HeatMaps
 from fetalplanes.serve.schemas import BatchResponse, ErrorResponse, HealthResponse, ModelInfo, PredictResponse
+from fetalplanes.serve.guard import RequestGuard
 from fetalplanes.serve.service import Service
-from fetalplanes.serve.settings import DEFAULT_MAX_PIXELS, ServeSettings
+from fetalplanes.serve.settings import SERVICE_MAX_PIXELS, ServeSettings
 from fetalplanes.serve.uploads import UploadError, read_uploads
 
 __all__ = ["app_from_env", "build_app", "create_app"]
@@ -116,13 +119,15 @@ def create_app(
     api_key: str | None = None,
     cors_origins: tuple[str, ...] | list[str] = (),
     max_batch: int = 16,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = SERVICE_MAX_PIXELS,
     threads: int | None = None,
     predictor: Predictor | None = None,
     explainer_factory: ExplainerFactory | None = None,
+    **limits: Any,
 ) -> FastAPI:
     """The service for one model (.onnx or .ckpt); ``predictor``, already loaded, skips loading;
-    ``explainer_factory`` (e.g. ``fetalplanes.explain.service_explainer``) adds heat maps."""
+    ``explainer_factory`` (e.g. ``fetalplanes.explain.service_explainer``) adds heat maps;
+    ``limits``: ``request_pixels``, ``receive_s``, ``max_buffered_bytes`` (see :class:`ServeSettings`)."""
     settings = ServeSettings(
         model_path=Path(model_path),
         max_upload_mb=max_upload_mb,
@@ -131,6 +136,7 @@ def create_app(
         max_batch=max_batch,
         max_pixels=max_pixels,
         threads=threads,
+        **limits,
     )
     return build_app(settings, predictor, explainer_factory)
 
@@ -174,6 +180,7 @@ def _add_middleware(app: FastAPI, settings: ServeSettings) -> None:
             allow_methods=["GET", "POST"],
             allow_headers=[API_KEY_HEADER, "Content-Type"],
         )
+    app.add_middleware(RequestGuard, receive_s=settings.receive_s, max_buffered=settings.max_buffered_bytes)
     app.add_middleware(_SecurityHeaders)
 
 
@@ -274,11 +281,15 @@ def _api_router(service: Service, settings: ServeSettings) -> APIRouter:
 
 
 def _add_pages(app: FastAPI, service: Service) -> None:
+    # HEAD too: load balancers and uptime probes often check liveness without a body. It is a
+    # route of its own outside the schema: one operation per method would repeat GET's id.
     @app.get("/health", response_model=HealthResponse, summary="Liveness and the model served")
     async def health() -> HealthResponse:
         return HealthResponse(status="ok", model=service.spec.name, version=service.spec.version)
 
-    @app.get("/", include_in_schema=False)
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 

@@ -21,6 +21,7 @@ import yaml
 from PIL import Image
 
 from fetalplanes.core.io import ImageLoadError, load_image, sniff_format
+from fetalplanes.core.limits import BudgetExceeded, PixelBudget
 from fetalplanes.core.postprocess import Prediction
 from fetalplanes.core.preprocess import to_gray
 from fetalplanes.core.encode import png_bytes
@@ -63,8 +64,9 @@ class Service:
 
     # ------------------------------------------------------------------ uploads
 
-    def decode(self, upload: Upload) -> tuple[Image.Image, str]:
-        """The decoded image and its detected format, or UploadError 415/422."""
+    def decode(self, upload: Upload, budget: PixelBudget | None = None) -> tuple[Image.Image, str]:
+        """The decoded image and its detected format, or UploadError 415/422 (413 when the request's
+        decoded-pixel ``budget`` is spent)."""
         name = upload.filename or "upload"
         if not upload.data:
             raise UploadError(422, f"{name}: empty file (0 bytes); expected {ACCEPTED_TEXT}")
@@ -73,13 +75,19 @@ class Service:
             found = f"a {fmt.upper()} image" if fmt else "not a recognised image format"
             raise UploadError(415, f"{name}: unsupported file type ({found}); expected {ACCEPTED_TEXT}")
         try:
-            image = load_image(bytes(upload.data), name=name, max_pixels=self.settings.max_pixels)
+            image = load_image(bytes(upload.data), name=name, max_pixels=self.settings.max_pixels, budget=budget)
+        except BudgetExceeded as err:
+            raise UploadError(413, str(err)) from None
         except ImageLoadError as err:
             raise UploadError(422, str(err)) from None
         return image, fmt
 
+    def budget(self) -> PixelBudget:
+        """A fresh decoded-pixel budget for one request (``ServeSettings.request_pixels``)."""
+        return PixelBudget(self.settings.request_pixels)
+
     def analyse(self, upload: Upload, top_k: int, explain: bool, preview: bool) -> PredictResponse:
-        """One upload's answer, or its UploadError (415/422)."""
+        """One upload's answer, or its UploadError (415/422, 413 over the request's pixel budget)."""
         answer = self._answers([upload], top_k, explain, preview)[0]
         if isinstance(answer, UploadError):
             raise answer
@@ -97,23 +105,21 @@ class Service:
 
     def _answers(self, uploads: list[Upload], top_k: int, explain: bool,
                  preview: bool) -> list[PredictResponse | UploadError]:
-        """Each upload's response or UploadError, in order; the readable ones predicted in one call."""
-        decoded: list[tuple[Image.Image, str] | UploadError] = []
+        """Each upload's response or UploadError, in order. Uploads are decoded and answered one at
+        a time (one decoded image in memory at once), all charged to one decoded-pixel budget per
+        request (``ServeSettings.request_pixels``): the items past it are refused by name (413)."""
+        budget = self.budget()
+        out: list[PredictResponse | UploadError] = []
         for upload in uploads:
             try:
-                decoded.append(self.decode(upload))
+                image, fmt = self.decode(upload, budget)
             except UploadError as err:
-                decoded.append(err)
-        readable = [d for d in decoded if not isinstance(d, UploadError)]
-        results = iter(self.predictor.predict([image for image, _ in readable], top_k))
-        out: list[PredictResponse | UploadError] = []
-        for upload, d in zip(uploads, decoded):
-            if isinstance(d, UploadError):
-                out.append(d)
+                out.append(err)
                 continue
-            result = next(results)
-            out.append(self._response(upload, *d, result, explain, preview) if result.ok
+            result = self.predictor.predict([image], top_k)[0]
+            out.append(self._response(upload, image, fmt, result, explain, preview) if result.ok
                        else _predict_error(upload, result))
+            del image  # released before the next item is decoded
         return out
 
     def _response(

@@ -67,7 +67,13 @@ class Throughput(L.Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints are written to a temp file and renamed, so SIGKILL never leaves a torn file."""
+    """Checkpoints are written to a temp file and renamed, so SIGKILL never leaves a torn file,
+    and read (``fit --resume``) as data only, through the one safe reader (``models.checkpoint``)."""
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> dict[str, Any]:
+        from fetalplanes.models.checkpoint import safe_load
+
+        return safe_load(path)  # weights_only=True whatever the caller asks: a model file never runs code
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         with atomic_path(path) as tmp:
