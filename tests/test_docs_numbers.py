@@ -133,3 +133,25 @@ def test_deploy_doc_formats_table_is_demo_formats_json() -> None:
         row = _row(section, labels[r["format"]])
         assert f"{r['top1']:.3f} ({r['top1_low']:.3f}-{r['top1_high']:.3f})" in row, row
         assert f"{r['top2']:.3f}" in row and f"{r['f1_macro']:.3f}" in row and f"{r['size_mb']:.1f}" in row, row
+
+
+def test_deploy_doc_abuse_table_is_bench_abuse_json() -> None:
+    doc = _section(_doc("docs/deploy.md"), "## What is trusted", "## Known limits")
+    result = _json("bench_abuse.json")
+    assert result["marker_created"] is False
+    for r in result["rows"]:
+        rows = [ln for ln in doc.splitlines() if ln.startswith(f"| {r['kind']} | {r['side']} |")]
+        assert len(rows) == 1, (r["kind"], r["side"])
+        before = r.get("hwm_before_mb", r.get("rss_before_mb"))
+        if before is not None:
+            assert f"{before:.0f} -> {r['peak_mb']:.0f}" in rows[0], rows[0]
+        elif "peak_mb" in r:
+            assert f"peak {r['peak_mb']:.0f}" in rows[0], rows[0]
+        if "wall_s" in r:
+            assert f"| {r['wall_s']:.1f} |" in rows[0], rows[0]
+    slow = result["slow_clients"]
+    row = next(ln for ln in doc.splitlines() if ln.startswith("| 20 slow clients"))
+    assert f"idle {slow['idle_rss_mb']:.0f}, peak {slow['peak_rss_mb']:.0f}, after {slow['rss_after_mb']:.0f}" in row
+    assert f"{slow['load_test']['requests_ok']} ok, **{slow['load_test']['errors']} errors**" in row, row
+    for status, count in slow["slow_clients"].items():
+        assert f"{count} x {status}" in row, row

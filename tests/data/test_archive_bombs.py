@@ -81,7 +81,8 @@ def test_shared_overlap_bomb_through_the_cli(shared_cases: Path, tmp_path: Path)
         server.terminate()
         server.wait(10)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "refusing to extract" in proc.stderr and "dataset ready" not in proc.stdout + proc.stderr
+    assert "refusing to extract" in proc.stderr and "cannot unpack" not in proc.stderr
+    assert "dataset ready" not in proc.stdout + proc.stderr
     assert not out.exists() and not _leftovers(tmp_path)
     used = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
     assert used < 1_000_000, f"{used:,} bytes left on disk"

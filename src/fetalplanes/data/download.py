@@ -316,6 +316,8 @@ def extract_archive(archive: Path, out_dir: Path, *, overwrite: bool = False) ->
                 _check_members(zf, archive)
                 _check_sizes(zf, archive)  # every refusal happens before the first byte is extracted
                 zf.extractall(tmp)
+        except DownloadError:  # our own refusals (bombs, unsafe paths) are already one clear line
+            raise
         # zipfile lets the decompressors' errors through on damaged data (zlib.error, EOFError,
         # NotImplementedError for an unknown method, RuntimeError for encryption, ValueError).
         except (zipfile.BadZipFile, OSError, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:

@@ -21,6 +21,7 @@ from typing import Any
 
 from fetalplanes.core.errors import ModelFileError, ModelFileNotFound, UserError
 from fetalplanes.core.spec import ModelSpec, SpecError
+from fetalplanes.runtime.onnx_bounds import onnx_problem
 
 SPEC_KEY = "fetalplanes_spec"
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".ckpt", ".pt", ".pth")
@@ -94,14 +95,20 @@ def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """``metadata_props`` of an ONNX file, read with ONNX Runtime (no ``onnx`` package needed)."""
     import onnxruntime as ort
 
-    from fetalplanes.runtime.onnx_bounds import check_onnx
-
     check_onnx(path)  # declared sizes and external data bounded before ORT allocates anything
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own exception types for bad files
         raise ModelFileError(f"{path}: cannot load as an ONNX model ({type(err).__name__}: {err})") from None
     return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def check_onnx(path: str | os.PathLike[str]) -> None:
+    """``ModelFileError`` naming the file and the tensor when an ONNX file's declared sizes or
+    external data exceed the limits (``runtime.onnx_bounds``); checked before any session is built."""
+    problem = onnx_problem(path)
+    if problem:
+        raise ModelFileError(problem)
 
 
 def read_spec(path: str | os.PathLike[str]) -> ModelSpec:

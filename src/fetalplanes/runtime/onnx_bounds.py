@@ -2,7 +2,7 @@
 
 ONNX Runtime allocates every initializer a model declares and trusts declared shapes; a small
 file can declare a tensor of 2**40 elements, or point its weights at any file on the disk
-(external data, ``data_location = EXTERNAL``). :func:`check_onnx` walks the protobuf wire format
+(external data, ``data_location = EXTERNAL``). :func:`onnx_problem` walks the protobuf wire format
 (ONNX ``onnx.proto3``: ModelProto.graph = 7; GraphProto.node = 1, initializer = 5, input = 11,
 output = 12; TensorProto.dims = 1, data_type = 2, raw_data = 9, external_data = 13,
 data_location = 14) without the ``onnx`` package and refuses, in one line naming the file and the
@@ -22,9 +22,13 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from fetalplanes.core.limits import LIMITS
-from fetalplanes.core.errors import ModelFileError
 
-__all__ = ["check_onnx"]
+__all__ = ["onnx_problem"]
+
+
+class ModelFileError(ValueError):
+    """Internal: one refusal; :func:`onnx_problem` returns its message (``runtime.artifact.check_onnx``
+    raises the public ``ModelFileError`` with it)."""
 
 # TensorProto.DataType -> bytes per element (strings and sub-byte types are not size-checked).
 _ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16, 16: 2,
@@ -163,17 +167,20 @@ def _graph(buf: memoryview, path: Path) -> None:
                             _tensor(tensor, path, "constant")
 
 
-def check_onnx(path: str | Path) -> None:
-    """Refuse an ONNX file whose declared sizes exceed :data:`~fetalplanes.core.limits.LIMITS` (see the
-    module doc); ``ModelFileError`` naming the file and the tensor. Reads the file once."""
+def onnx_problem(path: str | Path) -> str | None:
+    """Why an ONNX file's declared sizes or external data exceed
+    :data:`~fetalplanes.core.limits.LIMITS` (one line naming the file and the tensor), or None."""
     path = Path(path)
     size = path.stat().st_size
     if size > LIMITS.model_bytes:
-        raise ModelFileError(f"{path}: {size:,} bytes; at most {LIMITS.model_bytes:,} for a model file (model_bytes)")
+        return f"{path}: {size:,} bytes; at most {LIMITS.model_bytes:,} for a model file (model_bytes)"
     buf = memoryview(path.read_bytes())
     try:
         for number, _w, value in _fields(buf):
             if number == 7 and not isinstance(value, int):
                 _graph(value, path)
     except _Malformed as err:
-        raise ModelFileError(f"{path}: not a readable ONNX model ({err}); expected an .onnx from `fetalplanes export`") from None
+        return f"{path}: not a readable ONNX model ({err}); expected an .onnx from `fetalplanes export`"
+    except ModelFileError as err:
+        return str(err)
+    return None

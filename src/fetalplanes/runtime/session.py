@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fetalplanes.core.errors import MissingExtraError
-from fetalplanes.runtime.artifact import ModelFileError, ModelFileNotFound
-from fetalplanes.runtime.onnx_bounds import check_onnx
+from fetalplanes.runtime.artifact import ModelFileError, ModelFileNotFound, check_onnx
 
 
 def available_cores() -> int:

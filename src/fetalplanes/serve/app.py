@@ -281,12 +281,12 @@ def _api_router(service: Service, settings: ServeSettings) -> APIRouter:
 
 
 def _add_pages(app: FastAPI, service: Service) -> None:
-    # HEAD too: load balancers and uptime probes often check liveness without a body. It is a
-    # route of its own outside the schema: one operation per method would repeat GET's id.
     @app.get("/health", response_model=HealthResponse, summary="Liveness and the model served")
     async def health() -> HealthResponse:
         return HealthResponse(status="ok", model=service.spec.name, version=service.spec.version)
 
+    # HEAD too: load balancers and uptime probes often check liveness without a body (kept out
+    # of the schema: it is GET without the body).
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
