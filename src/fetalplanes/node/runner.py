@@ -1,0 +1,74 @@
+"""Running the node in the foreground: model + journal + pipeline + SCP, until SIGTERM or Ctrl+C.
+
+Stopping is graceful (the SCP stops accepting, the workers finish their current step); a SIGKILL
+or power cut is survived by the journal: the next start resumes from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from fetalplanes.node.forward import Target
+from fetalplanes.node.journal import Journal
+from fetalplanes.node.pipeline import Pipeline
+from fetalplanes.node.scp import StorageSCP
+
+__all__ = ["NodeSettings", "run_node", "start_node"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeSettings:
+    """What ``fetalplanes dicom-node`` is given (see docs/pacs.md)."""
+
+    model: Path
+    journal: Path
+    aet: str = "FETALPLANES"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    targets: Sequence[Target] = field(default_factory=list)
+    allowed_callers: Sequence[str] = ()
+    k: int = 2
+    threads: int | None = None
+    retry_s: float = 1.0
+
+
+def start_node(settings: NodeSettings) -> tuple[StorageSCP, Pipeline]:
+    """Load the model, open the journal, start the workers (resuming the journal), then listen."""
+    from fetalplanes.runtime import load_predictor
+
+    # pynetdicom logs every PDU and highdicom every copied module at INFO: the node's own lines
+    # (received, refused, classified, delivered) must stay readable.
+    for noisy in ("pynetdicom", "highdicom"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    predictor = load_predictor(settings.model, threads=settings.threads)
+    journal = Journal(settings.journal)
+    pipeline = Pipeline(predictor, journal, settings.targets, k=settings.k, backoff_s=settings.retry_s)
+    pipeline.start()
+    scp = StorageSCP(journal, pipeline, settings.aet, settings.host, settings.port, settings.allowed_callers)
+    scp.start()
+    return scp, pipeline
+
+
+def run_node(settings: NodeSettings, ready_file: Path | None = None) -> None:
+    """Run until SIGTERM/SIGINT. ``ready_file``, when given, is written once the port is bound
+    (for scripts and tests that start the node as a process)."""
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    scp, pipeline = start_node(settings)
+    if ready_file is not None:
+        ready_file.write_text(str(os.getpid()))
+    try:
+        done.wait()
+    finally:
+        log.info("stopping: %s", scp.counts)
+        scp.stop()
+        pipeline.stop()
