@@ -48,6 +48,13 @@ def start_node(settings: NodeSettings) -> tuple[StorageSCP, Pipeline]:
     # (received, refused, classified, delivered) must stay readable.
     for noisy in ("pynetdicom", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Imported here, in one thread, before the workers start: two threads importing pydicom at
+    # once (a worker resuming the journal, the SCP starting) can meet its import cycle half-done.
+    import highdicom  # noqa: F401
+    import pydicom  # noqa: F401
+    import pydicom.pixels  # noqa: F401
+    import pynetdicom  # noqa: F401
+
     predictor = load_predictor(settings.model, threads=settings.threads)
     journal = Journal(settings.journal)
     pipeline = Pipeline(predictor, journal, settings.targets, k=settings.k, backoff_s=settings.retry_s)
