@@ -30,9 +30,7 @@ NODE_AET = "FETALPLANES"
 def make_inputs(folder: Path) -> dict[str, Path]:
     """The test instances: uncompressed US, a JPEG Baseline cine (made here from the real RLE
     palette cine's frames), RLE palette, and a damaged one (pixel data cut short)."""
-    import numpy as np
     import pydicom
-    from PIL import Image
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
@@ -68,7 +66,6 @@ def make_inputs(folder: Path) -> dict[str, Path]:
     bad.SOPInstanceUID = bad.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["bad"])
     out["bad"] = folder / "bad.dcm"
     bad.save_as(out["bad"], enforce_file_format=True)
-    del np
     return out
 
 

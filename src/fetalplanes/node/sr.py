@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -127,6 +128,15 @@ def build_sr(source: Dataset, results: list[FileResult], algorithm: AlgorithmInf
     reported = best_per_plane(results)
     if not reported:
         raise ValueError("no frame of the instance could be classified")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # highdicom warns about legal-but-odd names real scanners write
+        return _build(source, results, reported, algorithm)
+
+
+def _build(source: Dataset, results: list[FileResult], reported: list[FileResult], algorithm: AlgorithmInfo) -> Dataset:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
     answered = sum(r.prediction is not None for r in results)
     algo = hd.sr.AlgorithmIdentification(algorithm.name[:64], algorithm.version[:64],
                                          parameters=[f"sha256={algorithm.sha256}"], manufacturer="fetalplanes")
