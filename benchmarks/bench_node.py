@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests" / "node"))
 sys.path.insert(0, str(REPO / "src"))
 
 
-def inside(model: Path, n: int, work: Path) -> dict:
+def inside(model: Path, n: int, work: Path, paced: bool = False) -> dict:
     import harness
     import pydicom
 
@@ -61,7 +61,15 @@ def inside(model: Path, n: int, work: Path) -> dict:
     poller.start()
     t0 = time.time()
     try:
-        sent = harness.c_store(port, files)
+        if paced:  # one at a time, each waiting for its SR: latency without queueing
+            sent = []
+            for f in files:
+                row = harness.c_store(port, [f])[0]
+                sent.append(row)
+                if row["status"] == 0:
+                    harness.wait_for(lambda: len(seen) >= sum(r["status"] == 0 for r in sent), 60, step=0.02)
+        else:
+            sent = harness.c_store(port, files)
         ok = [r for r in sent if r["status"] == 0]
         harness.wait_for(lambda: len(seen) >= len(ok), 600, step=0.5)
         wall = time.time() - t0
@@ -77,26 +85,44 @@ def inside(model: Path, n: int, work: Path) -> dict:
     sr_of = {u: journal.outcome(u).get("sr") for u in journal.uids()}
     latencies = [seen[sr_of[r["uid"]]] - (r["sent"] - r["seconds"]) for r in ok if sr_of.get(r["uid"]) in seen]
     srs = [s["sop"] for s in found]
+    stages = _stages(work / "journal")
     delivered = sum(1 for r in ok if sr_of.get(r["uid"]) in set(srs))
     return {
-        "instances_sent": len(files), "acknowledged": len(ok),
+        "mode": "paced" if paced else "burst", "instances_sent": len(files), "acknowledged": len(ok),
         "refused": [{"file": r["file"], "status": f"0x{r['status']:04X}", "comment": r["comment"]}
                     for r in sent if r["status"] != 0],
         "delivered": delivered, "lost": len(ok) - delivered, "duplicated": len(srs) - len(set(srs)),
         "sr_in_orthanc": len(srs), "wall_s": wall, "throughput_s_per_instance": wall / len(files),
         "latency_s": {"mean": statistics.mean(latencies), "median": statistics.median(latencies),
                       "p95": sorted(latencies)[int(0.95 * (len(latencies) - 1))], "max": max(latencies)},
-        "node_peak_rss_mb": peak_kb / 1024,
+        "node_peak_rss_mb": peak_kb / 1024, "node_stages_s": stages,
     }
+
+
+def _stages(folder: Path) -> dict:
+    """Inside the node, from the journal's own time stamps: journaled -> SR written -> delivered (medians)."""
+    recv, proc = [], []
+    for d in (folder / "instances").iterdir():
+        try:
+            r, p, q = (json.loads((d / n).read_text())[k] for n, k in (("received.json", "received"),
+                       ("processed.json", "processed"), ("delivered.json", "delivered")))
+        except (OSError, KeyError, ValueError):
+            continue
+        recv.append(p - r)
+        proc.append(q - p)
+    return {"journaled_to_sr_written_median": statistics.median(recv),
+            "sr_written_to_delivered_median": statistics.median(proc)}
 
 
 def table(r: dict) -> str:
     lat = r["latency_s"]
-    rows = [("instances sent (1 bad)", r["instances_sent"]), ("acknowledged (0x0000)", r["acknowledged"]),
+    rows = [("mode", r["mode"]), ("instances sent (1 bad)", r["instances_sent"]), ("acknowledged (0x0000)", r["acknowledged"]),
             ("refused", ", ".join(f"{x['file']} {x['status']}" for x in r["refused"])),
             ("end to end s/instance, mean", f"{lat['mean']:.2f}"), ("  median", f"{lat['median']:.2f}"),
             ("  p95", f"{lat['p95']:.2f}"), ("  max", f"{lat['max']:.2f}"),
             ("wall s / instance (batch)", f"{r['throughput_s_per_instance']:.2f}"),
+            ("in node: journaled -> SR, median s", f"{r['node_stages_s']['journaled_to_sr_written_median']:.2f}"),
+            ("in node: SR -> delivered, median s", f"{r['node_stages_s']['sr_written_to_delivered_median']:.2f}"),
             ("node peak RSS (MB)", f"{r['node_peak_rss_mb']:.0f}"),
             ("delivered / lost / duplicated", f"{r['delivered']} / {r['lost']} / {r['duplicated']}")]
     w = max(len(k) for k, _ in rows)
@@ -109,17 +135,18 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--tag", default="idle_2vcpu")
     p.add_argument("--work", type=Path, default=Path("/tmp/fetalplanes-bench-node"))
+    p.add_argument("--paced", action="store_true", help="Send the next instance only once the previous SR is in Orthanc.")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.inside:
-        print(json.dumps(inside(a.model.resolve(), a.n, a.work)))
+        print(json.dumps(inside(a.model.resolve(), a.n, a.work, a.paced)))
         return
     import shutil
 
     shutil.rmtree(a.work, ignore_errors=True)
     a.work.mkdir(parents=True)
     cmd = (f"ip link set lo up && exec {sys.executable} {Path(__file__).resolve()} --inside --model {a.model.resolve()} "
-           f"--n {a.n} --work {a.work}")
+           f"--n {a.n} --work {a.work}" + (" --paced" if a.paced else ""))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(["unshare", "-n", "sh", "-c", cmd], capture_output=True, text=True, env=env)
     if proc.returncode != 0:

@@ -114,6 +114,7 @@ class Pipeline:
                 log.error("%s", reason)
                 self.journal.mark_failed(uid, reason)
             done += 1
+            self._deliver_wake.set()  # deliver each result as soon as it exists, not after the whole queue
         return done
 
     def deliver_pending(self) -> float:
@@ -159,7 +160,6 @@ class Pipeline:
         while not self._stop.is_set():
             self._work.clear()
             if self.classify_pending():
-                self._deliver_wake.set()
                 continue
             self._work.wait(1.0)
 
