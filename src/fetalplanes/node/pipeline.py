@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 BACKOFF_S = 1.0
 """Wait before the first retry of a failed delivery (seconds); doubled per attempt."""
 MAX_BACKOFF_S = 300.0
+BATCH = 32
+"""Most results sent in one association."""
 
 
 def make_results(predictor: Any, journal: Journal, uid: str, algorithm: AlgorithmInfo, k: int = 2) -> dict[str, Any]:
@@ -121,17 +123,39 @@ class Pipeline:
         """Try every due result once; returns seconds until the next retry is due (inf if none)."""
         if not self.targets:
             return float("inf")
-        wait = float("inf")
+        wait, due = float("inf"), []
         for uid in self.journal.uids("processed"):
-            if self._stop.is_set():
-                break
             state = self.journal.delivery(uid)
             now = self.clock()
             if state["next_try"] > now:
                 wait = min(wait, state["next_try"] - now)
-                continue
+            else:
+                due.append((uid, state))
+        if len(due) > 1 and self._deliver_together(due[:BATCH]):
+            due = due[BATCH:]
+        for uid, state in due:
+            if self._stop.is_set():
+                break
             wait = min(wait, self._deliver(uid, state))
         return wait
+
+    def _deliver_together(self, due: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Several results in one association per target (a burst from a scanner costs one
+        association, not one each); False, nothing marked, when any target fails: then each
+        result is tried on its own, with its own backoff."""
+        files = [f for uid, _ in due for f in self.journal.results(uid)]
+        for target in self.targets:
+            if all(target.name in state["reached"] for _, state in due):
+                continue
+            try:
+                target.send(files)
+            except Exception as exc:  # noqa: BLE001 - any failure: fall back to one by one
+                log.debug("batch delivery to %s failed (%s); trying one by one", target.name, exc)
+                return False
+        for uid, _ in due:
+            self.journal.mark_delivered(uid, [t.name for t in self.targets])
+        log.info("%d result(s) delivered to %s", len(due), ", ".join(t.name for t in self.targets))
+        return True
 
     def _deliver(self, uid: str, state: dict[str, Any]) -> float:
         reached, error = list(state["reached"]), None
