@@ -148,11 +148,12 @@ def main() -> None:
     cmd = (f"ip link set lo up && exec {sys.executable} {Path(__file__).resolve()} --inside --model {a.model.resolve()} "
            f"--n {a.n} --work {a.work}" + (" --paced" if a.paced else ""))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(["unshare", "-n", "sh", "-c", cmd], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"benchmark failed: {proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result.update(model=str(a.model), cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
+    result.update(load_average_1min={"before": load_before, "after": os.getloadavg()[0]}, model=str(a.model), cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                   command=" ".join([Path(sys.executable).name, *sys.argv]))
     print(table(result))
     out = HERE / "results" / f"bench_node_{a.tag}.json"
