@@ -20,6 +20,7 @@ def dicom_node(
     stow: Optional[List[str]] = typer.Option(None, "--stow", help="Send results by STOW-RS to this DICOMweb base URL (repeatable)."),
     allow_aet: Optional[List[str]] = typer.Option(None, "--allow-aet", help="Accept associations only from these calling AE titles (repeatable)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Inference threads."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also send a Secondary Capture of the heat-map overlay, burned 'NOT FOR DIAGNOSTIC USE' (needs a .ckpt model)."),
     retry_s: float = typer.Option(1.0, "--retry-s", min=0.01, help="Wait before the first retry of an undelivered result (seconds; doubles per attempt, at most 300)."),
     ready_file: Optional[Path] = typer.Option(None, "--ready-file", hidden=True, help="Written once the port is bound (scripts, tests)."),
 ) -> None:
@@ -35,7 +36,16 @@ def dicom_node(
                   f"{', '.join(t.name for t in targets) or 'nowhere (kept in the journal)'}  (Ctrl+C to stop)")
     run_node(NodeSettings(model=model, journal=journal, aet=aet.strip(), host=host, port=port, targets=targets,
                           allowed_callers=[a.strip() for a in allow_aet or []], threads=threads,
-                          retry_s=retry_s), ready_file)
+                          retry_s=retry_s, overlay_factory=_overlay_factory() if overlay else None), ready_file)
+
+
+def _overlay_factory():  # noqa: ANN202 - Predictor -> overlay function | reason | None
+    """Heat maps from fetalplanes.explain when installed (the CLI wires it; the node does not import it)."""
+    try:
+        from fetalplanes.explain import service_explainer
+    except ImportError as err:
+        return lambda _predictor: f"the explain extra is not installed ({err})"
+    return service_explainer
 
 
 def dicomweb(

@@ -33,7 +33,12 @@ BATCH = 32
 """Most results sent in one association."""
 
 
-def make_results(predictor: Any, journal: Journal, uid: str, algorithm: AlgorithmInfo, k: int = 2) -> dict[str, Any]:
+Overlay = Callable[[Any], bytes]
+"""A PIL image -> PNG bytes of its heat-map overlay (``serve.backends.Explainer``'s shape)."""
+
+
+def make_results(predictor: Any, journal: Journal, uid: str, algorithm: AlgorithmInfo, k: int = 2,
+                 overlay: Overlay | None = None) -> dict[str, Any]:
     """Classify one journaled instance and store its SR; returns the outcome recorded.
 
     Marks the instance ``failed`` (and returns ``{'failed': reason}``) when no result can be made.
@@ -58,21 +63,53 @@ def make_results(predictor: Any, journal: Journal, uid: str, algorithm: Algorith
         journal.mark_failed(uid, reason)
         return {"failed": reason}
     answered = [r for r in results if r.prediction is not None]
+    files = {"sr.dcm": buf.getvalue()}
+    if overlay is not None:
+        sc = _overlay_sc(path, header, answered, algorithm, overlay, uid)
+        if sc is not None:
+            files["sc.dcm"] = sc
     outcome = {"frames": len(results), "answered": len(answered), "sr": str(sr.SOPInstanceUID),
                "series": str(sr.SeriesInstanceUID), "study": str(sr.StudyInstanceUID),
                "labels": sorted({r.prediction.label for r in answered}),  # type: ignore[union-attr]
                "errors": [r.error for r in results if r.error][:20]}
-    journal.save_results(uid, {"sr.dcm": buf.getvalue()}, outcome)
+    journal.save_results(uid, files, outcome)
     log.info("%s: %d/%d frame(s) classified, SR %s", uid, len(answered), len(results), sr.SOPInstanceUID)
     return outcome
+
+
+def _overlay_sc(path: Any, header: Any, answered: list[Any], algorithm: AlgorithmInfo, overlay: Overlay,
+                uid: str) -> bytes | None:
+    """The heat-map SC of the most confident frame, or None (logged) when it cannot be made: the SR
+    is the result, the SC an optional extra that must never hold it back."""
+    from fetalplanes.core.dicom import DicomFrames
+    from fetalplanes.core.formats import DEFAULT_MAX_PIXELS
+    from fetalplanes.node.sc import build_overlay_sc
+
+    if not answered:
+        return None
+    best = max(answered, key=lambda r: r.prediction.confidence)
+    frame = best.frame or 0
+    try:
+        image = DicomFrames(path.read_bytes(), str(path), DEFAULT_MAX_PIXELS).frame(frame)
+        caption = f"{algorithm.name}: {best.prediction.label} {best.prediction.confidence:.0%}" + (
+            f", frame {frame + 1}" if best.frame is not None else "")
+        sc = build_overlay_sc(header, overlay(image), caption, algorithm)
+        buf = BytesIO()
+        sc.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+    except Exception as exc:  # noqa: BLE001 - explainer, highdicom: any failure costs only the SC
+        log.warning("%s: no heat-map SC (%s: %s); the SR is sent", uid, type(exc).__name__, _one_line(exc))
+        return None
 
 
 class Pipeline:
     """Background classification and delivery over a journal (see module docstring)."""
 
     def __init__(self, predictor: Any, journal: Journal, targets: Sequence[Target], k: int = 2,
-                 backoff_s: float = BACKOFF_S, clock: Callable[[], float] = time.time) -> None:
+                 backoff_s: float = BACKOFF_S, clock: Callable[[], float] = time.time,
+                 overlay: Overlay | None = None) -> None:
         self.predictor, self.journal, self.targets, self.k = predictor, journal, list(targets), k
+        self.overlay = overlay
         self.algorithm = AlgorithmInfo.from_predictor(predictor)
         self.backoff_s, self.clock = backoff_s, clock
         self._work = threading.Event()
@@ -110,7 +147,7 @@ class Pipeline:
             if self._stop.is_set():
                 break
             try:
-                make_results(self.predictor, self.journal, uid, self.algorithm, self.k)
+                make_results(self.predictor, self.journal, uid, self.algorithm, self.k, self.overlay)
             except Exception as exc:  # a bug must not stop the node: the instance is marked, the rest go on
                 reason = f"instance {uid}: classification failed ({type(exc).__name__}: {_one_line(exc)})"
                 log.error("%s", reason)

@@ -12,7 +12,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from fetalplanes.node.forward import Target
 from fetalplanes.node.journal import Journal
@@ -38,6 +38,9 @@ class NodeSettings:
     k: int = 2
     threads: int | None = None
     retry_s: float = 1.0
+    # Predictor -> overlay function, a sentence saying why there is none, or None: how the CLI
+    # wires heat maps in (fetalplanes.explain.service_explainer) without the node importing explain.
+    overlay_factory: Callable[[Any], Any] | None = None
 
 
 def start_node(settings: NodeSettings) -> tuple[StorageSCP, Pipeline]:
@@ -57,7 +60,11 @@ def start_node(settings: NodeSettings) -> tuple[StorageSCP, Pipeline]:
 
     predictor = load_predictor(settings.model, threads=settings.threads)
     journal = Journal(settings.journal)
-    pipeline = Pipeline(predictor, journal, settings.targets, k=settings.k, backoff_s=settings.retry_s)
+    overlay = settings.overlay_factory(predictor) if settings.overlay_factory else None
+    if settings.overlay_factory and not callable(overlay):
+        log.warning("no heat-map Secondary Capture: %s", overlay or "heat maps need a training checkpoint (.ckpt)")
+        overlay = None
+    pipeline = Pipeline(predictor, journal, settings.targets, k=settings.k, backoff_s=settings.retry_s, overlay=overlay)
     pipeline.start()
     scp = StorageSCP(journal, pipeline, settings.aet, settings.host, settings.port, settings.allowed_callers)
     scp.start()

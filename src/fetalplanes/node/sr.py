@@ -103,6 +103,7 @@ class ResultUIDs:
     series: str
     sr: str
     sc: str
+    sc_series: str  # a Secondary Capture is modality OT: DICOM wants it in a series of its own
 
 
 def result_uids(source_uid: str, algorithm: AlgorithmInfo) -> ResultUIDs:
@@ -113,7 +114,7 @@ def result_uids(source_uid: str, algorithm: AlgorithmInfo) -> ResultUIDs:
     def uid(role: str) -> str:
         return str(generate_uid(entropy_srcs=[source_uid, algorithm.sha256, role]))
 
-    return ResultUIDs(uid("series"), uid("sr"), uid("sc"))
+    return ResultUIDs(uid("series"), uid("sr"), uid("sc"), uid("sc-series"))
 
 
 def build_sr(source: Dataset, results: list[FileResult], algorithm: AlgorithmInfo) -> Dataset:

@@ -25,8 +25,10 @@ from fetalplanes.serve.backends import ExplainUnavailable, ServedModel
 from fetalplanes.serve.schemas import (
     BatchItem,
     BatchResponse,
+    CineAnswer,
     ClassProbability,
     Explanation,
+    FrameAnswer,
     ImageInfo,
     ModelInfo,
     ModelRef,
@@ -46,6 +48,10 @@ logger = logging.getLogger(__name__)
 ACCEPTED_FORMATS: tuple[str, ...] = ("png", "jpeg", "bmp", "tiff", "dicom")
 ACCEPTED_TEXT = "a PNG, JPEG, BMP, TIFF or DICOM image"
 MAX_SIDE_FILE_BYTES = 1024 * 1024  # metrics.json / MODEL_CARD.md larger than this are not served
+MAX_CINE_FRAMES = 600
+"""Most frames of one upload answered (a 20 s loop at 30 fps); the answer says when it stops early."""
+_CINE_CHUNK = 16  # frames per model call: memory holds a chunk of decoded frames, not the loop
+_MULTI_FRAME_FORMATS = ("dicom", "tiff")
 
 
 class Service:
@@ -76,15 +82,78 @@ class Service:
         return image, fmt
 
     def analyse(self, upload: Upload, top_k: int, explain: bool, preview: bool) -> PredictResponse:
+        """One upload answered; a multi-frame one frame by frame (:meth:`_analyse_cine`)."""
+        reader = self._cine_reader(upload)
+        if reader is not None:
+            return self._analyse_cine(upload, reader, top_k, explain, preview)
         image, fmt = self.decode(upload)
         prediction = self.backend.predict([image], top_k)[0]
         return self._response(upload, image, fmt, prediction, explain, preview)
+
+    def _cine_reader(self, upload: Upload) -> Any:
+        """A FrameReader for a DICOM or TIFF upload declaring several frames, else None."""
+        from fetalplanes.core.frames import open_frames
+
+        if not upload.data or sniff_format(bytes(upload.data[:132])) not in _MULTI_FRAME_FORMATS:
+            return None
+        try:
+            reader = open_frames(bytes(upload.data), name=upload.filename or "upload", max_pixels=self.settings.max_pixels)
+        except ImageLoadError:
+            return None  # decode() reports it, the same way as for any single image
+        return reader if (reader.info.get("frames_declared") or 1) > 1 else None
+
+    def _analyse_cine(self, upload: Upload, reader: Any, top_k: int, explain: bool, preview: bool) -> PredictResponse:
+        """Every frame answered (up to MAX_CINE_FRAMES, in chunks); the top-level answer is the most
+        confident frame's, and the answer says so (``cine.answered_frame``)."""
+        answers: list[FrameAnswer] = []
+        best: tuple[Prediction, Image.Image, int] | None = None
+        chunk: list[Any] = []
+        note = None
+
+        def flush() -> None:
+            nonlocal best
+            for frame, p in zip(chunk, self.backend.predict([f.image for f in chunk], top_k)):
+                answers.append(FrameAnswer(frame=frame.index, time_s=frame.time_s, plane=p.label,
+                                           confidence=p.confidence, abstain=p.abstain))
+                if best is None or p.confidence > best[0].confidence:
+                    best = (p, frame.image, frame.index)
+            chunk.clear()
+
+        try:
+            for frame in reader:
+                if len(answers) + len(chunk) >= MAX_CINE_FRAMES:
+                    note = f"only the first {MAX_CINE_FRAMES} frames are answered by the service; use `fetalplanes stream`"
+                    break
+                chunk.append(frame)
+                if len(chunk) >= _CINE_CHUNK:
+                    flush()
+            flush()
+        except ImageLoadError as err:  # no frame could be decoded at all
+            raise UploadError(422, str(err)) from None
+        assert best is not None
+        note = note or (f"short read: {reader.info['short_read']}" if reader.info.get("short_read") else None)
+        fmt = sniff_format(bytes(upload.data[:132])) or "dicom"
+        response = self._response(upload, best[1], fmt, best[0], explain, preview)
+        response.cine = CineAnswer(
+            frames_declared=int(reader.info.get("frames_declared") or len(answers)), frames_answered=len(answers),
+            answered_frame=best[2], frames=answers, best_per_plane=_best_per_plane(answers),
+            skipped=[str(e) for e in reader.skipped], note=note)
+        return response
 
     def analyse_batch(self, uploads: list[Upload], top_k: int, explain: bool, preview: bool) -> BatchResponse:
         """Per-item results: one bad file does not spoil the others' answers."""
         items: list[BatchItem] = []
         decoded: list[tuple[int, Upload, Image.Image, str]] = []
         for upload in uploads:
+            reader = self._cine_reader(upload)
+            if reader is not None:  # a cine: answered frame by frame, as a single upload would be
+                try:
+                    result = self._analyse_cine(upload, reader, top_k, explain, preview)
+                except UploadError as err:
+                    items.append(BatchItem(filename=upload.filename, status=err.status, error=err.detail))
+                else:
+                    items.append(BatchItem(filename=upload.filename, status=200, result=result))
+                continue
             try:
                 image, fmt = self.decode(upload)
             except UploadError as err:
@@ -150,6 +219,15 @@ class Service:
                 accepted_formats=list(ACCEPTED_FORMATS),
             ),
         )
+
+
+def _best_per_plane(answers: list[FrameAnswer]) -> list[FrameAnswer]:
+    """The most confident frame of each predicted plane, in frame order (``stream``'s choice)."""
+    best: dict[str, FrameAnswer] = {}
+    for a in answers:
+        if a.plane not in best or a.confidence > best[a.plane].confidence:
+            best[a.plane] = a
+    return sorted(best.values(), key=lambda a: a.frame)
 
 
 def read_model_card(model_path: Path, spec_metrics: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
