@@ -43,7 +43,7 @@ def test_overlay_sc_of_the_best_frame(stub_predictor, dicom_us: Path, tmp_path: 
     assert sc.StudyInstanceUID == sr.StudyInstanceUID and sc.SeriesInstanceUID != sr.SeriesInstanceUID
     px = sc.pixel_array
     assert px.shape == (430, 600, 3)
-    assert px[:60].max() == 255 and px[0, :, 1].max() == 0  # the banner: white text on black
+    assert px[:60].max() >= 200 and px[0, :, 1].max() == 0  # the banner: white text on black
     assert (px[100:, :, 0] == 255).all()  # the overlay below it
 
 
