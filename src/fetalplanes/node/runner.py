@@ -65,9 +65,9 @@ def start_node(settings: NodeSettings) -> tuple[StorageSCP, Pipeline]:
         log.warning("no heat-map Secondary Capture: %s", overlay or "heat maps need a training checkpoint (.ckpt)")
         overlay = None
     pipeline = Pipeline(predictor, journal, settings.targets, k=settings.k, backoff_s=settings.retry_s, overlay=overlay)
-    pipeline.start()
     scp = StorageSCP(journal, pipeline, settings.aet, settings.host, settings.port, settings.allowed_callers)
-    scp.start()
+    scp.start()  # first: a port in use stops the node before any worker runs
+    pipeline.start()
     return scp, pipeline
 
 

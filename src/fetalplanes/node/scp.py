@@ -25,7 +25,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Sequence
 
-from fetalplanes.core.errors import ImageLoadError
+from fetalplanes.core.errors import ImageLoadError, UsageError
 from fetalplanes.core.formats import DEFAULT_MAX_PIXELS
 from fetalplanes.node.classify import DEFAULT_MAX_BYTES, admit
 from fetalplanes.node.journal import Journal, JournalError
@@ -133,11 +133,15 @@ class StorageSCP:
         return ae
 
     def start(self) -> None:
-        """Listen in background threads; returns once the port is bound (OSError if it cannot be)."""
+        """Listen in background threads; returns once the port is bound (UsageError if it cannot be)."""
         from pynetdicom import evt
 
-        self._server = self._ae().start_server((self.host, self.port), block=False,
-                                               evt_handlers=[(evt.EVT_C_STORE, self.handle_store)])
+        try:
+            self._server = self._ae().start_server((self.host, self.port), block=False,
+                                                   evt_handlers=[(evt.EVT_C_STORE, self.handle_store)])
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); "
+                             "choose another --port or --host") from None
         log.info("DICOM node %s listening on %s:%d (%d storage classes, %d transfer syntaxes)", self.aet,
                  self.host, self.port, len(STORAGE_CLASSES), len(transfer_syntaxes()))
 
