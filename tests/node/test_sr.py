@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from fetalplanes.core.predictor import FileResult
+from fetalplanes.runtime.predictor import FileResult
 from fetalplanes.node.classify import admit, best_per_plane, classify_file
 from fetalplanes.node.sr import AlgorithmInfo, build_sr, file_sha256, read_sr, result_uids
 
@@ -61,14 +61,14 @@ def test_not_a_fetal_plane_and_abstain_are_coded(stub_predictor, dicom_us: Path)
     path = dicom_us / "US1_UNCR.dcm"
     header = admit(path.read_bytes(), path.name).header
     algo = AlgorithmInfo.from_predictor(stub_predictor)
-    ood = FileResult(path, prediction=OodPrediction("Other", 0.4, False, "out_of_distribution"))  # type: ignore[arg-type]
+    ood = FileResult(0, path, prediction=OodPrediction("Other", 0.4, False, "out_of_distribution"))  # type: ignore[arg-type]
     g = read_sr(_roundtrip(build_sr(header, [ood], algo)))[0]
     assert (g["plane_code"], g["plane"], g["status"]) == ("NOT_FETAL_PLANE", "Not a fetal plane", "NOT_FETAL_PLANE")
-    low = FileResult(path, prediction=OodPrediction("Other", 0.4, True, "abstained"))  # type: ignore[arg-type]
+    low = FileResult(0, path, prediction=OodPrediction("Other", 0.4, True, "abstained"))  # type: ignore[arg-type]
     assert read_sr(_roundtrip(build_sr(header, [low], algo)))[0]["status"] == "ABSTAINED"
 
 
 def test_no_answered_frame_no_sr(stub_predictor, dicom_us: Path) -> None:
     header = admit((dicom_us / "US1_UNCR.dcm").read_bytes(), "x").header
     with pytest.raises(ValueError, match="no frame"):
-        build_sr(header, [FileResult(Path("x"), error="x: frame 0: bad")], AlgorithmInfo.from_predictor(stub_predictor))
+        build_sr(header, [FileResult(0, Path("x"), error="x: frame 0: bad")], AlgorithmInfo.from_predictor(stub_predictor))

@@ -8,23 +8,21 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from fetalplanes.core.predictor import BasePredictor
 from fetalplanes.core.spec import ModelSpec, Preprocessing
 from fetalplanes.serve.app import create_app
-from fetalplanes.serve.backends import ServedModel
+from fetalplanes.runtime.predictor import Predictor
 
 
-class MeanPredictor(BasePredictor):
+class MeanPredictor(Predictor):
     """A real Predictor (shared decode and decide) with logits from the mean intensity: no training."""
 
     kind = "onnx"
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.spec = ModelSpec(name="mean", task="plane", class_names=("Fetal brain", "Other"), architecture={},
-                              preprocessing=Preprocessing(image_size=32))
+        super().__init__(path, ModelSpec(name="mean", task="plane", class_names=("Fetal brain", "Other"),
+                                         architecture={}, preprocessing=Preprocessing(image_size=32)))
 
-    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray) -> np.ndarray:
         m = x.mean(axis=(1, 2, 3))
         return np.stack([m * 8, np.zeros_like(m)], axis=1).astype(np.float32)
 
@@ -33,8 +31,7 @@ class MeanPredictor(BasePredictor):
 def client(tmp_path: Path) -> TestClient:
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
-    backend = ServedModel(MeanPredictor(model), "no heat maps in this test")
-    return TestClient(create_app(model, backend=backend))
+    return TestClient(create_app(model, predictor=MeanPredictor(model)))
 
 
 def test_every_frame_of_a_dicom_cine_is_answered(client: TestClient, shared_data: Path) -> None:

@@ -29,10 +29,12 @@ from PIL import Image
 
 from fetalplanes.core.atomic import atomic_path
 from fetalplanes.core.errors import DataError, UsageError, UserError
+from fetalplanes.core.postprocess import top1
 from fetalplanes.core.preprocess import preprocess_batch
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.runtime.artifact import SPEC_KEY, onnx_metadata, set_onnx_metadata, spec_to_metadata
-from fetalplanes.runtime.predictor import INPUT_NAME, OUTPUT_NAME, session_options
+from fetalplanes.runtime.onnx_backend import INPUT_NAME, OUTPUT_NAME
+from fetalplanes.runtime.session import session_options
 
 if TYPE_CHECKING:  # torch / onnx are imported lazily: the CLI must start without them
     import onnx
@@ -168,7 +170,7 @@ def check_parity(
     single = np.concatenate([_ort_logits(sess, inputs[i : i + 1]) for i in range(len(inputs))])
     batched = _ort_logits(sess, inputs)
     diffs = {"batch1": float(np.abs(single - ref).max()), f"batch{len(inputs)}": float(np.abs(batched - ref).max())}
-    mismatches = int((single.argmax(1) != ref.argmax(1)).sum() + (batched.argmax(1) != ref.argmax(1)).sum())
+    mismatches = int((top1(single) != top1(ref)).sum() + (top1(batched) != top1(ref)).sum())
     max_diff = max(diffs.values())
     return {
         "n_images": int(len(inputs)),

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from fetalplanes.core.postprocess import Prediction
-    from fetalplanes.core.predictor import FileResult
+    from fetalplanes.runtime.predictor import FileResult
 
 __all__ = ["DEFAULT_MAX_BYTES", "VERDICTS", "Admitted", "admit", "best_per_plane", "classify_file", "verdict"]
 
@@ -68,13 +68,10 @@ def classify_file(predictor: Any, path: str | os.PathLike[str], k: int = 2) -> l
     """Every frame of one journaled instance answered: one FileResult per frame (``frame`` None
     for a single-frame file), a bad frame an ``error``; never raises for bad input.
 
-    The single adapter to the Predictor API (``load_predictor`` + ``FileResult``), so a change of
-    that API is one edit here.
+    The single adapter to the Predictor API (``fetalplanes.runtime.Predictor.predict``: a
+    multi-frame DICOM expands into one FileResult per frame), so a change of that API is one edit here.
     """
-    predict = getattr(predictor, "predict", None)
-    if predict is not None and getattr(predictor, "predict_batch", None) is None:
-        return list(predict([Path(path)], k=k))  # the unified API: FileResults for a list of inputs
-    return list(predictor.predict_batch([Path(path)], k=k))
+    return list(predictor.predict([Path(path)], k=k))
 
 
 def verdict(prediction: Prediction) -> str:

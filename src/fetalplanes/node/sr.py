@@ -35,7 +35,7 @@ from fetalplanes.node.classify import best_per_plane, verdict
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from fetalplanes.core.predictor import FileResult
+    from fetalplanes.runtime.predictor import FileResult
 
 __all__ = ["SCHEME", "AlgorithmInfo", "ResultUIDs", "build_sr", "file_sha256", "plane_code", "read_sr", "result_uids"]
 
