@@ -146,12 +146,13 @@ def refused_context(port: int) -> bool:
             assoc.release()
 
 
-def start_node(model: Path, journal: Path, port: int, forward: str, log: Path, retry_s: float = 0.5) -> subprocess.Popen:
+def start_node(model: Path, journal: Path, port: int, forward: str, log: Path, retry_s: float = 0.5,
+               extra: list[str] | None = None) -> subprocess.Popen:
     ready = journal.parent / f"{journal.name}.ready"
     ready.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "fetalplanes", "dicom-node", "--model", str(model), "--port", str(port),
            "--journal", str(journal), "--forward", forward, "--retry-s", str(retry_s), "--threads", "1",
-           "--ready-file", str(ready)]
+           "--ready-file", str(ready), *(extra or [])]
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     deadline = time.monotonic() + 120
@@ -316,7 +317,24 @@ def scenario_d(model: Path, out: Path, orthanc: Any, n: int = 8, kill_after: int
     return {"sent": sent, "killed": killed_at, "states": journal_states(out / "journal"), "sr": found}
 
 
-SCENARIOS = {"a": scenario_a, "b": scenario_b, "c": scenario_c, "d": scenario_d}
+def scenario_e(model: Path, out: Path, orthanc: Any) -> dict[str, Any]:
+    """A .ckpt model with --overlay: the SR and a heat-map SC arrive in the source's study."""
+    from fetalplanes.node.orthanc import free_port
+
+    port = free_port()
+    node = start_node(model, out / "journal", port, f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", out / "node.log",
+                      extra=["--overlay"])
+    try:
+        sent = c_store(port, [SHARED_DICOM / "US1_UNCR.dcm"])
+        wait_for(lambda: len(orthanc.get("/instances")) >= 2, 120)
+    finally:
+        stop(node)
+    tags = [orthanc.get(f"/instances/{i}/simplified-tags") for i in orthanc.get("/instances")]
+    keep = ("Modality", "SeriesDescription", "BurnedInAnnotation", "StudyInstanceUID", "SeriesInstanceUID", "ImageComments")
+    return {"sent": sent, "instances": [{k: t.get(k) for k in keep} for t in tags]}
+
+
+SCENARIOS = {"a": scenario_a, "b": scenario_b, "c": scenario_c, "d": scenario_d, "e": scenario_e}
 
 
 def main() -> None:
@@ -324,6 +342,7 @@ def main() -> None:
     parser.add_argument("scenarios")
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, help="the .ckpt for scenario e (heat-map SC)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     from fetalplanes.node.orthanc import LocalOrthanc
@@ -334,7 +353,7 @@ def main() -> None:
         out.mkdir(parents=True)
         orthanc = LocalOrthanc(out / "orthanc").start()
         try:
-            result = SCENARIOS[name](args.model, out, orthanc)
+            result = SCENARIOS[name](args.checkpoint if name == "e" else args.model, out, orthanc)
         except Exception as exc:  # the caller asserts on result.json: say what broke
             import traceback
 
@@ -344,9 +363,12 @@ def main() -> None:
         (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
 
 
-def run_in_namespace(scenarios: str, model: Path, out: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_in_namespace(scenarios: str, model: Path, out: Path, timeout: float = 600,
+                     checkpoint: Path | None = None) -> subprocess.CompletedProcess:
     """Run :func:`main` inside ``unshare -n`` with only loopback up (``unshare -rn`` if plain -n is refused)."""
     script = f"ip link set lo up && exec {sys.executable} {Path(__file__).resolve()} {scenarios} --model {model} --out {out}"
+    if checkpoint is not None:
+        script += f" --checkpoint {checkpoint}"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
     for unshare in (["unshare", "-n"], ["unshare", "-rn"]):
         proc = subprocess.run([*unshare, "sh", "-c", script], capture_output=True, text=True, env=env, timeout=timeout)

@@ -1,5 +1,6 @@
 """Round trips against a real Orthanc (issue 21): (a) C-STORE in, SR out by C-STORE, found by QIDO-RS
-in the same study; (b) the dicomweb pull path; (c) Orthanc down while receiving; (d) SIGKILL mid-batch.
+in the same study; (b) the dicomweb pull path; (c) Orthanc down while receiving; (d) SIGKILL mid-batch;
+(e) a checkpoint model with --overlay: the heat-map SC beside the SR.
 
 Orthanc 1.10 binds its DICOM port on every interface, so everything (Orthanc, the node, the SCU)
 runs inside a network namespace of the test's own with only loopback up (tests/node/harness.py);
@@ -21,8 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def runs(onnx_model: Path, tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[str, dict]:
-    """All four scenarios in one namespace run (one Orthanc start each), their results by name."""
+def runs(onnx_model: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory,
+         shared_data: Path) -> dict[str, dict]:
+    """All five scenarios in one namespace run (one Orthanc start each), their results by name."""
     from fetalplanes.node.orthanc import orthanc_binary, plugin_path
 
     if orthanc_binary() is None or plugin_path() is None:
@@ -30,9 +32,9 @@ def runs(onnx_model: Path, tmp_path_factory: pytest.TempPathFactory, shared_data
     if not harness.namespace_available():
         pytest.skip("no private network namespace (unshare -n) available for Orthanc")
     out = tmp_path_factory.mktemp("roundtrip")
-    proc = harness.run_in_namespace("abcd", onnx_model, out)
+    proc = harness.run_in_namespace("abcde", onnx_model, out, checkpoint=tiny_checkpoint)
     results = {}
-    for name in "abcd":
+    for name in "abcde":
         path = out / name / "result.json"
         assert path.is_file(), proc.stderr[-3000:]
         results[name] = json.loads(path.read_text())
@@ -117,3 +119,13 @@ def test_d_sigkill_mid_batch_every_instance_one_result(runs: dict) -> None:
     assert set(d["states"]) == acknowledged and set(d["states"].values()) == {"delivered"}
     referenced = [read_sr(ds)[0]["referenced_sop"] for ds in _read_srs(d["_dir"])]
     assert sorted(referenced) == sorted(acknowledged)  # exactly one SR per instance: none lost, none twice
+
+
+def test_e_overlay_sc_arrives_beside_the_sr(runs: dict) -> None:
+    e = runs["e"]
+    assert [r["status"] for r in e["sent"]] == [0]
+    by_modality = {i["Modality"]: i for i in e["instances"]}
+    assert set(by_modality) == {"SR", "OT"}
+    sc, sr = by_modality["OT"], by_modality["SR"]
+    assert sc["BurnedInAnnotation"] == "YES" and "NOT FOR DIAGNOSTIC USE" in sc["ImageComments"]
+    assert sc["StudyInstanceUID"] == sr["StudyInstanceUID"] and sc["SeriesInstanceUID"] != sr["SeriesInstanceUID"]
