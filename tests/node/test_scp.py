@@ -137,3 +137,29 @@ def test_forward_targets_are_checked(text: str) -> None:
     with pytest.raises(UsageError, match="http"):
         parse_stow("ftp://x")
     assert parse_forward("PACS@10.0.0.5:104").name == "PACS@10.0.0.5:104"
+
+
+def test_sop_class_mismatch_and_full_disk_statuses(dicom_us: Path, tmp_path: Path, monkeypatch) -> None:
+    """0xA900 when the data set's SOP class is not its context's; 0xA700 when the journal cannot write."""
+    from types import SimpleNamespace
+
+    from fetalplanes.node.journal import JournalError
+
+    data = (dicom_us / "US1_UNCR.dcm").read_bytes()
+
+    def event(context_class: str) -> SimpleNamespace:
+        return SimpleNamespace(request=SimpleNamespace(AffectedSOPInstanceUID="1.2"),
+                               assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="US1")),
+                               context=SimpleNamespace(abstract_syntax=context_class),
+                               encoded_dataset=lambda include_meta=True: data)
+
+    journal = Journal(tmp_path)
+    scp = StorageSCP(journal, None)
+    status = scp.handle_store(event("1.2.840.10008.5.1.4.1.1.7"))  # SC context, US data set
+    assert status.Status == 0xA900 and journal.uids() == []
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise JournalError("No space left on device")
+
+    monkeypatch.setattr(journal, "receive", full)
+    assert scp.handle_store(event("1.2.840.10008.5.1.4.1.1.6.1")).Status == 0xA700
