@@ -36,6 +36,7 @@ ALLOWED: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "explain": (frozenset({"models", "runtime", "data", "core"}), frozenset()),
     "deploy": (frozenset({"models", "runtime", "data", "core"}), frozenset()),
     "serve": (frozenset({"runtime", "core"}), frozenset()),
+    "node": (frozenset({"runtime", "core"}), frozenset()),
     "workflow": (frozenset({"training", "evaluation", "models", "data", "core"}), frozenset()),
     "reproduce": (frozenset({"workflow", "training", "evaluation", "models", "data", "core"}), frozenset()),
     "cli": (frozenset({ANY}), frozenset()),

@@ -14,7 +14,7 @@ import os
 
 import typer
 
-COMMAND_MODULES = ("data", "train", "explain", "deploy", "bench", "serve", "reproduce")
+COMMAND_MODULES = ("data", "train", "explain", "deploy", "bench", "serve", "node", "reproduce")
 
 app = typer.Typer(
     name="fetalplanes",

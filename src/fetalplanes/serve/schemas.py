@@ -40,6 +40,28 @@ class Explanation(BaseModel):
     detail: Optional[str] = Field(default=None, description="Why no heat map was produced.")
 
 
+class FrameAnswer(BaseModel):
+    frame: int = Field(ge=0, description="0-based frame index (as `stream` and the error lines count).")
+    time_s: float = Field(ge=0.0, description="Frame time stamp in seconds (DICOM FrameTime / CineRate, else 25 fps).")
+    plane: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    abstain: bool
+
+
+class CineAnswer(BaseModel):
+    """Every frame of a multi-frame upload (DICOM cine, multi-page TIFF), answered."""
+
+    frames_declared: int = Field(description="NumberOfFrames (or the page count) the file declares.")
+    frames_answered: int
+    answered_frame: int = Field(description="The frame the top-level answer (plane, confidence, preview, heat map) "
+                                            "is for: the most confident frame.")
+    frames: list[FrameAnswer] = Field(description="Every answered frame, in order.")
+    best_per_plane: list[FrameAnswer] = Field(description="The most confident frame of each predicted plane "
+                                                          "(what `fetalplanes stream` reports), in frame order.")
+    skipped: list[str] = Field(default_factory=list, description="One line per frame that could not be decoded.")
+    note: Optional[str] = Field(default=None, description="Short read or frame cap, when the answer is partial.")
+
+
 class PredictResponse(BaseModel):
     filename: Optional[str] = Field(default=None, description="The upload's name, for display only.")
     plane: str = Field(description="Predicted standard plane (top-1 class).")
@@ -54,6 +76,9 @@ class PredictResponse(BaseModel):
     preview_png_base64: Optional[str] = Field(
         default=None, description="The decoded image as PNG (when ?preview=true), e.g. to display DICOM."
     )
+    cine: Optional[CineAnswer] = Field(
+        default=None, description="Present for a multi-frame upload: every frame's answer and the best frame per "
+                                  "plane; the top-level fields are then those of `cine.answered_frame`.")
 
 
 class BatchItem(BaseModel):

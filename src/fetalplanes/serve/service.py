@@ -30,8 +30,10 @@ from fetalplanes.serve.explainers import ExplainUnavailable, HeatMaps
 from fetalplanes.serve.schemas import (
     BatchItem,
     BatchResponse,
+    CineAnswer,
     ClassProbability,
     Explanation,
+    FrameAnswer,
     ImageInfo,
     ModelInfo,
     ModelRef,
@@ -49,6 +51,10 @@ logger = logging.getLogger(__name__)
 ACCEPTED_FORMATS: tuple[str, ...] = ("png", "jpeg", "bmp", "tiff", "dicom")
 ACCEPTED_TEXT = "a PNG, JPEG, BMP, TIFF or DICOM image"
 MAX_SIDE_FILE_BYTES = 1024 * 1024  # metrics.json / MODEL_CARD.md larger than this are not served
+MAX_CINE_FRAMES = 600
+"""Most frames of one upload answered (a 20 s loop at 30 fps); the answer says when it stops early."""
+_CINE_CHUNK = 16  # frames per model call: memory holds a chunk of decoded frames, not the loop
+_MULTI_FRAME_FORMATS = ("dicom", "tiff")
 
 
 class Service:
@@ -107,11 +113,17 @@ class Service:
                  preview: bool) -> list[PredictResponse | UploadError]:
         """Each upload's response or UploadError, in order. Uploads are decoded and answered one at
         a time (one decoded image in memory at once), all charged to one decoded-pixel budget per
-        request (``ServeSettings.request_pixels``): the items past it are refused by name (413)."""
+        request (``ServeSettings.request_pixels``): the items past it are refused by name (413).
+        A cine is answered frame by frame, never as its first frame alone; its frames are decoded
+        and answered in chunks of ``_CINE_CHUNK`` and released, so its memory stays bounded."""
         budget = self.budget()
         out: list[PredictResponse | UploadError] = []
         for upload in uploads:
             try:
+                reader = self._cine_reader(upload)
+                if reader is not None:
+                    out.append(self._analyse_cine(upload, reader, top_k, explain, preview))
+                    continue
                 image, fmt = self.decode(upload, budget)
             except UploadError as err:
                 out.append(err)
@@ -121,6 +133,61 @@ class Service:
                        else _predict_error(upload, result))
             del image  # released before the next item is decoded
         return out
+
+    def _cine_reader(self, upload: Upload) -> Any:
+        """A FrameReader for a DICOM or TIFF upload declaring several frames, else None."""
+        from fetalplanes.core.frames import open_frames
+
+        if not upload.data or sniff_format(bytes(upload.data[:132])) not in _MULTI_FRAME_FORMATS:
+            return None
+        try:
+            reader = open_frames(bytes(upload.data), name=upload.filename or "upload", max_pixels=self.settings.max_pixels)
+        except ImageLoadError:
+            return None  # decode() reports it, the same way as for any single image
+        return reader if (reader.info.get("frames_declared") or 1) > 1 else None
+
+    def _analyse_cine(self, upload: Upload, reader: Any, top_k: int, explain: bool, preview: bool) -> PredictResponse:
+        """Every frame answered (up to MAX_CINE_FRAMES, in chunks); the top-level answer is the most
+        confident frame's, and the answer says so (``cine.answered_frame``)."""
+        answers: list[FrameAnswer] = []
+        best: tuple[FileResult, Image.Image, int] | None = None
+        chunk: list[Any] = []
+        note = None
+
+        def flush() -> None:
+            nonlocal best
+            for frame, r in zip(chunk, self.predictor.predict([f.image for f in chunk], top_k) if chunk else []):
+                if r.prediction is None:
+                    reader.skipped.append(ImageLoadError(reader.label, r.error or "no answer", frame=frame.index))
+                    continue
+                p = r.prediction
+                answers.append(FrameAnswer(frame=frame.index, time_s=frame.time_s, plane=p.label,
+                                           confidence=p.confidence, abstain=p.abstain))
+                if best is None or p.confidence > best[0].prediction.confidence:  # type: ignore[union-attr]
+                    best = (r, frame.image, frame.index)
+            chunk.clear()
+
+        try:
+            for frame in reader:
+                if len(answers) + len(chunk) >= MAX_CINE_FRAMES:
+                    note = f"only the first {MAX_CINE_FRAMES} frames are answered by the service; use `fetalplanes stream`"
+                    break
+                chunk.append(frame)
+                if len(chunk) >= _CINE_CHUNK:
+                    flush()
+            flush()
+        except ImageLoadError as err:  # no frame could be decoded at all
+            raise UploadError(422, str(err)) from None
+        if best is None:
+            raise UploadError(422, f"{upload.filename or 'upload'}: no frame could be answered")
+        note = note or (f"short read: {reader.info['short_read']}" if reader.info.get("short_read") else None)
+        fmt = sniff_format(bytes(upload.data[:132])) or "dicom"
+        response = self._response(upload, best[1], fmt, best[0], explain, preview)
+        response.cine = CineAnswer(
+            frames_declared=int(reader.info.get("frames_declared") or len(answers)), frames_answered=len(answers),
+            answered_frame=best[2], frames=answers, best_per_plane=_best_per_plane(answers),
+            skipped=[str(e) for e in reader.skipped], note=note)
+        return response
 
     def _response(
         self, upload: Upload, image: Image.Image, fmt: str, result: FileResult, explain: bool, preview: bool
@@ -175,6 +242,15 @@ class Service:
                 accepted_formats=list(ACCEPTED_FORMATS),
             ),
         )
+
+
+def _best_per_plane(answers: list[FrameAnswer]) -> list[FrameAnswer]:
+    """The most confident frame of each predicted plane, in frame order (``stream``'s choice)."""
+    best: dict[str, FrameAnswer] = {}
+    for a in answers:
+        if a.plane not in best or a.confidence > best[a.plane].confidence:
+            best[a.plane] = a
+    return sorted(best.values(), key=lambda a: a.frame)
 
 
 def _predict_error(upload: Upload, result: FileResult) -> UploadError:

@@ -154,6 +154,7 @@
         percent(result.abstain_threshold) + ". Please classify this image yourself.";
     }
     renderBars(node.querySelector(".bars"), result.topk);
+    renderCine(node.querySelector(".cine-note"), result.cine);
     if (result.preview_png_base64) {
       card.original = "data:image/png;base64," + result.preview_png_base64;
       showImage(card, card.original, "Uploaded image " + card.file.name);
@@ -163,6 +164,20 @@
       toggle.disabled = true;
       setNote(card, state.model.explain_detail || "Heat maps are not available for this model.");
     }
+  }
+
+  // A cine (multi-frame DICOM/TIFF): every frame was answered; say which frame is shown and
+  // the best frame of each plane, so nobody mistakes the answer for the first frame's.
+  function renderCine(note, cine) {
+    note.hidden = !cine;
+    if (!cine) return;
+    const best = cine.best_per_plane.map(function (b) {
+      return b.plane + " at frame " + b.frame + " (" + percent(b.confidence) + ")";
+    }).join("; ");
+    note.textContent = "Cine: " + cine.frames_answered + " of " + cine.frames_declared +
+      " frames answered; shown: frame " + cine.answered_frame + " (the most confident). Best frame per plane: " +
+      best + "." + (cine.skipped.length ? " " + cine.skipped.length + " frame(s) unreadable." : "") +
+      (cine.note ? " " + cine.note + "." : "");
   }
 
   function setNote(card, text) {

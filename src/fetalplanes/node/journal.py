@@ -1,0 +1,188 @@
+"""The node's on-disk journal: every received instance, its results, and their delivery, by SOP Instance UID.
+
+"Nothing is lost" rests on three rules kept here:
+
+1. an instance is written to disk (temporary sibling, fsync, rename, fsync of the folder) *before*
+   the C-STORE success status is returned, so a crash after "success" cannot lose it;
+2. each step's outcome is a file written the same way, so after a restart (or a SIGKILL) the
+   journal says exactly what is left to do: classify (``received``), deliver (``processed``),
+   nothing (``delivered`` or ``failed``);
+3. the journal is keyed by the source SOP Instance UID and the result UIDs are derived from it
+   (:func:`fetalplanes.node.sr.result_uids`), so a re-sent instance is not processed twice and a
+   result sent twice (crash between "sent" and "marked sent") is the same instance to the PACS.
+
+Layout (one folder per instance)::
+
+    ROOT/instances/<SOPInstanceUID>/instance.dcm     received (Part 10 file as sent)
+                                   /received.json    calling AE, SOP class, time
+                                   /results/*.dcm    the SR (and SC) made for it
+                                   /processed.json   outcome of classification, result file names
+                                   /delivery.json    attempts, next try, targets reached
+                                   /delivered.json   every target reached
+                                   /failed.json      no result can be made (one-line reason)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["Journal", "JournalError", "STATES"]
+
+log = logging.getLogger(__name__)
+
+STATES = ("received", "processed", "delivered", "failed")
+# A UID is digits and dots, at most 64 characters (PS3.5 9.1); anything else never becomes a path.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class JournalError(OSError):
+    """The journal cannot be written (disk full, permissions): the C-STORE must not be acknowledged."""
+
+
+def _durable_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that it is complete or absent after a crash or power cut.
+
+    core.atomic fsyncs the file but not the folder; a rename is only durable once the folder's
+    entry is on disk, and the C-STORE success status promises exactly that.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _durable_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class Journal:
+    """The journal under ``root`` (created when missing). Thread-safe for one process."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.folder = self.root / "instances"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        for stale in self.folder.glob("*/.*.tmp"):  # a write cut short by a crash: never trusted
+            stale.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ paths and states
+    def path(self, uid: str) -> Path:
+        """The instance's folder; ValueError for a string that is not a DICOM UID."""
+        if not (isinstance(uid, str) and len(uid) <= 64 and _UID.match(uid)):
+            raise ValueError(f"{uid!r} is not a DICOM UID (digits and dots, at most 64 characters)")
+        return self.folder / uid
+
+    def instance_file(self, uid: str) -> Path:
+        return self.path(uid) / "instance.dcm"
+
+    def state(self, uid: str) -> str | None:
+        """'received', 'processed', 'delivered', 'failed', or None for an unknown UID."""
+        d = self.path(uid)
+        for name, state in (("failed.json", "failed"), ("delivered.json", "delivered"),
+                            ("processed.json", "processed"), ("instance.dcm", "received")):
+            if (d / name).is_file():
+                return state
+        return None
+
+    def uids(self, state: str | None = None) -> list[str]:
+        """Journaled UIDs in order of receipt (oldest first), optionally only those in ``state``."""
+        if state is not None and state not in STATES:
+            raise ValueError(f"unknown journal state {state!r}; choose one of {list(STATES)}")
+        found = []
+        for d in self.folder.iterdir():
+            if d.name.startswith(".") or not (d / "instance.dcm").is_file():
+                continue
+            if state is None or self.state(d.name) == state:
+                found.append(((d / "instance.dcm").stat().st_mtime_ns, d.name))
+        return [uid for _, uid in sorted(found)]
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATES, 0)
+        for uid in self.uids():
+            out[self.state(uid) or "received"] += 1
+        return out
+
+    # ------------------------------------------------------------------ transitions
+    def receive(self, uid: str, data: bytes, info: dict[str, Any]) -> bool:
+        """Journal a received instance durably; False (nothing written) when the UID is known.
+
+        Raises :class:`JournalError` when the disk refuses the write.
+        """
+        with self._lock:
+            d = self.path(uid)
+            if (d / "instance.dcm").is_file():
+                return False
+            try:
+                _write_json(d / "received.json", {**info, "received": time.time(), "bytes": len(data)})
+                _durable_write(d / "instance.dcm", data)  # last: its presence means "received"
+            except OSError as exc:
+                raise JournalError(f"cannot journal instance {uid} under {self.root}: {exc}") from exc
+            return True
+
+    def info(self, uid: str) -> dict[str, Any]:
+        return _read_json(self.path(uid) / "received.json")
+
+    def save_results(self, uid: str, files: dict[str, bytes], outcome: dict[str, Any]) -> None:
+        """Store the result files, then ``processed.json`` naming them (so a partial set never counts)."""
+        d = self.path(uid)
+        for name, data in files.items():
+            _durable_write(d / "results" / name, data)
+        _write_json(d / "processed.json", {**outcome, "files": sorted(files), "processed": time.time()})
+
+    def results(self, uid: str) -> list[Path]:
+        names = _read_json(self.path(uid) / "processed.json").get("files", [])
+        return [self.path(uid) / "results" / n for n in names]
+
+    def outcome(self, uid: str) -> dict[str, Any]:
+        return _read_json(self.path(uid) / "processed.json")
+
+    def delivery(self, uid: str) -> dict[str, Any]:
+        """{'attempts': n, 'next_try': unix time, 'reached': [target, ...], 'last_error': str}."""
+        return {"attempts": 0, "next_try": 0.0, "reached": [], "last_error": None,
+                **_read_json(self.path(uid) / "delivery.json")}
+
+    def record_attempt(self, uid: str, reached: list[str], error: str | None, next_try: float) -> None:
+        state = self.delivery(uid)
+        state.update(attempts=state["attempts"] + 1, reached=sorted(set(reached)), last_error=error,
+                     next_try=next_try)
+        _write_json(self.path(uid) / "delivery.json", state)
+
+    def mark_delivered(self, uid: str, targets: list[str]) -> None:
+        _write_json(self.path(uid) / "delivered.json", {"targets": targets, "delivered": time.time()})
+
+    def mark_failed(self, uid: str, reason: str) -> None:
+        _write_json(self.path(uid) / "failed.json", {"reason": reason, "failed": time.time()})
+
+    def failure(self, uid: str) -> str | None:
+        return _read_json(self.path(uid) / "failed.json").get("reason")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.uids())

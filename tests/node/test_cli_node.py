@@ -1,0 +1,26 @@
+"""`fetalplanes dicom-node` / `dicomweb`: bad options and unreachable servers are one line, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def test_bad_forward_target_is_one_line(cli_run, tmp_path: Path) -> None:
+    proc = cli_run("dicom-node", "--model", str(tmp_path / "m.onnx"), "--forward", "ORTHANC")
+    assert proc.returncode == 2 and "expected AET@host:port" in proc.stderr
+    assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]) == 1
+
+
+def test_missing_model_is_one_line(cli_run, tmp_path: Path) -> None:
+    proc = cli_run("dicom-node", "--model", str(tmp_path / "m.onnx"), "--journal", str(tmp_path / "j"))
+    assert proc.returncode == 2 and "m.onnx" in proc.stderr and "not found" in proc.stderr
+
+
+def test_unreachable_dicomweb_server_is_one_line(cli_run, tmp_path: Path) -> None:
+    from fetalplanes.node.orthanc import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens there
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not a model")
+    proc = cli_run("dicomweb", "--model", str(model), "--url", url, "--study", "1.2.3", "--journal", str(tmp_path / "j"))
+    assert proc.returncode == 2 and "QIDO-RS for study 1.2.3 failed" in proc.stderr

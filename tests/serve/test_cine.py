@@ -1,0 +1,66 @@
+"""Issue 21 item 4: a cine upload is answered frame by frame, and the answer says which frame it shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from fetalplanes.core.spec import ModelSpec, Preprocessing
+from fetalplanes.serve.app import create_app
+from fetalplanes.runtime.predictor import Predictor
+
+
+class MeanPredictor(Predictor):
+    """A real Predictor (shared decode and decide) with logits from the mean intensity: no training."""
+
+    kind = "onnx"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, ModelSpec(name="mean", task="plane", class_names=("Fetal brain", "Other"),
+                                         architecture={}, preprocessing=Preprocessing(image_size=32)))
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        m = x.mean(axis=(1, 2, 3))
+        return np.stack([m * 8, np.zeros_like(m)], axis=1).astype(np.float32)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> TestClient:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    return TestClient(create_app(model, predictor=MeanPredictor(model)))
+
+
+def test_every_frame_of_a_dicom_cine_is_answered(client: TestClient, shared_data: Path) -> None:
+    cine = shared_data / "dicom_us" / "dbdicom_0020.DCM"
+    r = client.post("/v1/predict", files={"file": (cine.name, cine.read_bytes(), "application/dicom")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    c = body["cine"]
+    assert c["frames_declared"] == c["frames_answered"] == 11
+    assert [f["frame"] for f in c["frames"]] == list(range(11))
+    top = max(c["frames"], key=lambda f: f["confidence"])
+    assert c["answered_frame"] == top["frame"]
+    assert (body["plane"], body["confidence"]) == (top["plane"], pytest.approx(top["confidence"]))
+    assert len({f["confidence"] for f in c["frames"]}) > 1  # real frames differ: not frame 0 copied
+    assert {b["plane"] for b in c["best_per_plane"]} == {f["plane"] for f in c["frames"]}
+
+
+def test_a_single_frame_has_no_cine_block_and_batches_answer_cines_too(client: TestClient, shared_data: Path) -> None:
+    one = shared_data / "dicom_us" / "US1_UNCR.dcm"
+    cine = shared_data / "dicom_us" / "dbdicom_0020.DCM"
+    r = client.post("/v1/predict", files={"file": (one.name, one.read_bytes(), "application/dicom")})
+    assert r.status_code == 200 and r.json()["cine"] is None
+    r = client.post("/v1/predict/batch", files=[("files", (p.name, p.read_bytes(), "application/dicom")) for p in (one, cine)])
+    items = r.json()["items"]
+    assert [i["status"] for i in items] == [200, 200]
+    assert items[0]["result"]["cine"] is None and items[1]["result"]["cine"]["frames_answered"] == 11
+
+
+def test_the_page_says_which_frame_it_shows(client: TestClient) -> None:
+    js = client.get("/static/app.js").text
+    assert "renderCine" in js and "answered_frame" in js and "best_per_plane" in js
+    assert 'class="cine-note"' in client.get("/").text
