@@ -45,6 +45,22 @@ class PlaneClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, C), penultimate features (N, F)) in one pass.
+
+        The penultimate features are the input of the head's last Linear layer: the MLP's last
+        hidden activation (256-d for the paper head), or the pooled backbone features for a linear
+        head. The OOD gate (``core.ood``) scores them; its statistics stay small (F x F).
+        """
+        pooled = self.forward_features(x).mean(dim=(2, 3))
+        head = self.head
+        if isinstance(head, nn.Sequential) and len(head) > 1:
+            feats = pooled
+            for layer in list(head)[:-1]:  # slicing would rebuild the (subclassed) Sequential
+                feats = layer(feats)
+            return head[-1](feats), feats
+        return head(pooled), pooled
+
     def set_finetune(self, mode: str = "full", k: int = 2) -> None:
         """Choose what trains: everything, nothing of the backbone, or its last ``k`` stages."""
         if mode not in FINETUNE_MODES:
