@@ -30,13 +30,14 @@ def test_mahalanobis_equals_pytorch_ood() -> None:
     means, _, _ = ood.fit_mahalanobis(f, y, 3, shrinkage=0.0)
     np.testing.assert_allclose(means, det.mu.double().numpy(), rtol=1e-5, atol=1e-5)
     # Same precision -> same scores: pytorch-ood reports half the squared distance.
-    whitener = np.linalg.cholesky(det.precision.double().numpy())
+    precision = ood.Precision.from_matrix(det.precision.double().numpy())
+    np.testing.assert_allclose(precision.matrix(), det.precision.double().numpy(), rtol=1e-7, atol=1e-9)
     q, _ = _features(40, seed=1)
-    ours = ood.mahalanobis_score(q, det.mu.double().numpy(), whitener)
+    ours = ood.mahalanobis_score(q, det.mu.double().numpy(), precision)
     ref = det.predict_features(torch.from_numpy(q).double()).numpy()
     np.testing.assert_allclose(ours / 2, ref, rtol=1e-5, atol=1e-6)
     # Our own unshrunk fit gives the same distances up to the scale N (pytorch-ood's covariance is a
-    # sum, not a mean) and the two ridges (1e-6 absolute there, 1e-9 x mean variance here): 1e-4.
+    # sum, not a mean) and the two ridges (1e-6 absolute there, 1e-9 x mean eigenvalue here): 1e-4.
     m2, w2, _ = ood.fit_mahalanobis(f, y, 3, shrinkage=0.0)
     np.testing.assert_allclose(ood.mahalanobis_score(q, m2, w2) / len(f) / 2, ref, rtol=1e-4)
 
@@ -88,6 +89,21 @@ def test_fit_stats_threshold_accepts_95_percent_of_validation_and_rejects_far_po
     assert 0 < summary["shrinkage"] < 1 and summary["dim"] == 32
 
 
+def test_low_rank_precision_is_exact_when_the_rank_covers_the_data_and_close_otherwise() -> None:
+    f, y = _features(40, d=64)  # N = 40 < D: rank(S) <= 37
+    q, _ = _features(20, d=64, seed=7)
+    means, full, s = ood.fit_mahalanobis(f, y, 3, rank=0)
+    _, low, _ = ood.fit_mahalanobis(f, y, 3, rank=38)
+    resid = f.astype(np.float64) - means[y]
+    cov, _ = ood.ledoit_wolf(resid)
+    np.testing.assert_allclose(full.matrix(), np.linalg.inv(cov), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(ood.mahalanobis_score(q, means, low), ood.mahalanobis_score(q, means, full), rtol=1e-6)
+    _, small, _ = ood.fit_mahalanobis(f, y, 3, rank=8)  # 8 directions + one level: same ranking, roughly
+    from scipy.stats import spearmanr
+
+    assert spearmanr(ood.mahalanobis_score(q, means, small), ood.mahalanobis_score(q, means, full))[0] > 0.8
+
+
 def test_stats_blob_round_trips_and_refuses_tampering() -> None:
     f, y = _features(90)
     stats, _ = ood.fit_stats(f, y, 3, f[:30])
@@ -98,7 +114,7 @@ def test_stats_blob_round_trips_and_refuses_tampering() -> None:
     with pytest.raises(ood.OODStatsError, match="m.onnx: .*digest"):
         ood.decode_stats(blob.replace('"knn_k": 5', '"knn_k": 6'), "m.onnx", ood.stats_digest(blob))
     with pytest.raises(ood.OODStatsError, match="m.onnx: unreadable"):
-        ood.decode_stats(blob.replace('"shape": [3, 16]', '"shape": [3, 17]'), "m.onnx")
+        ood.decode_stats(blob.replace('"shape": [3, 16]', '"shape": [3, 17]', 1), "m.onnx")
     with pytest.raises(ood.OODStatsError, match="unreadable"):
         ood.decode_stats("{not json", "m.onnx")
 

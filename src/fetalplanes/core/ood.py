@@ -7,8 +7,8 @@ runtime from the features the model file outputs beside its logits:
   penultimate features of the *training* split; the score is the squared Mahalanobis distance to
   the closest class mean, ``min_c (f - mu_c)^T P (f - mu_c)``. The covariance is the pooled
   within-class covariance shrunk towards ``trace/D * I`` by the Ledoit-Wolf (2004) estimate of the
-  shrinkage, because a training split of a few hundred images cannot estimate a 256 x 256 matrix
-  (the empirical one is singular when N < D). pytorch-ood's ``Mahalanobis`` reports half this
+  shrinkage, because a training split of a few hundred images cannot estimate a 1280 x 1280 matrix
+  (the empirical one is singular when N < D); it is stored in low-rank form (:class:`Precision`). pytorch-ood's ``Mahalanobis`` reports half this
   distance with its own (unshrunk) precision; ``tests/core/test_ood.py`` checks the two agree.
 - **kNN** (Sun et al., ICML 2022): the Euclidean distance of the L2-normalised feature to its k-th
   nearest neighbour in a small bank of normalised training features (pytorch-ood's ``KNN``).
@@ -41,7 +41,8 @@ FEATURE_SCORES = ("mahalanobis", "knn", "combined")
 DEFAULT_SCORE = "combined"
 DEFAULT_ACCEPTANCE = 0.95
 DEFAULT_KNN_K = 5
-KNN_BANK_MAX = 256
+KNN_BANK_MAX = 192
+MAX_RANK = 128
 STATS_FORMAT = 1
 # Bounds on a stored blob (it is read from an untrusted model file before anything is decoded).
 MAX_DIM = 4096
@@ -57,14 +58,13 @@ class OODStatsError(DataError):
 class OODStats:
     """Fitted feature statistics.
 
-    ``means``: (C, D) class means; ``whitener``: (D, D) lower-triangular L with precision P = L L^T
-    (so the distance is ``||(f - mu) L||^2``); ``bank``: (K, D) L2-normalised training features
+    ``means``: (C, D) class means; ``precision``: the shared precision (:class:`Precision`); ``bank``: (K, D) L2-normalised training features
     for kNN, or None; ``knn_k``: the neighbour rank; ``norm``: per score (mean, sd) on validation,
     for the combined score.
     """
 
     means: np.ndarray
-    whitener: np.ndarray
+    precision: "Precision"
     bank: np.ndarray | None = None
     knn_k: int = DEFAULT_KNN_K
     norm: dict[str, tuple[float, float]] | None = None
@@ -111,12 +111,16 @@ def class_means(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.
     return np.stack([f[y == c].mean(axis=0) for c in range(n_classes)])
 
 
-def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, n_classes: int,
-                    shrinkage: str | float = "ledoit-wolf") -> tuple[np.ndarray, np.ndarray, float]:
-    """Class means, whitener L (precision = L L^T) and the shrinkage used.
+def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, n_classes: int, shrinkage: str | float = "ledoit-wolf",
+                    rank: int = MAX_RANK) -> tuple[np.ndarray, "Precision", float]:
+    """Class means (C, D), the shared precision in low-rank form, and the shrinkage used.
 
-    ``features`` (N, D), ``labels`` (N,) in 0..C-1. ``shrinkage``: "ledoit-wolf" or a fixed
-    s in [0, 1] (0 = the empirical pooled covariance plus a 1e-9 x trace ridge).
+    ``features`` (N, D), ``labels`` (N,) in 0..C-1. ``shrinkage``: "ledoit-wolf" or a fixed s in
+    [0, 1] (0 = the empirical pooled covariance). The covariance ``(1 - s) S + s (tr S / D) I`` is
+    stored by its ``rank`` largest eigen-directions plus one level ``c`` for all others (the shrunk
+    level plus the mean of the left-out eigenvalues): exact when ``rank`` >= rank(S), which holds
+    whenever the training split has fewer than ``rank`` + C images; otherwise the smallest
+    directions share one variance. This keeps a 1280-d model's statistics to a few MB.
     """
     f = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=int)
@@ -132,11 +136,39 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, n_classes: int,
             raise UsageError(f"shrinkage must be 'ledoit-wolf' or a number in [0, 1], got {shrinkage!r}")
         emp = resid.T @ resid / len(f)
         cov = (1 - s) * emp + s * np.trace(emp) / emp.shape[0] * np.eye(emp.shape[0])
-    d = cov.shape[0]
-    cov.flat[:: d + 1] += 1e-9 * max(np.trace(cov) / d, 1e-12)  # keeps a degenerate feature invertible
-    precision = np.linalg.inv(cov)
-    whitener = np.linalg.cholesky((precision + precision.T) / 2)
-    return means, whitener, float(s)
+    return means, Precision.from_covariance(cov, rank), float(s)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A precision matrix ``P = I / c - U diag(w) U^T`` (U: (D, r) orthonormal, w: (r,), c > 0)."""
+
+    basis: np.ndarray
+    weights: np.ndarray
+    level: float
+
+    @classmethod
+    def from_covariance(cls, cov: np.ndarray, rank: int = 0) -> "Precision":
+        """The inverse of ``cov`` (D, D) keeping ``rank`` eigen-directions (0 = all)."""
+        vals, vecs = np.linalg.eigh((cov + cov.T) / 2)
+        vals, vecs = vals[::-1], vecs[:, ::-1]
+        d = len(vals)
+        floor = 1e-9 * max(float(vals.mean()), 1e-12)  # keeps a degenerate feature invertible
+        vals = np.maximum(vals, floor)
+        r = d if rank <= 0 or rank >= d else int(rank)
+        level = float(vals[r:].mean()) if r < d else float(vals[-1])
+        return cls(vecs[:, :r].copy(), 1.0 / level - 1.0 / vals[:r], level)
+
+    @classmethod
+    def from_matrix(cls, precision: np.ndarray) -> "Precision":
+        """The same form for a given (full) precision matrix, e.g. pytorch-ood's."""
+        vals, vecs = np.linalg.eigh((precision + precision.T) / 2)
+        level = 1.0 / float(vals.max())
+        return cls(vecs, 1.0 / level - vals, level)
+
+    def matrix(self) -> np.ndarray:
+        d = self.basis.shape[0]
+        return np.eye(d) / self.level - (self.basis * self.weights) @ self.basis.T
 
 
 def knn_bank(features: np.ndarray, labels: np.ndarray, size: int = KNN_BANK_MAX, seed: int = 0) -> np.ndarray:
@@ -162,12 +194,14 @@ def normalise(features: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- scores (higher = more OOD)
 
 
-def mahalanobis_score(features: np.ndarray, means: np.ndarray, whitener: np.ndarray) -> np.ndarray:
-    """(N,) squared Mahalanobis distance to the closest class mean, float64."""
-    z = np.asarray(features, dtype=np.float64) @ whitener
-    m = np.asarray(means, dtype=np.float64) @ whitener
-    d2 = (z ** 2).sum(1)[:, None] - 2 * z @ m.T + (m ** 2).sum(1)[None, :]
-    return np.maximum(d2.min(axis=1), 0.0)
+def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: Precision) -> np.ndarray:
+    """(N,) squared Mahalanobis distance ``min_c (f - mu_c)^T P (f - mu_c)``, float64."""
+    f = np.asarray(features, dtype=np.float64)
+    m = np.asarray(means, dtype=np.float64)
+    sq = (f ** 2).sum(1)[:, None] - 2 * f @ m.T + (m ** 2).sum(1)[None, :]  # (N, C) squared Euclidean
+    pf, pm = f @ precision.basis, m @ precision.basis  # (N, r), (C, r)
+    low = ((pf[:, None, :] - pm[None, :, :]) ** 2 * precision.weights).sum(-1)
+    return np.maximum((sq / precision.level - low).min(axis=1), 0.0)
 
 
 def knn_score(features: np.ndarray, bank: np.ndarray, k: int = DEFAULT_KNN_K) -> np.ndarray:
@@ -195,7 +229,7 @@ def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 def feature_scores(features: np.ndarray, stats: OODStats) -> dict[str, np.ndarray]:
     """Every feature score available from ``stats``: mahalanobis, knn (with a bank), combined."""
-    out = {"mahalanobis": mahalanobis_score(features, stats.means, stats.whitener)}
+    out = {"mahalanobis": mahalanobis_score(features, stats.means, stats.precision)}
     if stats.bank is not None:
         out["knn"] = knn_score(features, stats.bank, stats.knn_k)
     if stats.norm:
@@ -297,19 +331,19 @@ def fit_stats(train_features: np.ndarray, train_labels: np.ndarray, n_classes: i
     """
     if score_name not in FEATURE_SCORES:
         raise UsageError(f"unknown OOD score {score_name!r}; choose one of {list(FEATURE_SCORES)}")
-    means, whitener, shrink = fit_mahalanobis(train_features, train_labels, n_classes, shrinkage)
+    means, precision, shrink = fit_mahalanobis(train_features, train_labels, n_classes, shrinkage)
     bank = knn_bank(train_features, train_labels, bank_size)
-    stats = OODStats(means, whitener, bank, knn_k)
+    stats = OODStats(means, precision, bank, knn_k)
     val = feature_scores(val_features, stats)
     norm = {n: (float(v.mean()), float(max(v.std(), 1e-12))) for n, v in val.items()}
-    stats = OODStats(means, whitener, bank, knn_k, norm)
+    stats = OODStats(means, precision, bank, knn_k, norm)
     val_score = score(score_name, val_features, stats)
     threshold = threshold_at_acceptance(val_score, acceptance)
     summary = {
         "score": score_name, "threshold": threshold, "acceptance": acceptance,
         "val_acceptance": float((val_score <= threshold).mean()), "n_val": int(len(val_score)),
         "n_train": int(len(train_labels)), "dim": stats.dim, "n_classes": int(n_classes),
-        "shrinkage": shrink, "knn_k": int(min(knn_k, len(bank))), "knn_bank": int(len(bank)),
+        "shrinkage": shrink, "rank": int(precision.basis.shape[1]), "knn_k": int(min(knn_k, len(bank))), "knn_bank": int(len(bank)),
         "fit_on": "train", "threshold_on": "val",
     }
     return stats, summary
@@ -324,10 +358,10 @@ def _b64(a: np.ndarray) -> str:
 
 def encode_stats(stats: OODStats) -> str:
     """The statistics as one JSON text (float32 arrays in base64) for a model file."""
-    arrays = {"means": stats.means, "whitener": stats.whitener}
+    arrays = {"means": stats.means, "basis": stats.precision.basis, "weights": stats.precision.weights[None, :]}
     if stats.bank is not None:
         arrays["bank"] = stats.bank
-    body = {"format": STATS_FORMAT, "knn_k": int(stats.knn_k), "norm": {k: list(v) for k, v in (stats.norm or {}).items()},
+    body = {"format": STATS_FORMAT, "knn_k": int(stats.knn_k), "level": float(stats.precision.level), "norm": {k: list(v) for k, v in (stats.norm or {}).items()},
             "arrays": {k: {"shape": list(np.shape(v)), "data": _b64(v)} for k, v in arrays.items()}}
     return json.dumps(body, sort_keys=True)
 
@@ -348,15 +382,20 @@ def decode_stats(blob: str, source: str = "model file", digest: str | None = Non
         if body.get("format") != STATS_FORMAT:
             raise ValueError(f"format {body.get('format')!r}, expected {STATS_FORMAT}")
         arrays = {k: _array(v, k) for k, v in body["arrays"].items()}
-        means, whitener = arrays["means"], arrays["whitener"]
+        means, basis, weights = arrays["means"], arrays["basis"], arrays["weights"]
         c, d = means.shape
-        if whitener.shape != (d, d) or not (0 < d <= MAX_DIM and 0 < c <= MAX_CLASSES):
-            raise ValueError(f"means {means.shape} and whitener {whitener.shape} do not fit")
+        r = basis.shape[1]
+        if basis.shape[0] != d or weights.shape != (1, r) or not (0 < d <= MAX_DIM and 0 < c <= MAX_CLASSES):
+            raise ValueError(f"means {means.shape}, basis {basis.shape} and weights {weights.shape} do not fit")
+        level = float(body["level"])
+        if not (np.isfinite(level) and level > 0):
+            raise ValueError(f"precision level {level} is not a positive number")
         bank = arrays.get("bank")
         if bank is not None and (bank.ndim != 2 or bank.shape[1] != d or len(bank) > 16 * KNN_BANK_MAX):
             raise ValueError(f"kNN bank of shape {bank.shape} does not fit dimension {d}")
         norm = {str(k): (float(v[0]), float(v[1])) for k, v in body.get("norm", {}).items()}
-        return OODStats(means.astype(np.float64), whitener.astype(np.float64),
+        precision = Precision(basis.astype(np.float64), weights[0].astype(np.float64), level)
+        return OODStats(means.astype(np.float64), precision,
                         None if bank is None else bank.astype(np.float64), int(body.get("knn_k", DEFAULT_KNN_K)), norm)
     except OODStatsError:
         raise

@@ -1,8 +1,8 @@
 """Verified ONNX export: PyTorch model -> self-describing ``.onnx`` file.
 
 The exported graph has one input ``image`` (N, 3, S, S) float32 with a dynamic batch axis
-and two outputs: ``logits`` (N, C) and ``features`` (N, F), the penultimate features that the
-out-of-distribution gate scores (``core.ood``; its fitted statistics travel in the metadata under
+and two outputs: ``logits`` (N, C) and ``features`` (N, F), the pooled backbone features that the
+out-of-distribution gate scores (``PlaneClassifier.forward_with_features`` ; ``core.ood``; its fitted statistics travel in the metadata under
 ``fetalplanes_ood_stats``, the gate's summary in the spec's ``ood`` section). The whole :class:`ModelSpec` (class names, preprocessing,
 temperature, abstain threshold, architecture, training record) travels in the ONNX
 ``metadata_props`` under :data:`SPEC_KEY`, next to a few flat keys (``class_names``,

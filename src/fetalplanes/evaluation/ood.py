@@ -1,7 +1,7 @@
 """Fitting the out-of-distribution gate of a trained checkpoint, and measuring it on OOD data.
 
-``fit_ood_checkpoint`` runs when a model is calibrated (``workflow.calibrate``): the penultimate
-features of the *training* split give the class means, the shared (Ledoit-Wolf) covariance and
+``fit_ood_checkpoint`` runs when a model is calibrated (``workflow.calibrate``): the pooled
+backbone features (``PlaneClassifier.forward_with_features``) of the *training* split give the class means, the shared (Ledoit-Wolf) covariance and
 the kNN bank; the *validation* split sets the threshold at the stated in-distribution acceptance
 (95 %); both go into the checkpoint (``runtime.artifact.write_ood``), and ``fetalplanes export``
 copies them into the ONNX file. ``ood_report`` scores an in-distribution split against a folder
@@ -63,7 +63,7 @@ def fit_ood_checkpoint(checkpoint: str | Path, train_samples: Sequence[Any], val
                                         acceptance=acceptance)
     blob = ood_math.encode_stats(stats)
     summary["stats_sha256"] = ood_math.stats_digest(blob)
-    summary["feature"] = "penultimate (input of the head's last Linear)"
+    summary["feature"] = "pooled backbone features (before attention and head)"
     if write:
         write_ood(checkpoint, summary, blob)
     if out_dir is not None:
