@@ -29,6 +29,7 @@ from fetalplanes.serve.schemas import (
     Explanation,
     ImageInfo,
     ModelInfo,
+    OODInfo,
     ModelRef,
     PredictResponse,
     PreprocessingInfo,
@@ -103,6 +104,8 @@ class Service:
     ) -> PredictResponse:
         return PredictResponse(
             filename=upload.filename,
+            state=prediction.state,
+            ood=OODInfo(**prediction.to_dict()["ood"]),
             plane=prediction.label,
             confidence=prediction.confidence,
             abstain=prediction.abstain,
@@ -139,6 +142,7 @@ class Service:
             ),
             temperature=spec.temperature,
             abstain_threshold=spec.abstain_threshold,
+            ood_gate={k: v for k, v in spec.ood.items() if k != "stats_sha256"} if spec.has_ood_gate else {},
             explain_available=reason is None,
             explain_detail=reason,
             metrics=self._metrics,
