@@ -38,7 +38,8 @@ from fetalplanes.core.frames import open_frames as open_frames_core
 
 log = logging.getLogger(__name__)
 
-CSV_FIELDS = ("frame", "time_s", "raw_label", "raw_confidence", "smoothed_label", "smoothed_confidence", "abstain", "latency_ms")
+CSV_FIELDS = ("frame", "time_s", "raw_label", "raw_confidence", "smoothed_label", "smoothed_confidence", "abstain",
+              "state", "ood_score", "latency_ms")
 
 
 # ------------------------------------------------------------------------------ readers
@@ -193,23 +194,33 @@ def slug(label: str) -> str:
 
 
 class _Tracker:
-    """Per-frame rows plus the most confident (smoothed) frame of each plane."""
+    """Per-frame rows plus the most confident (smoothed) frame of each plane.
 
-    def __init__(self, class_names: tuple[str, ...], abstain_threshold: float) -> None:
-        self.class_names, self.threshold = class_names, abstain_threshold
+    A frame the OOD gate rejects (``ood_threshold`` set and its own score above it: "not a fetal
+    plane") or that abstains is never a best frame, however confident its smoothed label is; the
+    gate judges each frame alone (no smoothing across frames).
+    """
+
+    def __init__(self, class_names: tuple[str, ...], abstain_threshold: float, ood_threshold: float | None = None) -> None:
+        self.class_names, self.threshold, self.ood_threshold = class_names, abstain_threshold, ood_threshold
         self.rows: list[dict[str, Any]] = []
         self.best: dict[str, tuple[float, Frame]] = {}
+        self.rejected = 0
 
-    def add(self, frame: Frame, raw: np.ndarray, smooth: np.ndarray, latency_s: float) -> None:
+    def add(self, frame: Frame, raw: np.ndarray, smooth: np.ndarray, latency_s: float,
+            ood_score: float | None = None) -> None:
         r, s = int(np.argmax(raw)), int(np.argmax(smooth))
         label, conf = self.class_names[s], float(smooth[s])
         abstain = conf < self.threshold
+        ood = self.ood_threshold is not None and not (ood_score is not None and ood_score <= self.ood_threshold)
+        self.rejected += ood
         self.rows.append({
             "frame": frame.index, "time_s": round(frame.time_s, 4), "raw_label": self.class_names[r],
             "raw_confidence": round(float(raw[r]), 5), "smoothed_label": label, "smoothed_confidence": round(conf, 5),
-            "abstain": abstain, "latency_ms": round(latency_s * 1e3, 3),
+            "abstain": abstain, "state": "out_of_distribution" if ood else "abstain" if abstain else "plane",
+            "ood_score": "" if ood_score is None else round(float(ood_score), 5), "latency_ms": round(latency_s * 1e3, 3),
         })
-        if not abstain and conf > self.best.get(label, (-1.0, frame))[0]:
+        if not abstain and not ood and conf > self.best.get(label, (-1.0, frame))[0]:
             self.best[label] = (conf, frame)
 
 
