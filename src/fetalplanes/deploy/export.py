@@ -239,6 +239,10 @@ def export_onnx(
     """
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose one of {list(EXPORTERS)}")
+    if spec.has_ood_gate and ood_blob is None:
+        # A file whose spec names a gate must carry its statistics: without them, export no gate.
+        log.warning("%s: the spec has an OOD gate but no statistics were given; exported without the gate", out_path)
+        spec = spec.replace(ood={})
     opset = int(opset or DEFAULT_OPSET)
     model = model.eval().float().cpu()
     images = verify_images if verify_images else builtin_images(spec.class_names)
