@@ -58,6 +58,8 @@ def test_evaluate_stops_with_the_list_or_reports_what_it_skipped(cli_run, folder
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 6 and m["n_skipped"] == 2
+    # The selection speaks of the images actually scored, not of those it picked before the skip.
+    assert m["selection"]["n_scored"] == 6 and f"of the 6 scored images" in m["selection"]["statement"]
     assert [s["image"] for s in m["skipped"]] == [str(p) for p in bad]
     assert "truncated" in m["skipped"][0]["error"] and "empty file" in m["skipped"][1]["error"]
     report = (out / "report.md").read_text()

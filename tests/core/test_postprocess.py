@@ -102,3 +102,23 @@ def test_softmax_default_temperature_last_axis_and_float32_input() -> None:
     assert np.allclose(p, ref(x32.astype(np.float64) / 0.3, axis=1), rtol=1e-13, atol=0)
     # numerically stable: each row shifted by its own maximum before exp (no overflow at 1000 / 0.05)
     assert np.array_equal(softmax(np.array([[1000.0, 0.0], [0.0, 1000.0]]), 0.05), [[1.0, 0.0], [0.0, 1.0]])
+
+
+def test_every_product_path_breaks_ties_with_the_one_rule() -> None:
+    """stream, Grad-CAM's target, occlusion, the int8 gate and the export parity check pick the
+    top class through core.postprocess.top1 (ties: the higher index), never a bare argmax (which
+    picks the lower index and would disagree with predict on a tie)."""
+    import ast
+    from pathlib import Path
+
+    import fetalplanes
+
+    root = Path(fetalplanes.__file__).parent
+    for rel in ("deploy/stream.py", "deploy/quantize.py", "deploy/export.py", "explain/cam.py", "explain/occlusion.py"):
+        tree = ast.parse((root / rel).read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                 and n.func.attr == "argmax"]
+        assert not calls, f"{rel}: argmax at line(s) {[c.lineno for c in calls]}"
+    from fetalplanes.core.postprocess import top1
+
+    assert int(top1(np.array([0.4, 0.2, 0.4]))[0]) == 2  # the rule itself: the higher index wins a tie

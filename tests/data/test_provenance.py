@@ -153,3 +153,84 @@ def test_image_level_split_says_patients_leak(tmp_path: Path):
     assert sel.rule == "record" and sel.seen["any"] == 0 and sel.patients_seen == 1
     assert any("patients leak" in n for n in sel.notes)
     assert choose_split(_data(tmp_path / "b"), _spec(_data(tmp_path / "b")), "test").patients_seen == 0
+
+
+def _textured(path: Path, seed: int) -> Path:
+    """A 96x80 grey image with structure (a uniform image has no dHash to speak of)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:80, 0:96]
+    img = 128 + 60 * np.sin(x / (4 + seed) + seed) * np.cos(y / (5 + seed)) + rng.normal(0, 6, (80, 96))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img.clip(0, 255).astype("uint8")).save(path)
+    return path
+
+
+def _dicom_wrapper(png: Path, out: Path) -> Path:
+    """The PNG's grey pixels as an 8-bit MONOCHROME2 Secondary Capture (no window)."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    px = np.asarray(Image.open(png).convert("L"))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(out), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "OT"
+    ds.Rows, ds.Columns = px.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = px.tobytes()
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def _textured_model(root: Path) -> tuple[DatasetIndex, ModelSpec]:
+    samples = [Sample(_textured(root / "img" / f"{i:03d}.png", i), i % 2, str(i // 2)) for i in range(12)]
+    index = DatasetIndex(samples, CLASSES, "csv", root)
+    return index, _spec(index)
+
+
+def test_lossless_resave_and_dicom_wrapper_of_a_training_image_are_refused_like_a_byte_copy(tmp_path: Path):
+    index, spec = _textured_model(tmp_path / "run")
+    train_png = index.samples[0].path
+    ext = tmp_path / "external"
+    ext.mkdir()
+    Image.open(train_png).save(ext / "resaved.tif")  # same pixels, other bytes
+    _dicom_wrapper(train_png, ext / "wrapped.dcm")
+    _textured(ext / "new.png", 99)
+    for copy in (ext / "resaved.tif", ext / "wrapped.dcm"):
+        assert image_id(copy) != image_id(train_png)  # the bytes differ: only the pixels can tell
+        data = DatasetIndex([Sample(copy, 0), Sample(ext / "new.png", 1)], CLASSES, "folder", ext)
+        with pytest.raises(DataError, match="train"):
+            choose_split(data, spec, "test")
+        sel = choose_split(data, spec, "all")
+        assert sel.seen["train"] == 1 and sel.seen["any"] == 1 and "decoded-pixel hash" in sel.seen_text()
+
+
+def test_jpeg_and_resized_copies_are_counted_as_near_duplicates_not_refused(tmp_path: Path):
+    index, spec = _textured_model(tmp_path / "run")
+    ext = tmp_path / "external"
+    ext.mkdir()
+    Image.open(index.samples[1].path).save(ext / "q95.jpg", quality=95)
+    im = Image.open(index.samples[6].path)  # a validation image
+    im.resize((im.width - 1, im.height - 1), Image.Resampling.BILINEAR).save(ext / "smaller.png")
+    _textured(ext / "new.png", 99)
+    data = DatasetIndex([Sample(ext / n, 0) for n in ("q95.jpg", "smaller.png", "new.png")], CLASSES, "folder", ext)
+    sel = choose_split(data, spec, "test")
+    assert sel.seen["any"] == 0 and sel.near_duplicates == 2
+    assert "2 more look like near duplicates" in sel.seen_text()
+    assert sel.summary()["near_duplicates"] == 2
+
+
+def test_a_version_1_record_still_reads_and_says_what_it_checked(tmp_path: Path):
+    index, spec = _textured_model(tmp_path / "run")
+    raw = dict(spec.training["images"], version=1)
+    for part in ("train", "val", "test"):
+        raw[part] = {k: v for k, v in raw[part].items() if k not in ("pixels", "near")}
+    old = ModelSpec("m", "planes", CLASSES, {}, training={**spec.training, "images": raw})
+    sel = choose_split(index, old, "test")
+    assert sel.near_duplicates is None and "version 1" in sel.seen_text()
+    assert {s.path for s in sel.samples} == {s.path for s in index.samples[8:12]}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fetalplanes.core.errors import DataError
 from fetalplanes.data.records import DatasetIndex, Sample
 from fetalplanes.data.sources import load_csv_list, load_folder, load_source
 from fetalplanes.data.splits import PatientLeakageError, assert_no_patient_overlap, make_splits
@@ -64,6 +65,30 @@ def test_image_8020_is_flagged_leaky_and_does_leak():
 def test_unknown_scheme_lists_choices():
     with pytest.raises(ValueError, match="choose one of"):
         make_splits(fake_index(), "random")
+
+
+def test_too_few_images_per_class_for_the_validation_folds_is_one_line_with_the_numbers():
+    # 6 classes x 3 images, 4 training patients: 1 / 0.2 = 5 folds clamp to 4, but no class has 4 images.
+    samples = [Sample(Path(f"p{i}.png"), i % 6, str(i % 4), {"official_split": "train"}) for i in range(18)]
+    idx = DatasetIndex(samples, tuple("abcdef"), "fake", Path("."))
+    with pytest.raises(DataError) as err:
+        make_splits(idx, "official", val_fraction=0.2)
+    msg = str(err.value)
+    assert "validation split" in msg and "4 patient-grouped folds" in msg and "the largest class has 3" in msg
+    assert "\n" not in msg
+
+
+def test_one_patient_cannot_make_patient_folds():
+    samples = [Sample(Path(f"p{i}.png"), i % 2, "only", {}) for i in range(10)]
+    idx = DatasetIndex(samples, tuple("ab"), "fake", Path("."))
+    with pytest.raises(DataError, match=r"needs at least 2 patients .* has 1 patient"):
+        make_splits(idx, "patient-kfold", n_folds=5)
+
+
+@pytest.mark.parametrize(("fold", "n_folds"), [(5, 5), (-1, 5), (0, 1)])
+def test_fold_outside_the_folds_is_refused_not_wrapped(fold, n_folds):
+    with pytest.raises(ValueError, match="fold in 0..n_folds-1"):
+        make_splits(fake_index(split=False), "patient-kfold", fold=fold, n_folds=n_folds)
 
 
 def _png(path: Path, value: int = 100) -> None:

@@ -65,7 +65,7 @@ def test_parity_metadata_and_dynamic_batch(attention: str, tmp_path: Path) -> No
     x = preprocess_batch(ex.builtin_images(PLANES, per_class=1)[:5], spec.preprocessing)
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).numpy()
-    got = pred.predict_arrays(x)
+    got = pred.logits(x)
     assert got.shape == (5, len(PLANES))
     np.testing.assert_allclose(got, ref, atol=ex.FP32_TOLERANCE)
     assert (got.argmax(1) == ref.argmax(1)).all()
@@ -112,12 +112,13 @@ def test_unknown_exporter_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _cli():
-    from fetalplanes.cli import app
-    from fetalplanes.cli.deploy import register
+    # Every command group, as the console entry point registers them: registering only `export`
+    # here would leave the shared app without the others for tests that run later.
+    from fetalplanes import cli
 
-    if "export" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
-        register(app)
-    return app
+    if not cli.app.registered_commands:
+        cli._register()
+    return cli.app
 
 
 def test_cli_int8_requires_calibration(tmp_path: Path) -> None:
@@ -146,8 +147,8 @@ def test_cli_export_checkpoint_on_real_images(tiny_checkpoint: Path, synth_data:
     # The exported model answers like the checkpoint, through the torch-free runtime.
     files = sorted((synth_data / "Images").glob("*.png"))[:4]
     ckpt = load_predictor(tiny_checkpoint)
-    ref, spec = ckpt.predict_files(files, k=2), ckpt.spec
-    got = load_predictor(out).predict_files(files, k=2)
+    ref, spec = [(r.path, r.prediction) for r in ckpt.predict(files, k=2)], ckpt.spec
+    got = [(r.path, r.prediction) for r in load_predictor(out).predict(files, k=2)]
     assert OnnxPredictor(out).spec == spec
     for (p_ref, a), (p_got, b) in zip(ref, got):
         assert Path(p_ref) == p_got and a.label == b.label

@@ -136,7 +136,9 @@ def test_int8_model_passes_gate_and_runs(fp32_model: Path, synth_data: Path, tmp
     fp32, int8 = OnnxPredictor(fp32_model), OnnxPredictor(out)
     from fetalplanes.core.io import load_image
 
-    images = [load_image(f) for f in files]
-    a, b = fp32.logits(images), int8.logits(images)
+    from fetalplanes.core.preprocess import preprocess_batch
+
+    x = preprocess_batch([load_image(f) for f in files], fp32.spec.preprocessing)
+    a, b = fp32.logits(x), int8.logits(x)
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9
-    assert [p.label for _, p in int8.predict_files(files)] == [fp32.class_names[i] for i in b.argmax(1)]
+    assert [r.prediction.label for r in int8.predict(files)] == [fp32.class_names[i] for i in b.argmax(1)]

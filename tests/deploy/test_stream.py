@@ -36,7 +36,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fetalplanes.core.classes import PLANES
     from fetalplanes.core.spec import ModelSpec, Preprocessing
     from fetalplanes.deploy.export import set_metadata
-    from fetalplanes.runtime.predictor import INPUT_NAME, OUTPUT_NAME
+    from fetalplanes.runtime.onnx_backend import INPUT_NAME, OUTPUT_NAME
 
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.normal(size=(3, len(PLANES))).astype(np.float32) * 5, "w")

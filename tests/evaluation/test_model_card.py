@@ -80,3 +80,42 @@ def test_card_names_the_attention_options(evaluated: tuple[Path, dict]) -> None:
     assert "(spatial_padding `zeros`, spatial_norm `none`)" in render_card(old, metrics)
     plain = spec.replace(architecture={**spec.architecture, "attention": "se", "attention_kwargs": {}})
     assert "`se` attention -> global average" in render_card(plain, metrics)
+
+
+def test_card_says_an_unseen_test_split_is_one(evaluated: tuple[Path, dict], tmp_path: Path) -> None:
+    ckpt, metrics = evaluated
+    assert metrics["selection"]["split"] == "test" and metrics["selection"]["seen_in_training_or_validation"] == 0
+    text = write_model_card(ckpt, metrics, out=tmp_path / "card.md").read_text()
+    assert "## Evaluation (test split, none of its images seen in training or validation)" in text
+    assert _front(text)["model-index"][0]["results"][0]["dataset"]["split"].endswith("/test")
+
+
+def test_card_labels_metrics_of_images_the_model_saw(evaluated: tuple[Path, dict], tmp_path: Path) -> None:
+    from fetalplanes.evaluation.report import evaluate
+
+    ckpt, _ = evaluated
+    data = Path(evaluated[1]["data"])
+    seen = evaluate(ckpt, data, tmp_path / "all", split="all", n_boot=20, unit="image")
+    k = seen["selection"]["seen_in_training_or_validation"]
+    assert k > 0
+    text = write_model_card(ckpt, tmp_path / "all" / "metrics.json", out=tmp_path / "card.md").read_text()
+    assert f"split `all`: {k} of {seen['selection']['n_scored']} images seen in training or validation" in text
+    assert "NOT a held-out test result" in text and "Evaluation (test split" not in text
+    assert _front(text)["model-index"][0]["results"][0]["dataset"]["split"].endswith("/all")
+
+
+def test_card_refuses_metrics_of_another_model_file(evaluated: tuple[Path, dict], tmp_path: Path) -> None:
+    ckpt, metrics = evaluated
+    other = dict(metrics, model_sha256="0" * 64)
+    with pytest.raises(ValueError, match="another model file"):
+        write_model_card(ckpt, other, out=tmp_path / "card.md")
+
+
+def test_card_names_the_metrics_file_when_a_field_is_missing(evaluated: tuple[Path, dict], tmp_path: Path) -> None:
+    import json
+
+    ckpt, metrics = evaluated
+    bad = tmp_path / "metrics.json"
+    bad.write_text(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}))
+    with pytest.raises(ValueError, match=r"metrics\.json: field\(s\) \['per_class'\] missing"):
+        write_model_card(ckpt, bad, out=tmp_path / "card.md")

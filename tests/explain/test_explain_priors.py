@@ -89,3 +89,5 @@ def test_report_shows_the_comparison_and_says_when_the_model_loses() -> None:
     page = _priors_table(losing)
     assert "centre prior (centred Gaussian)" in page and "does NOT beat" in page and 'class="warn"' in page
     assert priors.lines(losing)[-1] == losing["verdict"]
+    # Image-level intervals beside patient-level ones elsewhere: the unit is said where they are printed.
+    assert losing["unit"] == "image" and priors.lines(losing)[-2].endswith("(95 % intervals over 30 images, not patients)")

@@ -67,8 +67,8 @@ def test_old_checkpoint_through_the_runtime_and_predict(tiny_checkpoint: Path, o
     from fetalplanes.runtime import load_predictor
 
     files = _images(synth_data)
-    ref = load_predictor(tiny_checkpoint).predict_files(files, k=2)
-    got = load_predictor(old_checkpoint).predict_files(files, k=2)
+    ref = [(r.path, r.prediction) for r in load_predictor(tiny_checkpoint).predict(files, k=2)]
+    got = [(r.path, r.prediction) for r in load_predictor(old_checkpoint).predict(files, k=2)]
     for (_, a), (_, b) in zip(ref, got):
         assert a.label == b.label and b.confidence == pytest.approx(a.confidence, abs=1e-4)
     proc = cli_run("predict", "--model", str(old_checkpoint), "--format", "json", *map(str, files))
@@ -120,8 +120,8 @@ def test_old_checkpoint_through_calibrate_explain_and_export(tiny_checkpoint: Pa
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r.json").read_text())["fp32"]["passed"]
     files = _images(synth_data)
-    a = load_predictor(ckpt).predict_files(files, k=1)
-    b = load_predictor(onnx_path).predict_files(files, k=1)
+    a = [(r.path, r.prediction) for r in load_predictor(ckpt).predict(files, k=1)]
+    b = [(r.path, r.prediction) for r in load_predictor(onnx_path).predict(files, k=1)]
     assert [p.label for _, p in a] == [p.label for _, p in b]
 
 
@@ -143,6 +143,6 @@ def test_onnx_with_a_spec_1_2_loads_in_the_runtime(onnx_model: Path, synth_data:
     assert p.spec.format_version == SPEC_FORMAT_VERSION
     assert p.spec.architecture["attention_kwargs"]["spatial_norm"] == "none"
     files = _images(synth_data, 2)
-    ref = load_predictor(onnx_model).predict_files(files, k=1)
-    got = p.predict_files(files, k=1)
+    ref = [(r.path, r.prediction) for r in load_predictor(onnx_model).predict(files, k=1)]
+    got = [(r.path, r.prediction) for r in p.predict(files, k=1)]
     assert np.allclose([q.confidence for _, q in ref], [q.confidence for _, q in got])

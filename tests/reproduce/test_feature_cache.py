@@ -69,7 +69,7 @@ def test_features_match_the_backbone(synth_data: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_frozen_run_checkpoint_loads_and_matches_cached_head(frozen_run, synth_data: Path) -> None:
     from fetalplanes.evaluation.predict import sample_logits
-    from fetalplanes.models.predictor import TorchPredictor
+    from fetalplanes.models.torch_backend import TorchPredictor
     from fetalplanes.models.weights import LITE0_BACKBONE, lite0_state_dict, map_lite0_keys
     from fetalplanes.models.checkpoint import load_checkpoint, read_checkpoint
 

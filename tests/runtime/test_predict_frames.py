@@ -1,4 +1,4 @@
-"""``predict_batch`` over multi-frame files: one answer per frame, a bad frame named by index with
+"""``Predictor.predict`` over multi-frame files: one answer per frame, a bad frame named by index with
 the others kept, a short read and a video reported, never a lost good answer (tiny synthetic data)."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_cine_is_answered_per_frame_and_a_bad_frame_is_named(onnx_model: Path, t
     Image.fromarray(np.full((24, 32), 150, np.uint8)).save(still)
     cine = jpeg_cine(tmp_path / "cine.dcm", values, damaged=1)
     predictor = load_predictor(onnx_model)
-    results = predictor.predict_batch([still, cine], batch_size=3)
+    results = predictor.predict([still, cine], batch_size=3)
     assert [(r.path.name, r.frame, r.ok) for r in results] == [
         ("still.png", None, True), ("cine.dcm", 0, True), ("cine.dcm", 1, False), ("cine.dcm", 2, True), ("cine.dcm", 3, True)]
     assert [r.time_s for r in results if r.ok] == [None, 0.0, 0.08, 0.12]  # FrameTime 40 ms
@@ -62,7 +62,7 @@ def test_short_read_and_video_are_error_rows(onnx_model: Path, tmp_path: Path) -
     from fetalplanes.deploy.stream import write_phantom_video
 
     write_phantom_video(video, n_frames=4, size=(64, 48))
-    results = load_predictor(onnx_model).predict_batch([short, video])
+    results = load_predictor(onnx_model).predict([short, video])
     rows = [(r.path.name, r.frame, r.ok) for r in results]
     assert rows == [("short.dcm", None, False), ("short.dcm", 0, True), ("short.dcm", 1, True), ("clip.mp4", None, False)]
     assert "short.dcm" in results[0].error and "2 of 5" in results[0].error

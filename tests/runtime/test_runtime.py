@@ -21,7 +21,7 @@ from fetalplanes.core.classes import PLANES  # noqa: E402
 from fetalplanes.core.postprocess import softmax  # noqa: E402
 from fetalplanes.core.preprocess import preprocess_batch  # noqa: E402
 from fetalplanes.core.spec import ModelSpec, Preprocessing  # noqa: E402
-from fetalplanes.runtime import OnnxPredictor, RuntimeModelError  # noqa: E402
+from fetalplanes.runtime import ModelFileError, OnnxPredictor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
@@ -46,9 +46,9 @@ BLOCKED_SCRIPT = textwrap.dedent(
 
     model, image = sys.argv[1], sys.argv[2]
     pred = OnnxPredictor(model, threads=1)
-    [(path, p)] = pred.predict_files([image], k=3)
+    [p] = [r.prediction for r in pred.predict([image], k=3)]
     with open(image, "rb") as fh:
-        q = pred.predict_bytes(fh.read(), name="upload.png", k=3)
+        [q] = [r.prediction for r in pred.predict(fh.read(), k=3)]
     loaded = sorted(m for m in sys.modules if m.split(".")[0].startswith("torch"))
     print(json.dumps({"file": p.to_dict(), "bytes": q.to_dict(), "torch_modules": loaded,
                       "spec": pred.spec.to_dict()}))
@@ -112,15 +112,15 @@ def test_runtime_batches_match_torch(exported, synth_data: Path) -> None:
     files = sorted((synth_data / "Images").glob("*.png"))[:5]
     pred = OnnxPredictor(model_path)
     assert pred.input_size == SIZE and pred.spec == spec
-    results = pred.predict_files(files, k=2, batch_size=2)  # batches of 2, 2 and 1
-    assert [p for p, _ in results] == files
+    results = pred.predict(files, k=2, batch_size=2)  # batches of 2, 2 and 1
+    assert [r.path for r in results] == files
     from fetalplanes.core.io import load_image
 
     x = preprocess_batch([load_image(f) for f in files], spec.preprocessing)
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(pred.predict_arrays(x), ref, atol=1e-3)
-    assert [r.label for _, r in results] == [PLANES[i] for i in ref.argmax(1)]
+    np.testing.assert_allclose(pred.logits(x), ref, atol=1e-3)
+    assert [r.prediction.label for r in results] == [PLANES[i] for i in ref.argmax(1)]
 
 
 # ------------------------------------------------------------------ fast tests on a toy graph
@@ -170,7 +170,7 @@ def test_temperature_abstain_and_preprocessing_come_from_metadata(tmp_path: Path
     assert pred.session.get_session_options().intra_op_num_threads == 1
 
     images = [_gray(255), _gray(0), _gray(128)]
-    got = pred.predict_images(images, k=2)
+    got = [r.prediction for r in pred.predict(images, k=2)]
     # Expected: the spec's normalization ((v/255 - 0.5) / 0.25 on 3 channels), then / T.
     v = np.array([255, 0, 128]) / 255.0
     x = np.repeat(((v - 0.5) / 0.25)[:, None], 3, axis=1)
@@ -188,18 +188,19 @@ def test_predict_bytes_and_files_agree(tmp_path: Path) -> None:
     buf = io.BytesIO()
     Image.new("RGB", (50, 40), (200, 10, 30)).save(buf, format="PNG")
     (tmp_path / "img.png").write_bytes(buf.getvalue())
-    by_bytes = pred.predict_bytes(buf.getvalue(), name="img.png", k=3)
-    [(path, by_file)] = pred.predict_files([tmp_path], k=3)  # a folder is searched for images
-    assert path == tmp_path / "img.png" and by_bytes == by_file and len(by_bytes.topk) == 3
+    [by_bytes] = pred.predict(buf.getvalue(), k=3)
+    [by_file] = pred.predict(tmp_path, k=3)  # a folder is searched for images
+    assert by_file.path == tmp_path / "img.png" and by_bytes.prediction == by_file.prediction
+    assert len(by_bytes.prediction.topk) == 3
 
 
 def test_not_a_fetalplanes_model(tmp_path: Path) -> None:
     plain = _toy_model(tmp_path / "plain.onnx", _toy_spec(), np.eye(3), with_spec=False)
-    with pytest.raises(RuntimeModelError, match="plain.onnx.*fetalplanes_spec.*fetalplanes export"):
+    with pytest.raises(ModelFileError, match="plain.onnx.*fetalplanes_spec.*fetalplanes export"):
         OnnxPredictor(plain)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model at all")
-    with pytest.raises(RuntimeModelError, match="garbage.onnx"):
+    with pytest.raises(ModelFileError, match="garbage.onnx"):
         OnnxPredictor(garbage)
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         OnnxPredictor(tmp_path / "missing.onnx")
@@ -207,19 +208,17 @@ def test_not_a_fetalplanes_model(tmp_path: Path) -> None:
 
 def test_graph_input_must_match_spec(tmp_path: Path) -> None:
     path = _toy_model(tmp_path / "toy.onnx", _toy_spec(), np.eye(3), size=48)  # spec says 32
-    with pytest.raises(RuntimeModelError, match="input shape"):
+    with pytest.raises(ModelFileError, match="input shape"):
         OnnxPredictor(path)
 
 
 def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
-    from fetalplanes.core.io import ImageLoadError
-
     pred = OnnxPredictor(_toy_model(tmp_path / "toy.onnx", _toy_spec(), np.eye(3)))
     with pytest.raises(ValueError, match=r"\(N, 3, 32, 32\)"):
-        pred.predict_arrays(np.zeros((1, 3, 64, 64), np.float32))
-    assert pred.predict_arrays(np.zeros((0, 3, 32, 32), np.float32)).shape == (0, 3)
-    assert pred.predict_images([]) == []
-    with pytest.raises(ImageLoadError):
-        pred.predict_bytes(b"definitely not an image", name="x.png")
-    with pytest.raises(FileNotFoundError, match="nope.png"):
-        pred.predict_files([tmp_path / "nope.png"])
+        pred.logits(np.zeros((1, 3, 64, 64), np.float32))
+    assert pred.logits(np.zeros((0, 3, 32, 32), np.float32)).shape == (0, 3)
+    assert pred.predict([]) == []
+    [junk] = pred.predict(b"definitely not an image")
+    assert not junk.ok and "not an image" in junk.error
+    [missing] = pred.predict([tmp_path / "nope.png"])
+    assert not missing.ok and "nope.png: file not found" in missing.error

@@ -1,6 +1,6 @@
 """API tests of the web service with FastAPI's TestClient: answers, limits and every error code.
 
-One torch backend (the tiny checkpoint) is loaded per module and shared by apps built with
+One torch Predictor (the tiny checkpoint) is loaded per module and shared by apps built with
 different settings, so each test costs milliseconds, not a model load.
 """
 
@@ -21,26 +21,27 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from serve_helpers import dicom_bytes, encode, png_with_claimed_size
 
-from fetalplanes.serve.app import ServeSettings, create_app
 from fetalplanes.explain import service_explainer
-from fetalplanes.serve.backends import ServedModel, load_backend
+from fetalplanes.runtime import Predictor, load_predictor
+from fetalplanes.serve.app import create_app
 from fetalplanes.serve.service import read_model_card
+from fetalplanes.serve.settings import ServeSettings
 
 KEY = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
-def backend(tiny_checkpoint: Path) -> ServedModel:
-    return load_backend(tiny_checkpoint, explainer_factory=service_explainer)
+def backend(tiny_checkpoint: Path) -> Predictor:
+    return load_predictor(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")
-def client(backend: ServedModel) -> TestClient:
-    return TestClient(create_app(backend.path, backend=backend))
+def client(backend: Predictor) -> TestClient:
+    return make_client(backend)
 
 
-def make_client(backend: ServedModel, **settings) -> TestClient:
-    return TestClient(create_app(backend.path, backend=backend, **settings))
+def make_client(backend: Predictor, **settings) -> TestClient:
+    return TestClient(create_app(backend.path, predictor=backend, explainer_factory=service_explainer, **settings))
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +70,13 @@ def check_prediction(body: dict, class_names: tuple[str, ...], size: tuple[int, 
 
 
 def test_png_prediction_matches_offline_inference(client, backend, phantom, tiny_checkpoint) -> None:
-    from fetalplanes.runtime import load_predictor
-
     response = post_one(client, phantom.name, phantom.read_bytes())
     assert response.status_code == 200, response.text
     body = response.json()
     check_prediction(body, backend.spec.class_names, Image.open(phantom).size)
     assert body["model"] == {"name": backend.spec.name, "version": backend.spec.version, "kind": "checkpoint"}
     # The service must agree with the offline CLI path (same preprocessing, same calibration).
-    offline = load_predictor(tiny_checkpoint).predict(phantom)
+    [offline] = [r.prediction for r in load_predictor(tiny_checkpoint).predict(phantom)]
     for name, p in offline.probabilities.items():
         assert body["probabilities"][name] == pytest.approx(p, abs=1e-5)
 
@@ -176,8 +175,9 @@ def test_page_and_assets_are_self_contained(client) -> None:
 
 
 def test_explain_checkpoint_gives_overlay_of_upload_size(client, backend, phantom) -> None:
-    if backend.explain_unavailable_reason:
-        pytest.skip(backend.explain_unavailable_reason)
+    reason = client.app.state.service.heatmaps.unavailable_reason
+    if reason:
+        pytest.skip(reason)
     response = post_one(client, "a.png", phantom.read_bytes(), "?explain=true")
     assert response.status_code == 200, response.text
     explanation = response.json()["explanation"]
@@ -197,7 +197,7 @@ def test_explain_onnx_is_clearly_unavailable(backend, phantom, onnx_model: Path)
     info = onnx_client.get("/v1/model").json()
     assert info["explain_available"] is False and "ONNX" in info["explain_detail"]
     # Same model, same preprocessing: ONNX Runtime and torch agree.
-    torch_body = post_one(TestClient(create_app(backend.path, backend=backend)), "a.png", phantom.read_bytes()).json()
+    torch_body = post_one(make_client(backend), "a.png", phantom.read_bytes()).json()
     for name, p in torch_body["probabilities"].items():
         assert body["probabilities"][name] == pytest.approx(p, abs=1e-4)
 
@@ -393,18 +393,18 @@ def test_cors_off_by_default_and_on_when_configured(client, backend) -> None:
     assert "access-control-allow-origin" not in other.headers
 
 
-def test_load_backend_errors(tmp_path: Path) -> None:
+def test_model_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"missing.onnx: model file not found.*\.ckpt.*\.onnx"):
-        load_backend(tmp_path / "missing.onnx")
+        create_app(tmp_path / "missing.onnx")
     weird = tmp_path / "model.h5"
     weird.write_bytes(b"x")
     with pytest.raises(ValueError, match=r"model.h5: unknown model file type '.h5'.*\.ckpt.*\.onnx"):
-        load_backend(weird)
+        create_app(weird)
 
 
 def test_serve_module_imports_without_torch() -> None:
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import fetalplanes.serve.app, fetalplanes.serve.backends, fetalplanes.cli.serve\n"
+            "import fetalplanes.serve.app, fetalplanes.serve.explainers, fetalplanes.cli.serve\n"
             "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -35,8 +35,9 @@ def serve(
     """Serve the model over HTTP: JSON API under /v1, the web page at /, the schema at /openapi.json."""
     import uvicorn
 
-    from fetalplanes.serve.app import DEFAULT_MAX_PIXELS, ServeSettings, build_app
-    from fetalplanes.serve.backends import check_model_path, load_backend
+    from fetalplanes.runtime import detect_kind, load_predictor
+    from fetalplanes.serve.app import build_app
+    from fetalplanes.serve.settings import DEFAULT_MAX_PIXELS, ServeSettings
 
     settings = ServeSettings(
         model_path=model,
@@ -52,10 +53,10 @@ def serve(
     console.print(f"fetalplanes: http://{_display_host(host)}:{port}/  (Ctrl+C to stop)")
     if workers == 1:
         # Loaded here so a bad model file is reported as one clear line, before uvicorn starts.
-        app = build_app(settings, load_backend(settings.model_path, settings.threads, _explainer_factory()))
+        app = build_app(settings, load_predictor(settings.model_path, threads=settings.threads), _explainer_factory())
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return
-    check_model_path(settings.model_path)  # fail fast, before spawning workers
+    detect_kind(settings.model_path)  # fail fast, before spawning workers
     # Worker processes import the app by name, so the settings travel as environment variables.
     os.environ.update(settings.to_env())
     uvicorn.run(
@@ -63,7 +64,7 @@ def serve(
     )
 
 
-def _explainer_factory():  # noqa: ANN202 - a serve.backends.ExplainerFactory
+def _explainer_factory():  # noqa: ANN202 - a serve.explainers.ExplainerFactory
     """Heat maps for checkpoint models when the explain extra is installed (the CLI wires it in)."""
     try:
         from fetalplanes.explain import service_explainer

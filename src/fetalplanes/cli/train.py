@@ -107,7 +107,7 @@ def predict(
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}; choose one of {list(FORMATS)}")
     predictor = load_predictor(checkpoint)
-    results = predictor.predict_batch(inputs, top_k)
+    results = predictor.predict(inputs, top_k)
     if not results:
         raise DataError(f"no images found in {[str(i) for i in inputs]}")
     FORMATS[fmt](results, predictor.spec, top_k)

@@ -47,6 +47,7 @@ __all__ = [
     "PilFrames",
     "bad_entry",
     "check_files",
+    "expand_inputs",
     "is_image_file",
     "list_images",
     "load_frames",
@@ -299,6 +300,21 @@ def list_images(root: str | os.PathLike[str], recursive: bool = True) -> list[Pa
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found.extend(Path(dirpath, f) for f in filenames if is_image_file(f))
     return sorted(found)
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike[str]], missing_ok: bool = False) -> list[Path]:
+    """Files as given, folders replaced by their images (:func:`list_images`, recursive);
+    FileNotFoundError for a missing path unless ``missing_ok`` (then it is kept, and its reader
+    reports it like any other bad file)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += list_images(p)
+        elif p.exists() or missing_ok:
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return files
 
 
 def check_files(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fetalplanes.core.classes import classes_for_task
-from fetalplanes.core.io import is_image_file
+from fetalplanes.core.io import expand_inputs, is_image_file
 from fetalplanes.core.tables import Table, TableFormatError, read_table
 from fetalplanes.data.fetal_planes_db import DatasetFormatError, find_root, load_fetal_planes
 from fetalplanes.data.records import DatasetIndex, Sample
@@ -189,6 +189,4 @@ def _single_csv(folder: Path) -> Path | None:
 
 def samples_from_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Sample]:
     """Unlabelled samples (label -1) for prediction on arbitrary files or folders (searched recursively)."""
-    from fetalplanes.core.predictor import expand_inputs
-
     return [Sample(f, -1) for f in expand_inputs(paths)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,23 +81,50 @@ def assert_no_patient_overlap(splits: dict[str, list[Sample]]) -> None:
                 )
 
 
-def _group_fold(samples: list[Sample], n_folds: int, fold: int, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (rest, held-out) of one stratified, patient-grouped fold."""
+def _group_fold(samples: list[Sample], n_folds: int, fold: int, seed: int, what: str = "split") -> tuple[list[int], list[int]]:
+    """Indices (rest, held-out) of one stratified, patient-grouped fold.
+
+    Raises ``DataError`` (one line with the numbers) when the samples cannot make the folds,
+    before scikit-learn is asked: see :func:`check_fold_preconditions`.
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     y = np.array([s.label for s in samples])
     groups = np.array([_patient_key(s, i) for i, s in enumerate(samples)])
-    n_groups = len(set(groups))
-    n_folds = max(2, min(n_folds, n_groups))
+    n_folds = max(2, min(n_folds, len(set(groups))))
+    check_fold_preconditions(samples, n_folds, what)
     cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     rest, held = list(cv.split(np.zeros(len(y)), y, groups))[fold % n_folds]
     return rest.tolist(), held.tolist()
 
 
+def check_fold_preconditions(samples: list[Sample], n_folds: int, what: str) -> None:
+    """Raise ``DataError`` unless ``samples`` can make ``n_folds`` patient-grouped, class-stratified
+    folds (scikit-learn's ``StratifiedGroupKFold``): at least ``n_folds`` patients, and at least
+    one class with ``n_folds`` images. The message names the numbers found and what to change."""
+    groups = {_patient_key(s, i) for i, s in enumerate(samples)}
+    per_class: dict[int, int] = {}
+    for s in samples:
+        per_class[s.label] = per_class.get(s.label, 0) + 1
+    counts = ", ".join(f"class {k}: {v}" for k, v in sorted(per_class.items()))
+    if len(groups) < n_folds:
+        raise DataError(
+            f"the {what} needs at least {n_folds} patients to make {n_folds} patient-grouped folds; "
+            f"the data has {len(groups)} patient(s) ({len(samples)} images: {counts})"
+        )
+    if max(per_class.values(), default=0) < n_folds:
+        raise DataError(
+            f"the {what} makes {n_folds} patient-grouped folds, which needs at least one class with {n_folds} "
+            f"images from different patients; the largest class has {max(per_class.values(), default=0)} "
+            f"({counts}): add images, or raise val_fraction / lower n_folds"
+        )
+
+
 def _carve_val(train: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     if not 0 < val_fraction < 1:
         raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    rest, held = _group_fold(train, round(1 / val_fraction), 0, seed)
+    rest, held = _group_fold(train, round(1 / val_fraction), 0, seed,
+                             f"validation split (val_fraction {val_fraction} of the training part)")
     return [train[i] for i in rest], [train[i] for i in held]
 
 
@@ -110,17 +138,19 @@ def make_splits(
 ) -> Splits:
     """Split ``index`` by ``scheme``; patient-level schemes are verified leak-free."""
     samples = index.samples
+    if n_folds < 2 or not 0 <= fold < n_folds:
+        raise UsageError(f"n_folds must be >= 2 and fold in 0..n_folds-1, got n_folds={n_folds}, fold={fold}")
     if scheme == "official":
         official = [s.meta.get("official_split") for s in samples]
         if any(v is None for v in official):
             log.info("%s has no official split column; using a patient-grouped 5-fold test split", index.root)
-            rest, held = _group_fold(samples, n_folds, 0, seed)
+            rest, held = _group_fold(samples, n_folds, 0, seed, f"{index.root}: test split ({n_folds} folds, no split column)")
             train_all, test = [samples[i] for i in rest], [samples[i] for i in held]
         else:
             train_all = [s for s in samples if s.meta["official_split"] == "train"]
             test = [s for s in samples if s.meta["official_split"] == "test"]
     elif scheme == "patient-kfold":
-        rest, held = _group_fold(samples, n_folds, fold, seed)
+        rest, held = _group_fold(samples, n_folds, fold, seed, f"{index.root}: patient-kfold split")
         train_all, test = [samples[i] for i in rest], [samples[i] for i in held]
     elif scheme == "image-8020":
         return _image_split(samples, val_fraction, seed)
@@ -174,17 +204,36 @@ class Selection:
     seen: dict[str, int] | None
     notes: list[str] = field(default_factory=list)
     patients_seen: int | None = None
+    checks: str = "file-content hash"
+    near_duplicates: int | None = None
+    where: dict[Path, frozenset[str]] = field(default_factory=dict, repr=False)  # record splits per path
+    near: set[Path] = field(default_factory=set, repr=False)  # paths that are near duplicates
+
+    def keep(self, samples: list[Sample]) -> None:
+        """Narrow the selection to ``samples`` (those actually scored, e.g. after ``--skip-bad``):
+        the counts and the statement then speak of these images only."""
+        self.samples = list(samples)
+        if self.seen is not None:
+            marks = [self.where.get(s.path, frozenset()) for s in self.samples]
+            self.seen = {p: sum(p in m for m in marks) for p in SEEN_PARTS}
+            self.seen["any"] = sum(bool(m & set(SEEN_PARTS)) for m in marks)
+        if self.near_duplicates is not None:
+            self.near_duplicates = sum(s.path in self.near for s in self.samples)
 
     def seen_text(self) -> str:
         """The one-sentence answer to "did the model see any of these images?"."""
         n = len(self.samples)
         if self.seen is None:
             return "unknown: the model file has no training record"
+        how = f"checked by {self.checks} against the model's training record"
+        near = ""
+        if self.near_duplicates:
+            near = (f"; {self.near_duplicates} more look like near duplicates of training or validation images "
+                    "(JPEG or resized copies?)")
         if self.seen["any"] == 0:
-            return (f"none of the {n} scored images was seen in training or validation "
-                    "(checked by content hash against the model's training record)")
+            return f"none of the {n} scored images was seen in training or validation ({how}){near}"
         return (f"{self.seen['any']} of the {n} scored images were seen in training ({self.seen['train']}) or "
-                f"validation ({self.seen['val']}) (content hash against the model's training record)")
+                f"validation ({self.seen['val']}) ({how}){near}")
 
     def summary(self) -> dict[str, Any]:
         """The JSON record every report carries (metrics.json, calibration.json, ...)."""
@@ -194,14 +243,15 @@ class Selection:
             "seen_in_training_or_validation": None if self.seen is None else self.seen["any"],
             "seen_train": None if self.seen is None else self.seen["train"],
             "seen_val": None if self.seen is None else self.seen["val"],
-            "patients_seen": self.patients_seen, "statement": self.seen_text(), "notes": list(self.notes),
+            "patients_seen": self.patients_seen, "near_duplicates": self.near_duplicates, "checks": self.checks,
+            "statement": self.seen_text(), "notes": list(self.notes),
         }
 
 
 def selection_lines(sel: dict[str, Any]) -> list[str]:
     """report.md bullet lines for a :meth:`Selection.summary` (which images, seen or not)."""
     seen = sel.get("seen_in_training_or_validation")
-    warn = "**WARNING**: " if seen else ""
+    warn = "**WARNING**: " if seen or sel.get("near_duplicates") else ""
     lines = [f"- scored: {sel['n_scored']} of the {sel['n_data']} images of the data: {sel['rule_text']}",
              f"- seen in training or validation: {warn}{sel['statement']}"]
     return lines + [f"- {note}" for note in sel.get("notes", [])]
@@ -243,6 +293,15 @@ def choose_split(index: DatasetIndex, spec: ModelSpec, split: str) -> Selection:
         seen = {p: sum(p in where[id(s)] for s in samples) for p in SEEN_PARTS}
         seen["any"] = len(seen_samples)
     sel = Selection(samples, split, rule, len(index), seen, notes)
+    if record is not None:
+        sel.checks = record.checks
+        sel.where = {s.path: where[id(s)] for s in samples}
+        unseen = [s for s in samples if not where[id(s)] & set(SEEN_PARTS)]
+        sel.near = {unseen[i].path for i in record.near_duplicates(unseen)}
+        sel.near_duplicates = len(sel.near) if record.version >= 2 else None
+        if sel.near_duplicates:
+            log.warning("%s: %d scored image(s) are near duplicates of training or validation images",
+                        index.root, sel.near_duplicates)
     if record is not None and rule == "record" and split == "test":
         sel.patients_seen = len(record.patients_seen({s.patient for s in samples if s.patient is not None}))
         if sel.patients_seen:

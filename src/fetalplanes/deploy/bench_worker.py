@@ -160,7 +160,7 @@ def _torch_cells(job: dict[str, Any], timing: Timing) -> tuple[list[dict[str, An
     import torch
 
     from fetalplanes.deploy.bench_models import BenchModel, build
-    from fetalplanes.models.predictor import TorchPredictor
+    from fetalplanes.models.torch_backend import TorchPredictor
 
     torch.set_num_threads(int(job["threads"]))
     base = peak_rss_mb()
@@ -171,13 +171,13 @@ def _torch_cells(job: dict[str, Any], timing: Timing) -> tuple[list[dict[str, An
     cells = []
     for bs in sorted(job["batch_sizes"]):
         x = _input(bs, size)
-        cell = time_calls(lambda: predictor.predict_arrays(x), bs, timing.for_batch(bs))
+        cell = time_calls(lambda: predictor.logits(x), bs, timing.for_batch(bs))
         cells.append({**cell, "peak_rss_mb": peak_rss_mb(), "image_size": size})
     return cells, base
 
 
 def _ort_cells(job: dict[str, Any], timing: Timing) -> tuple[list[dict[str, Any]], float]:
-    from fetalplanes.runtime.predictor import OnnxPredictor
+    from fetalplanes.runtime.onnx_backend import OnnxPredictor
 
     base = peak_rss_mb()
     predictor = OnnxPredictor(job["onnx_path"], options=ort_options(OrtOptions(**job.get("ort", {}))))
@@ -185,7 +185,7 @@ def _ort_cells(job: dict[str, Any], timing: Timing) -> tuple[list[dict[str, Any]
     cells = []
     for bs in sorted(job["batch_sizes"]):
         x = _input(bs, size)
-        cell = time_calls(lambda: predictor.predict_arrays(x), bs, timing.for_batch(bs))
+        cell = time_calls(lambda: predictor.logits(x), bs, timing.for_batch(bs))
         cells.append({**cell, "peak_rss_mb": peak_rss_mb(), "image_size": size})
     return cells, base
 

@@ -31,10 +31,12 @@ from PIL import Image
 
 from fetalplanes.core.atomic import atomic_path
 from fetalplanes.core.errors import DataError, UsageError, UserError
+from fetalplanes.core.postprocess import top1
 from fetalplanes.core.preprocess import preprocess_batch
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.runtime.artifact import OOD_KEY, SPEC_KEY, onnx_metadata, set_onnx_metadata, spec_to_metadata
-from fetalplanes.runtime.predictor import INPUT_NAME, OUTPUT_NAME, session_options
+from fetalplanes.runtime.onnx_backend import INPUT_NAME, OUTPUT_NAME
+from fetalplanes.runtime.session import session_options
 
 if TYPE_CHECKING:  # torch / onnx are imported lazily: the CLI must start without them
     import onnx
@@ -193,7 +195,7 @@ def check_parity(
     single = [np.concatenate([o[j] for o in per_image]) for j in range(len(refs))]
     batched = _ort_outputs(sess, inputs)
     diffs = {"batch1": float(np.abs(single[0] - ref).max()), f"batch{len(inputs)}": float(np.abs(batched[0] - ref).max())}
-    mismatches = int((single[0].argmax(1) != ref.argmax(1)).sum() + (batched[0].argmax(1) != ref.argmax(1)).sum())
+    mismatches = int((top1(single[0]) != top1(ref)).sum() + (top1(batched[0]) != top1(ref)).sum())
     max_diff = max(diffs.values())
     feature_diff = None
     if len(refs) > 1:  # features: the OOD score's input, so the gate answers alike on both paths

@@ -27,9 +27,10 @@ import numpy as np
 from fetalplanes.core.atomic import atomic_path
 from fetalplanes.core.errors import DataError, UserError
 from fetalplanes.core.io import load_image
+from fetalplanes.core.postprocess import top1
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.core.spec import ModelSpec
-from fetalplanes.runtime.predictor import INPUT_NAME, OnnxPredictor
+from fetalplanes.runtime.onnx_backend import INPUT_NAME, OnnxPredictor
 
 log = logging.getLogger(__name__)
 
@@ -177,24 +178,24 @@ def _with_metadata(model_path: Path, spec: ModelSpec, info: dict[str, Any]) -> b
 
 
 def latency_ms(predictor: OnnxPredictor, x: np.ndarray, runs: int = 20, warmup: int = 3) -> float:
-    """Median wall time (ms) of one ``predict_arrays(x)`` call."""
+    """Median wall time (ms) of one ``logits(x)`` call."""
     for _ in range(warmup):
-        predictor.predict_arrays(x)
+        predictor.logits(x)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        predictor.predict_arrays(x)
+        predictor.logits(x)
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1e3)
 
 
 def _batched(predictor: OnnxPredictor, x: np.ndarray, batch: int = _BATCH) -> np.ndarray:
-    return np.concatenate([predictor.predict_arrays(x[i : i + batch]) for i in range(0, len(x), batch)])
+    return np.concatenate([predictor.logits(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
 def gate_metrics(fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Top-1 agreement, accuracies (when labels are known) and the drop the gate judges."""
-    p32, p8 = fp32_logits.argmax(1), int8_logits.argmax(1)
+    p32, p8 = top1(fp32_logits), top1(int8_logits)
     out: dict[str, Any] = {"n_holdout": int(len(p32)), "agreement": float((p32 == p8).mean())}
     known = labels >= 0
     if known.any():

@@ -4,7 +4,7 @@ Input is a video file (mp4/avi/..., decoded with PyAV, i.e. FFmpeg), a folder of
 images (sorted by name) or a multi-frame DICOM cine loop, read frame by frame by
 ``core.frames.open_frames`` (bad frames skipped and reported by index). Every
 frame goes through the one preprocessing (``core.preprocess``) and the exported ONNX model
-(``runtime.predictor.OnnxPredictor``); class probabilities are smoothed over time (EMA or a
+(``runtime.onnx_backend.OnnxPredictor``); class probabilities are smoothed over time (EMA or a
 causal sliding-window mean) so that the label does not flicker between frames; the frame
 with the highest smoothed confidence for each plane is saved as a PNG — the frame a
 sonographer would freeze, as in SonoNet-style standard-plane detection.
@@ -35,6 +35,7 @@ from fetalplanes.core.atomic import write_json, write_text
 from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core.frames import DEFAULT_FPS, VIDEO_SUFFIXES, Frame  # noqa: F401 - re-exported
 from fetalplanes.core.frames import open_frames as open_frames_core
+from fetalplanes.core.postprocess import softmax, top1
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class _Tracker:
 
     def add(self, frame: Frame, raw: np.ndarray, smooth: np.ndarray, latency_s: float,
             ood_score: float | None = None) -> None:
-        r, s = int(np.argmax(raw)), int(np.argmax(smooth))
+        r, s = int(top1(raw)[0]), int(top1(smooth)[0])
         label, conf = self.class_names[s], float(smooth[s])
         abstain = conf < self.threshold
         ood = self.ood_threshold is not None and not (ood_score is not None and ood_score <= self.ood_threshold)
@@ -263,10 +264,10 @@ def run_stream(cfg: StreamConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     for batch in _batches(_prefetch(_prepared(frames, spec.preprocessing, cfg.max_frames), 2 * cfg.batch), cfg.batch):
         t0 = time.perf_counter()
-        logits = np.asarray(predictor.predict_arrays(np.stack([x for _, x, _ in batch])))
+        logits = predictor.logits(np.stack([x for _, x, _ in batch]))
         t_done = time.perf_counter()
         infer_s += t_done - t0
-        probs = predictor.probabilities(logits)
+        probs = softmax(logits, spec.temperature)
         for (frame, _, t_ready), p in zip(batch, probs):
             latencies.append(t_done - t_ready)
             tracker.add(frame, p, smoother(p), t_done - t_ready)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from fetalplanes.core import atomic
+from fetalplanes.core.hashing import file_sha256
 from fetalplanes.core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,37 @@ def is_synthetic(root: str | Path | None) -> bool:
 
 def _fmt(v: Any, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, (int, float)) and v == v else "n/a"
+
+
+REQUIRED_METRICS = ("top1", "top2", "f1_macro", "f1_weighted", "per_class", "n")
+
+
+def evaluation_title(metrics: dict[str, Any]) -> tuple[str, str]:
+    """(section title, front-matter split name) for the metrics' own selection: only an unseen
+    test split of this model is called "test"; anything else says what it is."""
+    sel = metrics.get("selection") or {}
+    split, seen = sel.get("split", metrics.get("split")), sel.get("seen_in_training_or_validation")
+    if split == "test" and seen == 0:
+        return "Evaluation (test split, none of its images seen in training or validation)", "test"
+    if split == "test":
+        return "Evaluation (test split; whether the model saw these images is unknown: no training record)", "test"
+    what = f"{seen} of {sel.get('n_scored', metrics.get('n', '?'))} images seen in training or validation" \
+        if seen else "not a held-out test split"
+    return f"Evaluation (split `{split}`: {what}; NOT a held-out test result)", str(split)
+
+
+def check_metrics(metrics: dict[str, Any], source: str, model_sha256: str | None) -> None:
+    """Raise ``DataError`` (one line naming ``source``) when the metrics lack a field the card
+    reads, or were computed with another model file than the one the card describes."""
+    missing = [k for k in REQUIRED_METRICS if k not in metrics]
+    if missing:
+        raise DataError(f"{source}: field(s) {missing} missing; expected the metrics.json of `fetalplanes evaluate` "
+                        f"(fields {list(REQUIRED_METRICS)})")
+    theirs = metrics.get("model_sha256")
+    if model_sha256 is not None and theirs is not None and theirs != model_sha256:
+        raise DataError(f"{source}: computed with another model file (sha256 {theirs[:12]}..., from "
+                        f"{metrics.get('checkpoint', '?')}), not this one ({model_sha256[:12]}...); re-run "
+                        "`fetalplanes evaluate` with this model")
 
 
 def _front_matter(spec: Any, metrics: dict[str, Any], synthetic: bool, split: dict[str, Any]) -> str:
@@ -61,7 +93,7 @@ def _front_matter(spec: Any, metrics: dict[str, Any], synthetic: bool, split: di
             "name": spec.name,
             "results": [{
                 "task": {"type": "image-classification", "name": f"Fetal ultrasound {spec.task} classification"},
-                "dataset": {"name": dataset, "type": "fetal_planes_db", "split": f"{split.get('scheme', '?')}/test"},
+                "dataset": {"name": dataset, "type": "fetal_planes_db", "split": f"{split.get('scheme', '?')}/{evaluation_title(metrics)[1]}"},
                 "metrics": results,
             }],
         }],
@@ -214,8 +246,9 @@ def render_card(spec: Any, metrics: dict[str, Any], calibration: dict[str, Any] 
         f"train {split.get('train', {}).get('images', '?')}, val {split.get('val', {}).get('images', '?')}, "
         f"test {split.get('test', {}).get('images', '?')} images; seed {split.get('seed', spec.training.get('seed'))}.",
         "",
-        "## Evaluation (test split)",
+        f"## {evaluation_title(metrics)[0]}",
         "",
+        *([f"Scored images: {metrics['selection']['statement']}.", ""] if metrics.get("selection") else []),
         "| metric | value |",
         "|---|---|",
         *_metric_lines(metrics),
@@ -272,10 +305,9 @@ def write_model_card(checkpoint: str | Path, metrics: dict[str, Any] | str | Pat
 
     checkpoint = Path(checkpoint)
     spec = read_spec(checkpoint)
+    source = "metrics" if isinstance(metrics, dict) else str(metrics)
     metrics = _load_json(metrics, "metrics")
-    for key in ("top1", "top2", "f1_macro", "f1_weighted"):
-        if key not in metrics:
-            raise DataError(f"metrics: field {key!r} missing; expected the metrics.json of `fetalplanes evaluate`")
+    check_metrics(metrics, source, file_sha256(checkpoint))
     if calibration is None:
         found = checkpoint.resolve().parent.parent / "calibration.json"
         calibration = found if found.is_file() else None

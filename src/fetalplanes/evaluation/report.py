@@ -12,9 +12,10 @@ import numpy as np
 
 from fetalplanes.core import atomic
 from fetalplanes.core.errors import DataError
-from fetalplanes.core.postprocess import top1
+from fetalplanes.core.postprocess import softmax, top1
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.data.records import Sample
+from fetalplanes.core.hashing import file_sha256
 from fetalplanes.data.splits import choose_split, selection_lines
 from fetalplanes.data.splits import select_split  # noqa: F401  (re-exported: evaluate scores one split)
 from fetalplanes.evaluation.metrics import evaluate_arrays, fmt, missing_ids
@@ -185,15 +186,17 @@ def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, spl
     samples, logits, skipped = score_samples(predictor, samples, batch_size, skip_bad)
     if not samples:
         raise DataError(f"{data}: none of the {len(skipped)} image(s) of split {split!r} could be read")
+    selection.keep(samples)  # counts and statements are of the images actually scored
     if unit == "patient":  # after the unreadable files are listed, before any interval is drawn
         _require_patient_ids(data, samples)
-    probs = predictor.probabilities(logits)
+    probs = softmax(logits, spec.temperature)
     y = np.array([s.label for s in samples])
     meta = {c: [s.meta[c] for s in samples] for c in BREAKDOWN_COLUMNS if all(c in s.meta for s in samples)}
     patients = [s.patient for s in samples]
     m = evaluate_arrays(y, probs, spec.class_names, patients, meta, n_boot, unit=unit)
     m.update(split=split, data=str(data), data_kind=index.kind, checkpoint=str(predictor.path),
-             model_kind=predictor.kind, model=spec.name, temperature=spec.temperature,
+             model_kind=predictor.kind, model=spec.name, model_sha256=file_sha256(predictor.path),
+             temperature=spec.temperature,
              class_names=list(spec.class_names), data_notes=list(index.notes), n_skipped=len(skipped),
              skipped=skipped, classes_absent=[c for c, v in m["per_class"].items() if v["support"] == 0],
              selection=selection.summary())

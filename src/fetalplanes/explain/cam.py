@@ -30,7 +30,7 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from fetalplanes.core.errors import UsageError
-from fetalplanes.core.postprocess import softmax
+from fetalplanes.core.postprocess import softmax, top1
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.explain.result import CamResult
 from fetalplanes.explain.settings import cam_settings, check_method
@@ -216,7 +216,7 @@ def compute_cam(
             model.eval()
             with torch.no_grad():
                 logits = model(x).float().cpu().numpy()
-            targets = targets or [ClassifierOutputTarget(int(np.argmax(logits[0])))]
+            targets = targets or [ClassifierOutputTarget(int(top1(logits[0])[0]))]
         # Not the library's `with` form: its __exit__ swallows IndexError and would leave us
         # without a result.
         cam = cam_cls(model=model, target_layers=modules)
@@ -234,7 +234,7 @@ def compute_cam(
             cam.activations_and_grads.release()
             model.train(was_training)
     probs = softmax(logits, spec.temperature)[0]
-    idx = resolve_target(target, spec.class_names, int(np.argmax(logits[0])))
+    idx = resolve_target(target, spec.class_names, int(top1(logits[0])[0]))
     heat = np.nan_to_num(np.asarray(grayscale[0], dtype=np.float32), nan=0.0)
     extra = {"layer": _layer_label(layer), **({"aug_smooth": True} if aug_smooth else {})}
     return build_result(heat, image, spec, probs, idx, method.lower(), extra)
@@ -243,7 +243,7 @@ def compute_cam(
 def build_result(heat: np.ndarray, image: Image.Image, spec, probs: np.ndarray, target_idx: int, method: str,
                  extra: dict) -> CamResult:
     """A model-input-size map in [0, 1] + calibrated probabilities -> CamResult at the image's size."""
-    top = int(np.argmax(probs))
+    top = int(top1(probs)[0])
     return CamResult(
         cam=to_original_size(heat, image.size, spec.preprocessing.resize),
         probs=probs,

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from fetalplanes.core.errors import UsageError
-from fetalplanes.core.postprocess import softmax
+from fetalplanes.core.postprocess import softmax, top1
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.explain.cam import build_result, resolve_target
 from fetalplanes.explain.result import CamResult
@@ -101,7 +101,7 @@ def compute_occlusion(
         device = next(model.parameters()).device
         with torch.inference_mode():
             logits = model(x[None].to(device)).float().cpu().numpy()
-        idx = resolve_target(target, spec.class_names, int(np.argmax(logits[0])))
+        idx = resolve_target(target, spec.class_names, int(top1(logits[0])[0]))
         sens, probs = occlusion_map(model, x.to(device), idx, spec, patch, stride, fill, batch_size)
     finally:
         model.train(was_training)

@@ -94,7 +94,7 @@ def compare(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     Deterministic for a given ``seed``.
     """
     usable = [r for r in rows if not r["empty"]]
-    out: dict[str, Any] = {"n": len(usable), "n_empty_maps": len(rows) - len(usable)}
+    out: dict[str, Any] = {"n": len(usable), "n_empty_maps": len(rows) - len(usable), "unit": "image"}
     if not usable:
         out.update(beats_priors=False, verdict="the heat map does NOT beat the priors: no image has a mask and a non-empty (non-constant) map")
         return out
@@ -143,5 +143,8 @@ def lines(summary: dict[str, Any]) -> list[str]:
         parts = [f"{name} {s[name]['mean']:.3f} [{s[name]['ci95'][0]:.3f}, {s[name]['ci95'][1]:.3f}]"
                  for name in ("model", *PRIORS)]
         out.append(f"{score.replace('_', ' ')}: " + ", ".join(parts))
+    # The intervals resample images, not patients (several images of a patient are not
+    # independent, so they are narrower than a patient-level interval would be): say so.
+    out[-1] += f" (95 % intervals over {summary['n']} images, not patients)"
     out.append(summary["verdict"])
     return out

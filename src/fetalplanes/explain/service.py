@@ -1,4 +1,4 @@
-"""Heat maps for the web service: a Predictor -> an explainer callable (``serve.backends.Explainer``).
+"""Heat maps for the web service: a Predictor -> an explainer callable (``serve.explainers.Explainer``).
 
 The service does not import this package (doors open downward only); ``fetalplanes serve``
 passes :func:`service_explainer` to it. Only the torch backend can be explained: Grad-CAM needs
@@ -7,17 +7,21 @@ the model's gradients, which an ONNX Runtime session does not expose.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from fetalplanes.explain.settings import cam_settings
 
+if TYPE_CHECKING:
+    from fetalplanes.models.torch_backend import TorchPredictor
+    from fetalplanes.runtime.predictor import Predictor
+
 
 class CamExplainer:
     """Grad-CAM-family overlay (the checkpoint's ``explain`` settings) of the predicted class."""
 
-    def __init__(self, predictor: Any) -> None:
+    def __init__(self, predictor: "TorchPredictor") -> None:
         self.predictor = predictor
         self.method = cam_settings(predictor.spec).method
 
@@ -31,7 +35,7 @@ class CamExplainer:
         return overlay_png(image, result, spec)
 
 
-def service_explainer(predictor: Any) -> CamExplainer | str | None:
+def service_explainer(predictor: "Predictor") -> CamExplainer | str | None:
     """An explainer for a torch Predictor; for another backend None (the service then says why
     there are no heat maps); a sentence when the explanation libraries cannot be imported."""
     if getattr(predictor, "kind", None) != "checkpoint" or not hasattr(predictor, "model"):
@@ -41,4 +45,4 @@ def service_explainer(predictor: Any) -> CamExplainer | str | None:
         import fetalplanes.explain.cam  # noqa: F401
     except ImportError as err:
         return f"Heat maps are not available: the explanation module cannot be imported ({err})."
-    return CamExplainer(predictor)
+    return CamExplainer(predictor)  # type: ignore[arg-type]  # a checkpoint Predictor is a TorchPredictor

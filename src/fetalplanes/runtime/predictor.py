@@ -1,76 +1,284 @@
-"""OnnxPredictor: the torch-free Predictor backend for exported ``.onnx`` models.
+"""The Predictor: one trained-model file turned into answers, written once for every backend.
 
-Imports only numpy, Pillow, onnxruntime and ``fetalplanes.core`` (pydicom via core.io for
-DICOM). The class names, preprocessing, temperature and abstain threshold all come from
-the ModelSpec stored in the ONNX metadata by ``fetalplanes export``, so the runtime feeds
-the model exactly as training did and answers exactly like the PyTorch path.
+:class:`Predictor` holds everything that is not the model call: decoding (through
+``core.frames.open_frames``, so a multi-frame file is answered frame by frame), the shared
+preprocessing (``core.preprocess``), batching, the spec's temperature, top-k and abstain
+(``core.postprocess``) and the per-item errors. A backend implements one private method,
+``_run(x) -> logits``; the backends are :class:`fetalplanes.runtime.onnx_backend.OnnxPredictor`
+(ONNX Runtime, torch-free) and :class:`fetalplanes.models.torch_backend.TorchPredictor`
+(PyTorch), opened by file kind with :func:`fetalplanes.runtime.load_predictor`. A ``.ckpt``
+and its ``.onnx`` export therefore answer alike.
+
+Three public methods:
+
+- :meth:`Predictor.predict`: paths, folders, bytes, PIL images or pixel arrays -> one
+  :class:`FileResult` per still input or per frame, each a prediction or a one-line error;
+- :meth:`Predictor.logits`: a preprocessed float32 batch (N, 3, S, S) -> logits (N, C);
+- :meth:`Predictor.describe`: what the model is and expects.
+
+Torch-free: numpy, Pillow and ``fetalplanes.core`` only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Union
 
 import numpy as np
+from PIL import Image
 
-from fetalplanes.core.spec import ModelSpec
-from fetalplanes.runtime.artifact import ModelFileError, spec_from_metadata
-from fetalplanes.core.predictor import DEFAULT_BATCH, BasePredictor  # noqa: F401  (DEFAULT_BATCH re-exported)
-from fetalplanes.runtime.session import available_cores, load_session, session_options  # noqa: F401  (re-exported)
+from fetalplanes.core.errors import EXPECTED, ImageLoadError
+from fetalplanes.core.formats import sniff_format, sniff_video
+from fetalplanes.core.frames import is_video_file, open_frames
+from fetalplanes.core.io import expand_inputs
+from fetalplanes.core.postprocess import Prediction, decide, softmax
+from fetalplanes.core.preprocess import preprocess
+from fetalplanes.core.spec import ModelSpec, Preprocessing
+
+__all__ = ["DEFAULT_BATCH", "FileResult", "ImageInput", "Predictor"]
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
+DEFAULT_BATCH = 32
+"""Inputs per model call in :meth:`Predictor.predict`."""
+
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+"""One input of :meth:`Predictor.predict`: a file or folder path, encoded bytes, a decoded PIL
+image, or pixels as a uint8/uint16 array (H, W) or (H, W, 3|4)."""
+
+_BYTES = (bytes, bytearray, memoryview)
+_SINGLE = (str, os.PathLike, *_BYTES, Image.Image, np.ndarray)
+_ARRAY_EXPECTED = ("pixels as a uint8 or uint16 array of shape (H, W) or (H, W, 3|4); "
+                   "a preprocessed float32 (N, 3, S, S) batch goes to Predictor.logits")
+_VIDEO_EXPECTED = f"{EXPECTED}; `fetalplanes stream` classifies every frame of a video"
 
 
-# Kept for callers of the first runtime API: one error type for unusable model files.
-RuntimeModelError = ModelFileError
-load_spec = spec_from_metadata
+@dataclass(frozen=True)
+class FileResult:
+    """One answer of :meth:`Predictor.predict`: a prediction, or the one-line reason there is none.
+
+    ``index`` is the input's 0-based position in the call (folders replaced by their images);
+    ``path`` the file (None for bytes, images and arrays). A multi-frame file (DICOM cine,
+    multi-page TIFF, animated GIF) gives one result per frame: ``frame`` is the 0-based index
+    (the one ``stream``'s frames.csv and the error lines use) and ``time_s`` its time stamp in
+    seconds; both are None for a still image and for a file-level error. ``logits`` are the
+    model's raw outputs (C,) float32 for an answered input (calibration and evaluation read them).
+    """
+
+    index: int
+    path: Path | None = None
+    prediction: Prediction | None = None
+    error: str | None = None
+    frame: int | None = None
+    time_s: float | None = None
+    logits: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.prediction is not None
+
+    @property
+    def name(self) -> str:
+        """``path`` (or ``<input N>`` for an in-memory input), then ``#frame=N`` for a frame."""
+        where = str(self.path) if self.path is not None else f"<input {self.index}>"
+        return where if self.frame is None else f"{where}#frame={self.frame}"
 
 
-class OnnxPredictor(BasePredictor):
-    """A fetalplanes ONNX model run with ONNX Runtime (no torch); the ``onnx`` Predictor backend."""
+class Predictor:
+    """A trained model behind one interface; subclasses set ``kind`` and implement ``_run``.
 
-    kind = "onnx"
+    Attributes: ``path`` (the model file), ``spec`` (its :class:`~fetalplanes.core.spec.ModelSpec`),
+    ``kind`` ('checkpoint' or 'onnx'), ``class_names`` and ``input_size`` (S, pixels).
+    """
 
-    def __init__(
-        self, model_path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[Any] | None = None,
-        options: Any = None,
-    ) -> None:
-        self.path = Path(model_path)
-        self.session = load_session(self.path, threads, providers, options)
-        meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.spec: ModelSpec = spec_from_metadata(meta, str(self.path))
-        self.metadata = meta
-        self._check_io()
+    kind: ClassVar[str] = ""
 
-    def _check_io(self) -> None:
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = [o.name for o in self.session.get_outputs()]
-        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
-            raise ModelFileError(
-                f"{self.path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}', "
-                f"found inputs {sorted(inputs)} and outputs {outputs}"
-            )
-        shape = inputs[INPUT_NAME].shape
-        size = self.spec.preprocessing.image_size
-        if len(shape) != 4 or list(shape[1:]) != [3, size, size]:
-            raise ModelFileError(f"{self.path}: input shape {shape} does not match the spec's (N, 3, {size}, {size})")
+    def __init__(self, path: str | os.PathLike[str], spec: ModelSpec) -> None:
+        self.path = Path(path)
+        self.spec = spec
 
-    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
-        """Preprocessed batch (N, 3, S, S) float32 -> logits (N, C) float32."""
-        x = self.check_batch(x)
+    # -- the one method a backend implements ---------------------------------------------
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """Checked, non-empty batch float32 (N, 3, S, S) -> logits float32 (N, C)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _run")
+
+    # -- public --------------------------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.spec.class_names
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.preprocessing.image_size
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({str(self.path)!r}, {self.spec.name}, {self.spec.num_classes} classes, "
+                f"{self.input_size} px)")
+
+    def logits(self, arrays: np.ndarray) -> np.ndarray:
+        """Preprocessed batch float32 (N, 3, S, S) (``core.preprocess``) -> logits float32 (N, C).
+
+        Raises ``ValueError`` naming the expected shape for any other array. N may be 0.
+        """
+        x = np.ascontiguousarray(arrays, dtype=np.float32)
+        s = self.input_size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s):
+            raise ValueError(f"expected a preprocessed float32 array of shape (N, 3, {s}, {s}), got {x.shape}")
         if len(x) == 0:
             return np.zeros((0, self.spec.num_classes), dtype=np.float32)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        return np.asarray(self._run(x), dtype=np.float32)
+
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], k: int = 2, *,
+                batch_size: int = DEFAULT_BATCH, workers: int = 0) -> list[FileResult]:
+        """Top-k calibrated answers, one :class:`FileResult` per still input or per frame, in input order.
+
+        ``inputs``: one :data:`ImageInput` or a list of them; a folder is searched recursively
+        for images. Every input gets an answer or its own one-line error (unreadable, missing,
+        a video, a bad frame, a short read), so a bad file never costs the good ones theirs.
+        ``batch_size`` inputs go to the model per call; ``workers`` > 0 decodes that many inputs
+        at a time in threads (Pillow and pydicom release the GIL for most of a decode).
+        """
+        items = [inputs] if isinstance(inputs, _SINGLE) else list(inputs)
+        sources = _expand(items)
+        step = max(1, int(batch_size))
+        results: list[FileResult] = []
+        pending: list[tuple[FileResult, np.ndarray]] = []
+        for item in _decoded(sources, self.spec.preprocessing, workers, step):
+            if isinstance(item, FileResult):
+                results.append(item)
+                continue
+            pending.append(item)
+            if len(pending) >= step:
+                results += self._answer(pending, k)
+                pending = []
+        results += self._answer(pending, k)
+        return sorted(results, key=lambda r: (r.index, -1 if r.frame is None else r.frame))
 
     def describe(self) -> dict[str, Any]:
+        """What the model is and expects (for logs, ``--info`` output and the web service)."""
+        pre = self.spec.preprocessing
         return {
-            **super().describe(),
-            "quantization": json.loads(self.metadata.get("quantization", "null")),
-            "providers": self.session.get_providers(),
+            "path": str(self.path),
+            "kind": self.kind,
+            "name": self.spec.name,
+            "task": self.spec.task,
+            "class_names": list(self.spec.class_names),
+            "image_size": pre.image_size,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "temperature": self.spec.temperature,
+            "abstain_threshold": self.spec.abstain_threshold,
+            "spec_format_version": self.spec.format_version,
         }
+
+    # -- shared internals ----------------------------------------------------------------
+    def _answer(self, pending: list[tuple[FileResult, np.ndarray]], k: int) -> list[FileResult]:
+        """The waiting inputs (result stub, preprocessed (3, S, S) array) answered in one model call."""
+        if not pending:
+            return []
+        logits = self.logits(np.stack([x for _, x in pending]))  # the batch's one shape check
+        probs = softmax(logits, self.spec.temperature)
+        answers = decide(probs, self.spec.class_names, k, self.spec.abstain_threshold)
+        return [replace(stub, prediction=p, logits=row) for (stub, _), p, row in zip(pending, answers, logits)]
+
+
+Pending = Union[FileResult, tuple[FileResult, np.ndarray]]
+
+
+def _expand(items: list[Any]) -> list[Any]:
+    """Inputs with every folder replaced by its images; a missing path is kept (one error row)."""
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            out += expand_inputs([item], missing_ok=True)
+        else:
+            out.append(item)
+    return out
+
+
+def _decoded(sources: list[Any], pre: Preprocessing, workers: int, step: int) -> Iterator[Pending]:
+    """Every source's ``(stub, array)`` per decoded frame, or its error rows, in source order.
+
+    Without workers the sources are decoded lazily, one frame at a time; with workers, ``step``
+    sources at a time, each fully, in threads.
+    """
+    if workers <= 0:
+        for index, source in enumerate(sources):
+            yield from _source_inputs(index, source, pre)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(sources), step):
+            chunk = list(enumerate(sources[start : start + step], start))
+            for rows in pool.map(lambda job: list(_source_inputs(job[0], job[1], pre)), chunk):
+                yield from rows
+
+
+def _source_inputs(index: int, source: Any, pre: Preprocessing) -> Iterator[Pending]:
+    """One input's preprocessed frames, or one error row per bad frame / unreadable input."""
+    if isinstance(source, Image.Image):
+        yield FileResult(index), preprocess(source, pre)
+        return
+    if isinstance(source, np.ndarray):
+        try:
+            image = _array_image(source, f"<input {index}>")
+        except ImageLoadError as err:
+            yield FileResult(index, error=str(err))
+            return
+        yield FileResult(index), preprocess(image, pre)
+        return
+    if isinstance(source, _BYTES):
+        yield from _file_inputs(index, None, bytes(source), pre)
+        return
+    if isinstance(source, (str, os.PathLike)):
+        yield from _file_inputs(index, Path(source), Path(source), pre)
+        return
+    yield FileResult(index, error=f"<input {index}>: a {type(source).__name__}, not an image; expected a path, "
+                                  "bytes, a PIL image or a pixel array")
+
+
+def _file_inputs(index: int, path: Path | None, source: Path | bytes, pre: Preprocessing) -> Iterator[Pending]:
+    """A file's (or encoded bytes') frames through ``core.frames.open_frames``: a still gives one
+    row; a multi-frame file one per frame, a bad frame and a short read their own error rows."""
+    label = str(path) if path is not None else f"<input {index}>"
+    if _is_video(source):
+        yield FileResult(index, path, error=str(ImageLoadError(label, "a video, not a still image or DICOM cine",
+                                                               _VIDEO_EXPECTED)))
+        return
+    reader = None
+    try:
+        reader = open_frames(source, name=label)
+        multi = (reader.info.get("frames_declared") or 1) > 1
+        for frame in reader:
+            stub = FileResult(index, path, frame=frame.index, time_s=frame.time_s) if multi else FileResult(index, path)
+            yield stub, preprocess(frame.image, pre)
+    except ImageLoadError as err:
+        if reader is None or not reader.skipped:  # else the skipped frames below say it, one row each
+            yield FileResult(index, path, error=str(err))
+    if reader is None:
+        return
+    for bad in reader.skipped:
+        yield FileResult(index, path, error=str(bad), frame=bad.frame)
+    if reader.info.get("short_read"):
+        yield FileResult(index, path, error=f"{label}: short read: {reader.info['short_read']}")
+
+
+def _is_video(source: Path | bytes) -> bool:
+    if isinstance(source, Path):
+        return is_video_file(source)
+    head = source[:132]
+    return sniff_format(head) is None and sniff_video(head) is not None
+
+
+def _array_image(array: np.ndarray, label: str) -> Image.Image:
+    """Pixels (H, W) or (H, W, 1|3|4), uint8 or uint16 (gray only), as a PIL image; else ImageLoadError."""
+    a = array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
+    ok_shape = a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))
+    ok_type = a.dtype == np.uint8 or (a.dtype == np.uint16 and a.ndim == 2)
+    if not (ok_shape and ok_type) or a.size == 0:
+        raise ImageLoadError(label, f"an array of shape {array.shape} and dtype {array.dtype}", _ARRAY_EXPECTED)
+    return Image.fromarray(np.ascontiguousarray(a))

@@ -12,7 +12,7 @@ __all__ = ["create_app"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: importing fetalplanes.serve.backends alone must not pull in FastAPI.
+    # Lazy: importing fetalplanes.serve.explainers or .settings alone must not pull in FastAPI.
     if name == "create_app":
         from fetalplanes.serve.app import create_app
 

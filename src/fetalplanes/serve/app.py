@@ -19,11 +19,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -32,20 +30,21 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from fetalplanes.core.errors import UsageError
-from fetalplanes.serve.backends import ExplainerFactory, ServedModel, load_backend
+from fetalplanes.runtime.loader import load_predictor
+from fetalplanes.runtime.predictor import Predictor
+from fetalplanes.runtime.session import available_cores
+from fetalplanes.serve.explainers import ExplainerFactory, HeatMaps
 from fetalplanes.serve.schemas import BatchResponse, ErrorResponse, HealthResponse, ModelInfo, PredictResponse
 from fetalplanes.serve.service import Service
+from fetalplanes.serve.settings import DEFAULT_MAX_PIXELS, ServeSettings
 from fetalplanes.serve.uploads import UploadError, read_uploads
 
-__all__ = ["ServeSettings", "app_from_env", "create_app"]
+__all__ = ["app_from_env", "build_app", "create_app"]
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
 API_KEY_HEADER = "X-API-Key"
-ENV_PREFIX = "FETALPLANES_"
-DEFAULT_MAX_PIXELS = 40_000_000  # ~6300x6300: far above any ultrasound frame
 PREDICT_QUERY = ("top_k", "explain", "preview")
 
 # Only same-origin resources: the page must work offline and never load third-party code.
@@ -68,63 +67,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    """Service configuration; also passed to worker processes as FETALPLANES_* variables."""
-
-    model_path: Path
-    max_upload_mb: float = 20.0
-    api_key: str | None = None
-    cors_origins: tuple[str, ...] = ()
-    max_batch: int = 16
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.max_upload_mb > 0:
-            raise UsageError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
-        if self.max_batch < 1:
-            raise UsageError(f"max_batch must be >= 1, got {self.max_batch}")
-        if self.max_pixels < 1:
-            raise UsageError(f"max_pixels must be >= 1, got {self.max_pixels}")
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
-
-    def to_env(self) -> dict[str, str]:
-        env = {
-            "MODEL": str(self.model_path),
-            "MAX_UPLOAD_MB": str(self.max_upload_mb),
-            "CORS_ORIGINS": ",".join(self.cors_origins),
-            "MAX_BATCH": str(self.max_batch),
-            "MAX_PIXELS": str(self.max_pixels),
-            "THREADS": str(self.threads or ""),
-            "API_KEY": self.api_key or "",
-        }
-        return {ENV_PREFIX + k: v for k, v in env.items()}
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ServeSettings":
-        def get(name: str) -> str:
-            return environ.get(ENV_PREFIX + name, "").strip()
-
-        if not get("MODEL"):
-            raise UsageError(f"{ENV_PREFIX}MODEL is not set; it must name a .onnx model or .ckpt checkpoint")
-        try:
-            return cls(
-                model_path=Path(get("MODEL")),
-                max_upload_mb=float(get("MAX_UPLOAD_MB") or 20),
-                api_key=get("API_KEY") or None,
-                cors_origins=tuple(o.strip() for o in get("CORS_ORIGINS").split(",") if o.strip()),
-                max_batch=int(get("MAX_BATCH") or 16),
-                max_pixels=int(get("MAX_PIXELS") or DEFAULT_MAX_PIXELS),
-                threads=int(get("THREADS")) if get("THREADS") else None,
-            )
-        except ValueError as err:
-            raise UsageError(f"invalid {ENV_PREFIX}* setting: {err}") from None
-
-
 class _CpuSlots:
     """At most one CPU job (decode + inference) per core; waiting requests queue in order.
 
@@ -145,13 +87,6 @@ class _CpuSlots:
             semaphore = self._by_loop[loop] = asyncio.Semaphore(self.slots)
         async with semaphore:
             return await run_in_threadpool(func, *args)
-
-
-def _available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class _SecurityHeaders:
@@ -183,10 +118,10 @@ def create_app(
     max_batch: int = 16,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     threads: int | None = None,
-    backend: ServedModel | None = None,
+    predictor: Predictor | None = None,
     explainer_factory: ExplainerFactory | None = None,
 ) -> FastAPI:
-    """The service for one model (.onnx or .ckpt); ``backend`` overrides loading (tests);
+    """The service for one model (.onnx or .ckpt); ``predictor``, already loaded, skips loading;
     ``explainer_factory`` (e.g. ``fetalplanes.explain.service_explainer``) adds heat maps."""
     settings = ServeSettings(
         model_path=Path(model_path),
@@ -197,7 +132,7 @@ def create_app(
         max_pixels=max_pixels,
         threads=threads,
     )
-    return build_app(settings, backend, explainer_factory)
+    return build_app(settings, predictor, explainer_factory)
 
 
 def app_from_env(explainer_factory: ExplainerFactory | None = None) -> FastAPI:
@@ -205,9 +140,13 @@ def app_from_env(explainer_factory: ExplainerFactory | None = None) -> FastAPI:
     return build_app(ServeSettings.from_env(), explainer_factory=explainer_factory)
 
 
-def build_app(settings: ServeSettings, backend: ServedModel | None = None,
+def build_app(settings: ServeSettings, predictor: Predictor | None = None,
               explainer_factory: ExplainerFactory | None = None) -> FastAPI:
-    service = Service(backend or load_backend(settings.model_path, settings.threads, explainer_factory), settings)
+    """The app for ``settings``: ``predictor`` (else loaded from ``settings.model_path``) and heat maps
+    when ``explainer_factory`` gives them."""
+    predictor = predictor or load_predictor(settings.model_path, threads=settings.threads)
+    logger.info("serving %s model %s (%s)", predictor.kind, predictor.spec.name, predictor.path)
+    service = Service(predictor, settings, HeatMaps(predictor, explainer_factory))
     spec = service.spec
     app = FastAPI(
         title="fetalplanes",
@@ -285,7 +224,7 @@ def _api_router(service: Service, settings: ServeSettings) -> APIRouter:
     deps = [Depends(_key_checker(settings.api_key))] if settings.api_key else []
     router = APIRouter(prefix="/v1", dependencies=deps, responses={401: _ERRORS[401]} if deps else {})
     num_classes = service.spec.num_classes
-    cpu = _CpuSlots(_available_cores())
+    cpu = _CpuSlots(available_cores())
     top_k_query = Query(2, ge=1, le=num_classes, description="How many classes to list, best first.")
     explain_query = Query(False, description="Add the heat-map overlay (the checkpoint's CAM method; checkpoint models only).")
     preview_query = Query(False, description="Add the decoded image as PNG (to display DICOM in a browser).")

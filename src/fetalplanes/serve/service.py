@@ -1,8 +1,11 @@
 """The service's synchronous work: check and decode uploads, predict, explain, describe the model.
 
 Called from the request handlers through a thread pool, so CPU-bound decoding and inference
-never block the event loop. Every refusal is an :class:`UploadError` carrying the HTTP
-status (415 unsupported type, 422 unreadable image) and a sentence naming the file.
+never block the event loop. The service decodes each upload itself (its own pixel limit, and
+the decoded image is what the preview and the heat map show), then asks the
+:class:`~fetalplanes.runtime.Predictor` for every readable one in one call. Every refusal is an
+:class:`UploadError` carrying the HTTP status (415 unsupported type, 422 unreadable image or
+no answer) and a sentence naming the file; in a batch each item carries its own.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from PIL import Image
@@ -21,7 +24,8 @@ from fetalplanes.core.io import ImageLoadError, load_image, sniff_format
 from fetalplanes.core.postprocess import Prediction
 from fetalplanes.core.preprocess import to_gray
 from fetalplanes.core.encode import png_bytes
-from fetalplanes.serve.backends import ExplainUnavailable, ServedModel
+from fetalplanes.runtime.predictor import FileResult, Predictor
+from fetalplanes.serve.explainers import ExplainUnavailable, HeatMaps
 from fetalplanes.serve.schemas import (
     BatchItem,
     BatchResponse,
@@ -35,10 +39,8 @@ from fetalplanes.serve.schemas import (
     PreprocessingInfo,
     ServiceLimits,
 )
+from fetalplanes.serve.settings import ServeSettings
 from fetalplanes.serve.uploads import Upload, UploadError
-
-if TYPE_CHECKING:
-    from fetalplanes.serve.app import ServeSettings
 
 __all__ = ["ACCEPTED_FORMATS", "Service", "read_model_card"]
 
@@ -50,14 +52,15 @@ MAX_SIDE_FILE_BYTES = 1024 * 1024  # metrics.json / MODEL_CARD.md larger than th
 
 
 class Service:
-    """A loaded backend plus the service limits; one per app."""
+    """A loaded Predictor, its heat maps and the service limits; one per app."""
 
-    def __init__(self, backend: ServedModel, settings: "ServeSettings") -> None:
-        self.backend = backend
-        self.spec = backend.spec
+    def __init__(self, predictor: Predictor, settings: ServeSettings, heatmaps: HeatMaps | None = None) -> None:
+        self.predictor = predictor
+        self.spec = predictor.spec
         self.settings = settings
-        self._metrics, self._card = read_model_card(backend.path, self.spec.metrics)
-        self._model_ref = ModelRef(name=self.spec.name, version=self.spec.version, kind=backend.kind)
+        self.heatmaps = heatmaps or HeatMaps(predictor)
+        self._metrics, self._card = read_model_card(predictor.path, self.spec.metrics)
+        self._model_ref = ModelRef(name=self.spec.name, version=self.spec.version, kind=predictor.kind)
 
     # ------------------------------------------------------------------ uploads
 
@@ -77,31 +80,47 @@ class Service:
         return image, fmt
 
     def analyse(self, upload: Upload, top_k: int, explain: bool, preview: bool) -> PredictResponse:
-        image, fmt = self.decode(upload)
-        prediction = self.backend.predict([image], top_k)[0]
-        return self._response(upload, image, fmt, prediction, explain, preview)
+        """One upload's answer, or its UploadError (415/422)."""
+        answer = self._answers([upload], top_k, explain, preview)[0]
+        if isinstance(answer, UploadError):
+            raise answer
+        return answer
 
     def analyse_batch(self, uploads: list[Upload], top_k: int, explain: bool, preview: bool) -> BatchResponse:
         """Per-item results: one bad file does not spoil the others' answers."""
-        items: list[BatchItem] = []
-        decoded: list[tuple[int, Upload, Image.Image, str]] = []
-        for upload in uploads:
-            try:
-                image, fmt = self.decode(upload)
-            except UploadError as err:
-                items.append(BatchItem(filename=upload.filename, status=err.status, error=err.detail))
-                continue
-            items.append(BatchItem(filename=upload.filename, status=200))
-            decoded.append((len(items) - 1, upload, image, fmt))
-        predictions = self.backend.predict([d[2] for d in decoded], top_k)
-        for (index, upload, image, fmt), prediction in zip(decoded, predictions):
-            items[index].result = self._response(upload, image, fmt, prediction, explain, preview)
+        items = [
+            BatchItem(filename=u.filename, status=a.status, error=a.detail) if isinstance(a, UploadError)
+            else BatchItem(filename=u.filename, status=200, result=a)
+            for u, a in zip(uploads, self._answers(uploads, top_k, explain, preview))
+        ]
         failed = sum(item.status != 200 for item in items)
         return BatchResponse(count=len(items), failed=failed, items=items)
 
+    def _answers(self, uploads: list[Upload], top_k: int, explain: bool,
+                 preview: bool) -> list[PredictResponse | UploadError]:
+        """Each upload's response or UploadError, in order; the readable ones predicted in one call."""
+        decoded: list[tuple[Image.Image, str] | UploadError] = []
+        for upload in uploads:
+            try:
+                decoded.append(self.decode(upload))
+            except UploadError as err:
+                decoded.append(err)
+        readable = [d for d in decoded if not isinstance(d, UploadError)]
+        results = iter(self.predictor.predict([image for image, _ in readable], top_k))
+        out: list[PredictResponse | UploadError] = []
+        for upload, d in zip(uploads, decoded):
+            if isinstance(d, UploadError):
+                out.append(d)
+                continue
+            result = next(results)
+            out.append(self._response(upload, *d, result, explain, preview) if result.ok
+                       else _predict_error(upload, result))
+        return out
+
     def _response(
-        self, upload: Upload, image: Image.Image, fmt: str, prediction: Prediction, explain: bool, preview: bool
+        self, upload: Upload, image: Image.Image, fmt: str, result: FileResult, explain: bool, preview: bool
     ) -> PredictResponse:
+        prediction: Prediction = result.prediction  # type: ignore[assignment]  # only ok results get here
         return PredictResponse(
             filename=upload.filename,
             state=prediction.state,
@@ -121,20 +140,20 @@ class Service:
 
     def _explain(self, image: Image.Image) -> Explanation:
         try:
-            png = self.backend.explain_png(image)
+            png = self.heatmaps.png(image)
         except ExplainUnavailable as err:
             return Explanation(available=False, detail=str(err))
-        return Explanation(available=True, method=self.backend.explain_method, overlay_png_base64=_b64(png))
+        return Explanation(available=True, method=self.heatmaps.method, overlay_png_base64=_b64(png))
 
     # ------------------------------------------------------------------ model
 
     def model_info(self) -> ModelInfo:
         spec, pre, limits = self.spec, self.spec.preprocessing, self.settings
-        reason = self.backend.explain_unavailable_reason
+        reason = self.heatmaps.unavailable_reason
         return ModelInfo(
             name=spec.name,
             version=spec.version,
-            kind=self.backend.kind,
+            kind=self.predictor.kind,
             task=spec.task,
             class_names=list(spec.class_names),
             preprocessing=PreprocessingInfo(
@@ -154,6 +173,12 @@ class Service:
                 accepted_formats=list(ACCEPTED_FORMATS),
             ),
         )
+
+
+def _predict_error(upload: Upload, result: FileResult) -> UploadError:
+    """A decoded upload the Predictor could not answer: 422, its one-line reason under the upload's name."""
+    reason = (result.error or "no answer").split(": ", 1)[-1]
+    return UploadError(422, f"{upload.filename or 'upload'}: {reason}")
 
 
 def read_model_card(model_path: Path, spec_metrics: dict[str, Any]) -> tuple[dict[str, Any], str | None]:

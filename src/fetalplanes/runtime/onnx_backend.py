@@ -1,0 +1,72 @@
+"""OnnxPredictor: the torch-free Predictor backend for exported ``.onnx`` models.
+
+Imports only numpy, onnxruntime (through ``runtime.session``) and ``fetalplanes.core``. The
+class names, preprocessing, temperature and abstain threshold all come from the ModelSpec
+stored in the ONNX metadata by ``fetalplanes export``, so the runtime feeds the model exactly
+as training did and answers exactly like the PyTorch backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from fetalplanes.runtime.artifact import ModelFileError, spec_from_metadata
+from fetalplanes.runtime.predictor import Predictor
+from fetalplanes.runtime.session import load_session
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OnnxPredictor"]
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
+
+class OnnxPredictor(Predictor):
+    """A fetalplanes ONNX model run with ONNX Runtime (no torch); the ``onnx`` Predictor backend.
+
+    ``threads``: ORT intra-op threads for this session only (default: the usable cores);
+    ``options``: an ``ort.SessionOptions`` replacing the defaults (``bench`` sweeps them).
+    Raises ``ModelFileError`` for a file that is not a fetalplanes export.
+    """
+
+    kind = "onnx"
+
+    def __init__(
+        self, model_path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[Any] | None = None,
+        options: Any = None,
+    ) -> None:
+        session = load_session(model_path, threads, providers, options)
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        super().__init__(model_path, spec_from_metadata(meta, str(model_path)))
+        self.session = session
+        self.metadata = meta
+        self._check_io()
+
+    def _check_io(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+            raise ModelFileError(
+                f"{self.path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}', "
+                f"found inputs {sorted(inputs)} and outputs {outputs}"
+            )
+        shape = inputs[INPUT_NAME].shape
+        size = self.spec.preprocessing.image_size
+        if len(shape) != 4 or list(shape[1:]) != [3, size, size]:
+            raise ModelFileError(f"{self.path}: input shape {shape} does not match the spec's (N, 3, {size}, {size})")
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "quantization": json.loads(self.metadata.get("quantization", "null")),
+            "providers": self.session.get_providers(),
+        }
