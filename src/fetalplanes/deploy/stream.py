@@ -259,18 +259,19 @@ def run_stream(cfg: StreamConfig) -> dict[str, Any]:
     predictor = load_predictor(cfg.model, threads=cfg.threads)
     spec = predictor.spec
     frames, info = open_frames(cfg.input, cfg.fps)
-    tracker = _Tracker(tuple(spec.class_names), float(spec.abstain_threshold))
+    gate = spec.ood.get("threshold") if predictor.has_ood_gate else None
+    tracker = _Tracker(tuple(spec.class_names), float(spec.abstain_threshold), gate)
     infer_s, latencies = 0.0, []
     t_start = time.perf_counter()
     for batch in _batches(_prefetch(_prepared(frames, spec.preprocessing, cfg.max_frames), 2 * cfg.batch), cfg.batch):
         t0 = time.perf_counter()
-        logits = predictor.logits(np.stack([x for _, x, _ in batch]))
+        logits, scores = predictor.logits_and_ood(np.stack([x for _, x, _ in batch]))
         t_done = time.perf_counter()
         infer_s += t_done - t0
         probs = softmax(logits, spec.temperature)
-        for (frame, _, t_ready), p in zip(batch, probs):
+        for i, ((frame, _, t_ready), p) in enumerate(zip(batch, probs)):
             latencies.append(t_done - t_ready)
-            tracker.add(frame, p, smoother(p), t_done - t_ready)
+            tracker.add(frame, p, smoother(p), t_done - t_ready, None if scores is None else float(scores[i]))
     wall = time.perf_counter() - t_start
     n = len(tracker.rows)
     if n == 0:
@@ -285,6 +286,7 @@ def run_stream(cfg: StreamConfig) -> dict[str, Any]:
         "latency_ms_p50": _pct(latencies, 50), "latency_ms_p95": _pct(latencies, 95),
         "batch": cfg.batch, "threads": cfg.threads, "smoothing": smoother.describe(),
         "image_size": spec.preprocessing.image_size, "smoothed_label_counts": counts, "best_frames": best,
+        "ood_gate": gate is not None, "ood_threshold": gate, "frames_out_of_distribution": tracker.rejected,
         "load_avg": os.getloadavg(), "csv": str(out / "frames.csv"),
     }
     write_json(out / "stream.json", summary)
