@@ -71,12 +71,15 @@ def evaluate(
                                   "instead of stopping with the list of them."),
     unit: str = typer.Option("patient", "--unit", help="What the bootstrap resamples: patient (needs a patient id "
                              "per image) | image (treats images as independent: narrower intervals)."),
+    ood_data: Optional[List[Path]] = typer.Option(None, "--ood-data", help="A folder of out-of-distribution images "
+                                                  "(repeatable): adds the OOD gate's AUROC, FPR@95 and rejection rates."),
 ) -> None:
     """Evaluate a model (.ckpt or .onnx): metrics.json (patient-level 95 % CIs), report.md, confusion matrix."""
     from fetalplanes.evaluation.metrics import fmt
     from fetalplanes.evaluation.report import ci_text, evaluate as run_eval, interval_text
 
-    m = run_eval(checkpoint, data, out, split, batch_size, n_boot, unit=unit, skip_bad=skip_bad)
+    m = run_eval(checkpoint, data, out, split, batch_size, n_boot, unit=unit, skip_bad=skip_bad,
+                 ood_data=list(ood_data or []))
     if m["n_skipped"]:
         err_console.print(f"{m['n_skipped']} unreadable image(s) left out (--skip-bad); listed in {out / 'report.md'}",
                           soft_wrap=True, highlight=False, markup=False)
@@ -87,6 +90,10 @@ def evaluate(
     selection = m.get("selection") or {}
     if selection.get("statement"):
         console.print(f"  scored: {selection['statement']}", markup=False, highlight=False)
+    for name, r in (m.get("ood") or {}).get("sets", {}).items():
+        console.print(f"  OOD {name}: n={r['n_ood']} AUROC {r['auroc']:.3f}  FPR@95 {r['fpr95']:.3f}  rejected "
+                      f"{r['ood_rejected']:.3f} (in-distribution rejected {m['ood']['id_rejected']:.3f}); "
+                      f"{r['refused_before_network']} refused before the network", markup=False, highlight=False)
 
 
 def predict(
