@@ -138,13 +138,18 @@ class Predictor:
 
         Raises ``ValueError`` naming the expected shape for any other array. N may be 0.
         """
+        x = self._checked(arrays)
+        if len(x) == 0:
+            return np.zeros((0, self.spec.num_classes), dtype=np.float32)
+        return np.asarray(self._run(x), dtype=np.float32)
+
+    def _checked(self, arrays: np.ndarray) -> np.ndarray:
+        """``arrays`` as contiguous float32 after the one shape check (N, 3, S, S); else ValueError."""
         x = np.ascontiguousarray(arrays, dtype=np.float32)
         s = self.input_size
         if x.ndim != 4 or x.shape[1:] != (3, s, s):
             raise ValueError(f"expected a preprocessed float32 array of shape (N, 3, {s}, {s}), got {x.shape}")
-        if len(x) == 0:
-            return np.zeros((0, self.spec.num_classes), dtype=np.float32)
-        return np.asarray(self._run(x), dtype=np.float32)
+        return x
 
     @property
     def has_ood_gate(self) -> bool:
@@ -160,8 +165,7 @@ class Predictor:
         """
         if self.ood_stats is None:
             return self.logits(arrays), None
-        x = np.ascontiguousarray(arrays, dtype=np.float32)
-        self.logits(x[:0])  # the shape check, no model call
+        x = self._checked(arrays)
         if len(x) == 0:
             return np.zeros((0, self.spec.num_classes), dtype=np.float32), np.zeros(0)
         logits, feats = self._run_features(x)
