@@ -77,13 +77,14 @@ def onnx_model(tiny_checkpoint: Path, synth_data: Path, tmp_path_factory: pytest
     export = pytest.importorskip("fetalplanes.deploy.export")
     pytest.importorskip("fetalplanes.runtime")
     from fetalplanes.core.io import load_image
-    from fetalplanes.models.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_checkpoint, ood_blob, read_checkpoint
 
     model, spec = load_checkpoint(tiny_checkpoint)
     # Two phantoms are enough for the parity check here; the export tests cover it in depth.
     images = [load_image(p) for p in sorted((synth_data / "Images").glob("*.png"))[:2]]
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export.export_onnx(model, spec, out, verify_images=images)
+    # With the checkpoint's OOD statistics, as `fetalplanes export` writes it.
+    export.export_onnx(model, spec, out, verify_images=images, ood_blob=ood_blob(read_checkpoint(tiny_checkpoint)))
     return out
 
 

@@ -155,3 +155,18 @@ def test_deploy_doc_abuse_table_is_bench_abuse_json() -> None:
     assert f"{slow['load_test']['requests_ok']} ok, **{slow['load_test']['errors']} errors**" in row, row
     for status, count in slow["slow_clients"].items():
         assert f"{count} x {status}" in row, row
+
+
+def test_ood_doc_table_is_bench_ood_json() -> None:
+    """docs/ood.md's benchmark table and in-distribution line are bench_ood_demo.json's numbers."""
+    doc, r = _doc("docs/ood.md"), _json("bench_ood_demo.json")
+    rows = [ln for ln in doc.splitlines() if ln.startswith("| ") and (" | far | " in ln or " | near | " in ln)]
+    for name, s in r["sets"].items():
+        for score, m in s["scores"].items():
+            row = [ln for ln in rows if ln.startswith(f"| {name} | ") and f"| {score} |" in ln]
+            assert len(row) == 1, f"{name}/{score}: {len(row)} rows"
+            assert f"{m['auroc']:.3f} {_ci(m['auroc_ci95'])}" in row[0]
+            assert f"{m['fpr95']:.3f} {_ci(m['fpr95_ci95'])}" in row[0]
+            assert f"{m['ood_rejected']:.3f} {_ci(m['ood_rejected_ci95'])}" in row[0]
+    assert f"**{r['id_rejected']['verdict']:.3f} {_ci(r['id_rejected_ci95']['verdict'])}**" in doc
+    assert f"**{r['latency_batch1']['scores_ms']:.3f} ms**" in doc

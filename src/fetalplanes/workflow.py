@@ -6,8 +6,10 @@ step after training, so ``training`` never imports ``evaluation``. This module s
 the CLI, the demo and ``reproduce`` import it; nothing in the library below imports it.
 
 After :func:`train_and_calibrate` the run folder holds what ``fit`` writes plus
-``calibration.json`` and ``reliability.png``; the temperature and the threshold are stored in
-``checkpoints/best.ckpt``'s spec and in ``train_summary.json``'s ``calibration`` block.
+``calibration.json``, ``reliability.png`` and ``ood.json``; the temperature, the abstain threshold
+and the out-of-distribution gate (statistics of the training split's penultimate features,
+threshold at 95 % validation acceptance) are stored in ``checkpoints/best.ckpt`` and in
+``train_summary.json``'s ``calibration`` and ``ood`` blocks.
 """
 
 from __future__ import annotations
@@ -60,8 +62,17 @@ def calibrate(result: Any, data: str | Path, cfg: Any, *, report_test: bool = Fa
     cal = calibrate_checkpoint(best, val, result.run_dir, test, target_accuracy=target_accuracy,
                                num_workers=cfg.data.num_workers)
     result.summary["calibration"] = cal
+    result.summary["ood"] = fit_ood(best, data, val, result.run_dir)
     atomic.write_json(Path(result.run_dir) / "train_summary.json", result.summary)
     return cal
+
+
+def fit_ood(checkpoint: Path, data: str | Path, val: list[Any], run_dir: str | Path) -> dict[str, Any]:
+    """The out-of-distribution gate (``evaluation.ood``): statistics on the run's training split,
+    threshold on its validation split; stored in the checkpoint beside T and the abstain threshold."""
+    from fetalplanes.evaluation.ood import fit_ood_checkpoint
+
+    return fit_ood_checkpoint(checkpoint, _split(data, checkpoint, "train"), val, run_dir)
 
 
 def _finished(run_dir: Path) -> Any | None:

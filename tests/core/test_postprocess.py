@@ -69,8 +69,22 @@ def test_prediction_fields() -> None:
     p = decide(np.array([[0.1, 0.7, 0.2]]), ["a", "b", "c"])[0]
     assert p.to_dict() == {"label": "b", "confidence": 0.7,
                            "topk": [{"label": "b", "probability": 0.7}, {"label": "c", "probability": 0.2}],
-                           "probabilities": {"a": 0.1, "b": 0.7, "c": 0.2}, "abstain": False}
+                           "probabilities": {"a": 0.1, "b": 0.7, "c": 0.2}, "abstain": False, "state": "plane",
+                           "ood": {"gate": False, "note": "no OOD gate in this model file"}}
     assert isinstance(p.confidence, float) and isinstance(p.probabilities["a"], float)
+
+
+def test_three_states_ood_first_then_abstain_then_plane() -> None:
+    probs = np.array([[0.1, 0.7, 0.2], [0.4, 0.3, 0.3], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1]])
+    got = decide(probs, ["a", "b", "c"], abstain_threshold=0.5, ood_scores=np.array([1.0, 1.0, 2.0, np.nan]),
+                 ood_threshold=1.0)
+    assert [p.state for p in got] == ["plane", "abstain", "out_of_distribution", "out_of_distribution"]
+    assert got[0].ood_score == 1.0 and not got[0].ood  # exactly at the threshold: accepted
+    assert got[2].to_dict()["ood"] == {"gate": True, "out_of_distribution": True, "score": 2.0, "threshold": 1.0}
+    assert got[2].verdict().startswith("not a fetal plane (OOD score 2 > threshold 1)")
+    assert got[1].verdict().startswith("abstain") and got[0].verdict() == "b 0.700"
+    with pytest.raises(DataError, match="3 OOD scores for 4 images"):
+        decide(probs, ["a", "b", "c"], ood_scores=np.ones(3), ood_threshold=1.0)
 
 
 def test_softmax_default_temperature_last_axis_and_float32_input() -> None:

@@ -105,7 +105,7 @@ def check_outputs(out: Path, summary: dict, n: int) -> list[dict[str, str]]:
         assert Path(best["path"]).is_file() and Path(best["path"]).name == f"{slug(label)}.png"
         with Image.open(best["path"]) as im:
             assert im.size == (160, 128)
-        labelled = [float(r["smoothed_confidence"]) for r in rows if r["smoothed_label"] == label and r["abstain"] == "False"]
+        labelled = [float(r["smoothed_confidence"]) for r in rows if r["smoothed_label"] == label and r["state"] == "plane"]
         assert best["confidence"] == pytest.approx(max(labelled), abs=1e-4)
         assert rows[best["frame"]]["smoothed_label"] == label
     assert json.loads((out / "stream.json").read_text())["frames"] == n

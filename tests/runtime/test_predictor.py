@@ -87,8 +87,8 @@ def test_logits_checks_the_batch_shape_once(onnx_model: Path, monkeypatch: pytes
         p.logits(np.zeros((1, 3, s + 1, s), np.float32))
     assert p.logits(np.zeros((0, 3, s, s), np.float32)).shape == (0, p.spec.num_classes)
     calls = []
-    real = type(p).logits
-    monkeypatch.setattr(type(p), "logits", lambda self, x: calls.append(len(x)) or real(self, x))
+    real = type(p)._checked  # the one shape check, before each model call (logits or logits + OOD features)
+    monkeypatch.setattr(type(p), "_checked", lambda self, x: calls.append(len(x)) or real(self, x))
     files = sorted((synth_data / "Images").glob("*.png"))[:5]
     assert all(r.ok for r in p.predict(files, batch_size=2))
     assert calls == [2, 2, 1]  # one checked model call per batch
@@ -98,9 +98,11 @@ def test_predictor_is_the_base_class_and_cannot_answer_without_a_backend(onnx_mo
     p = load_predictor(onnx_model)
     assert isinstance(p, Predictor) and type(p) is not Predictor
     assert {"path", "kind", "class_names", "image_size", "temperature"} <= set(p.describe())
-    bare = Predictor(onnx_model, p.spec)
+    bare = Predictor(onnx_model, p.spec, p.metadata.get("fetalplanes_ood_stats"))
     with pytest.raises(NotImplementedError, match="_run"):
         bare.logits(np.zeros((1, 3, p.input_size, p.input_size), np.float32))
+    with pytest.raises(NotImplementedError, match="OOD features"):
+        bare.logits_and_ood(np.zeros((1, 3, p.input_size, p.input_size), np.float32))
 
 
 def test_torch_threads_apply_only_to_the_predictors_own_calls(tiny_checkpoint: Path):

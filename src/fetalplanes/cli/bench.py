@@ -88,7 +88,9 @@ def stream(
         console.print(f"  best {label}: frame {b['frame']} (t={b['time_s']:.2f} s, {b['confidence']:.1%}) -> {b['path']}", markup=False)
     if save_best and not s["best_frames"]:
         # Say why the best/ folder is empty instead of leaving the user to look for it.
-        console.print("  no best frame: every frame was below the model's abstain threshold", markup=False)
+        why = ("below the model's abstain threshold or rejected by its OOD gate (not a fetal plane)"
+               if s.get("ood_gate") else "below the model's abstain threshold")
+        console.print(f"  no best frame: every frame was {why}", markup=False)
     console.print(f"-> {out / 'frames.csv'}  {out / 'stream.json'}")
 
 

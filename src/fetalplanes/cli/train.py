@@ -71,12 +71,15 @@ def evaluate(
                                   "instead of stopping with the list of them."),
     unit: str = typer.Option("patient", "--unit", help="What the bootstrap resamples: patient (needs a patient id "
                              "per image) | image (treats images as independent: narrower intervals)."),
+    ood_data: Optional[List[Path]] = typer.Option(None, "--ood-data", help="A folder of out-of-distribution images "
+                                                  "(repeatable): adds the OOD gate's AUROC, FPR@95 and rejection rates."),
 ) -> None:
     """Evaluate a model (.ckpt or .onnx): metrics.json (patient-level 95 % CIs), report.md, confusion matrix."""
     from fetalplanes.evaluation.metrics import fmt
     from fetalplanes.evaluation.report import ci_text, evaluate as run_eval, interval_text
 
-    m = run_eval(checkpoint, data, out, split, batch_size, n_boot, unit=unit, skip_bad=skip_bad)
+    m = run_eval(checkpoint, data, out, split, batch_size, n_boot, unit=unit, skip_bad=skip_bad,
+                 ood_data=list(ood_data or []))
     if m["n_skipped"]:
         err_console.print(f"{m['n_skipped']} unreadable image(s) left out (--skip-bad); listed in {out / 'report.md'}",
                           soft_wrap=True, highlight=False, markup=False)
@@ -87,6 +90,10 @@ def evaluate(
     selection = m.get("selection") or {}
     if selection.get("statement"):
         console.print(f"  scored: {selection['statement']}", markup=False, highlight=False)
+    for name, r in (m.get("ood") or {}).get("sets", {}).items():
+        console.print(f"  OOD {name}: n={r['n_ood']} AUROC {r['auroc']:.3f}  FPR@95 {r['fpr95']:.3f}  rejected "
+                      f"{r['ood_rejected']:.3f} (in-distribution rejected {m['ood']['id_rejected']:.3f}); "
+                      f"{r['refused_before_network']} refused before the network", markup=False, highlight=False)
 
 
 def predict(
@@ -98,7 +105,9 @@ def predict(
     """Predict the plane of images: top-k classes and probabilities per image.
 
     Every readable file is answered; each unreadable one gets its own row with the error, and
-    the command then exits with status 1. A multi-frame file (DICOM cine, multi-page TIFF) gets
+    the command then exits with status 1. An input the model's OOD gate rejects is "not a fetal
+    plane" (state out_of_distribution, with its score and threshold); a non-ultrasound DICOM is
+    refused before the network. A multi-frame file (DICOM cine, multi-page TIFF) gets
     one row per frame, named FILE#frame=N (0-based, with its time stamp); a bad frame gets its
     own error row and the other frames are still answered.
     """
@@ -146,23 +155,27 @@ def _print_csv(results, spec, top_k: int) -> None:  # noqa: ANN001
 
     writer = csv.writer(sys.stdout, lineterminator="\n")
     tops = [f"{c}{i + 1}" for i in range(top_k) for c in ("top", "p")]
-    writer.writerow(["image", "label", "confidence", "abstain", *tops, "file", "frame", "time_s", "error"])
+    writer.writerow(["image", "label", "confidence", "abstain", "state", "ood_score", "ood_threshold", *tops,
+                     "file", "frame", "time_s", "error"])
     for r in results:
         where = [str(r.path), "" if r.frame is None else r.frame, "" if r.time_s is None else f"{r.time_s:.4f}"]
         if not r.ok:
-            writer.writerow([r.name, "", "", "", *[""] * (2 * top_k), *where, r.error])
+            writer.writerow([r.name, "", "", "", "", "", "", *[""] * (2 * top_k), *where, r.error])
             continue
         p = r.prediction
         cells = [v for c, prob in p.topk for v in (c, f"{prob:.4f}")]
         cells += [""] * (2 * top_k - len(cells))
-        writer.writerow([r.name, p.label, f"{p.confidence:.4f}", str(p.abstain).lower(), *cells, *where, ""])
+        gate = [f"{p.ood_score:.4f}", f"{p.ood_threshold:.4f}"] if p.ood_gate else ["", ""]
+        writer.writerow([r.name, p.label, f"{p.confidence:.4f}", str(p.abstain).lower(), p.state, *gate, *cells,
+                         *where, ""])
 
 
 def _print_table(results, spec, top_k: int) -> None:  # noqa: ANN001
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{spec.name} ({spec.task})")
+    gate = "" if spec.has_ood_gate else "; no OOD gate in this model file"
+    table = Table(title=f"{spec.name} ({spec.task}{gate})")
     table.add_column("image")
     for i in range(top_k):
         table.add_column(f"top-{i + 1}")
@@ -171,8 +184,12 @@ def _print_table(results, spec, top_k: int) -> None:  # noqa: ANN001
         if not r.ok:
             table.add_row(escape(name), f"[red]error: {escape(r.error or '')}[/]", *[""] * (top_k - 1))
             continue
-        cells = [f"{c} {v:.1%}" for c, v in r.prediction.topk]
-        table.add_row(escape(name) + (" (abstain)" if r.prediction.abstain else ""), *cells)
+        p = r.prediction
+        if p.ood:  # no plane for an input the OOD gate rejects: say so, with the score
+            table.add_row(escape(name), f"[bold red]{escape(p.verdict())}[/]", *[""] * (top_k - 1))
+            continue
+        cells = [f"{c} {v:.1%}" for c, v in p.topk]
+        table.add_row(escape(name) + (" (abstain)" if p.abstain else ""), *cells)
     console.print(table)
 
 

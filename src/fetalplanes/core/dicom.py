@@ -34,6 +34,7 @@ from fetalplanes.core.errors import ImageLoadError
 from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, check_size, codestream_size
 from fetalplanes.core.intensity import DicomIntensity
 from fetalplanes.core.limits import PixelBudget
+from fetalplanes.core.us_regions import RegionDecision, screen
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -85,8 +86,12 @@ class DicomFrames:
     Raises :class:`ImageLoadError` for a file-level fault (geometry, no decoder, LUTs).
     """
 
-    def __init__(self, data: bytes, label: str, max_pixels: int, budget: PixelBudget | None = None) -> None:
+    def __init__(self, data: bytes, label: str, max_pixels: int, budget: PixelBudget | None = None,
+                 gate: bool = True) -> None:
         self.budget = budget
+        # ``gate``: the ultrasound / tissue-region check of ``core.us_regions`` (off only to score
+        # the network alone, e.g. in benchmarks/bench_ood.py).
+        self.gate = gate
         with warnings.catch_warnings():
             # pydicom warns (to stderr) about every deviation it meets; faults that matter
             # become an ImageLoadError instead.
@@ -105,6 +110,7 @@ class DicomFrames:
         self.label, self.max_pixels = label, max_pixels
         self.ds = ds = read_dataset(data, label, max_pixels)
         self.rows, self.cols, self.declared = _geometry(ds, label, max_pixels)
+        self.region = screen(ds, label, self.rows, self.cols) if self.gate else RegionDecision(None, "gate off")
         self.uid = ds.file_meta.TransferSyntaxUID
         self.decoder = _decoder(self.uid, label)
         self.short_read: str | None = None
@@ -157,7 +163,7 @@ class DicomFrames:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return Image.fromarray(np.ascontiguousarray(self.intensity(raw)))
+                return self.region.crop(Image.fromarray(np.ascontiguousarray(self.intensity(raw))))
         except Exception as exc:  # LUT/window attributes that pydicom's helpers cannot apply
             reason = f"invalid DICOM LUT or window attributes ({type(exc).__name__}: {_one_line(exc)})"
             raise ImageLoadError(self.label, reason, frame=self._where(index)) from None

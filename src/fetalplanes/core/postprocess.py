@@ -12,6 +12,11 @@ Conventions every caller shares (``docs/metrics.md``):
   ``decide`` (predict, serve, stream) and the evaluation metrics use this one rule.
 - abstain: a prediction is withheld when its confidence is strictly below the threshold, so
   threshold 0 never abstains and a case exactly at the threshold is kept.
+- state: every answer is exactly one of ``out_of_distribution`` (the model's OOD gate scored the
+  input strictly above its threshold: "not a fetal plane"; ``core.ood``), ``abstain`` (low
+  confidence) or ``plane`` (the label stands). The gate is checked first. ``abstain`` keeps its
+  meaning (confidence below the threshold) whatever the state; ``label`` is always the top class,
+  so read ``state`` before showing it. A model without an OOD gate says so (``ood_gate`` False).
 """
 
 from __future__ import annotations
@@ -56,15 +61,41 @@ def top1(probs: np.ndarray) -> np.ndarray:
     return topk_indices(probs, 1)[:, 0]
 
 
+STATES = ("plane", "abstain", "out_of_distribution")
+NOT_A_PLANE = "not a fetal plane"
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """One image's answer, shared by the CLI, the runtime and the web service."""
+    """One image's answer, shared by the CLI, the runtime and the web service (states: module docstring)."""
 
     label: str
     confidence: float
     topk: list[tuple[str, float]]
     probabilities: dict[str, float]
     abstain: bool
+    ood: bool = False
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+    ood_gate: bool = False
+
+    @property
+    def state(self) -> str:
+        """``out_of_distribution``, ``abstain`` or ``plane``."""
+        return "out_of_distribution" if self.ood else "abstain" if self.abstain else "plane"
+
+    @property
+    def accepted(self) -> bool:
+        """True when the label stands (neither out of distribution nor abstained)."""
+        return self.state == "plane"
+
+    def verdict(self) -> str:
+        """One short line for people: the plane, or why there is none."""
+        if self.ood:
+            return f"{NOT_A_PLANE} (OOD score {self.ood_score:.3g} > threshold {self.ood_threshold:.3g})"
+        if self.abstain:
+            return f"abstain (low confidence {self.confidence:.3f}; top class {self.label})"
+        return f"{self.label} {self.confidence:.3f}"
 
     def to_dict(self) -> dict:
         return {
@@ -73,23 +104,35 @@ class Prediction:
             "topk": [{"label": c, "probability": p} for c, p in self.topk],
             "probabilities": self.probabilities,
             "abstain": self.abstain,
+            "state": self.state,
+            "ood": {"gate": self.ood_gate, "out_of_distribution": self.ood, "score": self.ood_score,
+                    "threshold": self.ood_threshold} if self.ood_gate else {"gate": False, "note": "no OOD gate in this model file"},
         }
 
 
 def decide(
-    probs: np.ndarray, class_names: Sequence[str], k: int = 2, abstain_threshold: float = 0.0
+    probs: np.ndarray, class_names: Sequence[str], k: int = 2, abstain_threshold: float = 0.0,
+    ood_scores: np.ndarray | None = None, ood_threshold: float | None = None,
 ) -> list[Prediction]:
-    """Turn a (N, C) probability matrix into Predictions with top-k and abstain flags.
+    """Turn a (N, C) probability matrix into Predictions with top-k, abstain and OOD flags.
 
-    Raises ``DataError`` when C differs from the number of class names.
+    ``ood_scores`` (N,) and ``ood_threshold``: the model's OOD gate (``core.ood``); None when the
+    model has none. Raises ``DataError`` when C differs from the number of class names, or when
+    the number of OOD scores differs from the number of rows.
     """
     probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
     if probs.shape[1] != len(class_names):
         raise DataError(f"got {probs.shape[1]} probabilities per image but {len(class_names)} class names")
+    gate = ood_scores is not None and ood_threshold is not None
+    scores = np.asarray(ood_scores, dtype=np.float64).reshape(-1) if gate else np.full(len(probs), np.nan)
+    if len(scores) != len(probs):
+        raise DataError(f"got {len(scores)} OOD scores for {len(probs)} images")
     order = topk_indices(probs, k)
     out = []
-    for row, idx in zip(probs, order):
+    for row, idx, score in zip(probs, order, scores):
         top = [(class_names[i], float(row[i])) for i in idx]
+        gate_fields = dict(ood=bool(not score <= ood_threshold), ood_score=float(score),
+                           ood_threshold=float(ood_threshold), ood_gate=True) if gate else {}
         out.append(
             Prediction(
                 label=top[0][0],
@@ -97,6 +140,7 @@ def decide(
                 topk=top,
                 probabilities={c: float(p) for c, p in zip(class_names, row)},
                 abstain=bool(top[0][1] < abstain_threshold),
+                **gate_fields,
             )
         )
     return out

@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 #      'zeros' padding written into ``architecture.attention_kwargs`` (same weights, old maths).
 # 1.3: CBAM's spatial gate has a BatchNorm by default (``spatial_norm='batch'``); older CBAM
 #      models get ``spatial_norm='none'`` written in (their weights have no such layer).
-SPEC_FORMAT_VERSION = "1.3"
+# 1.4: an ``ood`` section: the out-of-distribution gate's score, threshold and acceptance
+#      (``core.ood``); its fitted statistics travel beside the spec in the model file. Older
+#      records get ``ood = {}``: no OOD gate, and every answer says so.
+SPEC_FORMAT_VERSION = "1.4"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,6 +87,9 @@ class ModelSpec:
     metrics: dict[str, Any] = field(default_factory=dict)
     # Default heat map (method, layer, aug_smooth): ``fetalplanes.explain.settings``.
     explain: dict[str, Any] = field(default_factory=dict)
+    # The OOD gate (``core.ood.fit_stats`` summary: score, threshold, acceptance, stats_sha256 ...);
+    # empty = no gate. The arrays themselves are stored next to the spec (``runtime.artifact``).
+    ood: dict[str, Any] = field(default_factory=dict)
     format_version: str = SPEC_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -95,10 +101,17 @@ class ModelSpec:
             raise SpecError(f"ModelSpec.temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.abstain_threshold <= 1.0:
             raise SpecError(f"ModelSpec.abstain_threshold must be in [0, 1], got {self.abstain_threshold}")
+        if not isinstance(self.ood, dict):
+            raise SpecError(f"ModelSpec.ood must be a mapping, got {type(self.ood).__name__}")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def has_ood_gate(self) -> bool:
+        """True when the model file carries fitted OOD statistics and a threshold."""
+        return bool(self.ood.get("threshold") is not None and self.ood.get("stats_sha256"))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,7 +1,9 @@
 """Verified ONNX export: PyTorch model -> self-describing ``.onnx`` file.
 
 The exported graph has one input ``image`` (N, 3, S, S) float32 with a dynamic batch axis
-and one output ``logits`` (N, C). The whole :class:`ModelSpec` (class names, preprocessing,
+and two outputs: ``logits`` (N, C) and ``features`` (N, F), the pooled backbone features that the
+out-of-distribution gate scores (``PlaneClassifier.forward_with_features`` ; ``core.ood``; its fitted statistics travel in the metadata under
+``fetalplanes_ood_stats``, the gate's summary in the spec's ``ood`` section). The whole :class:`ModelSpec` (class names, preprocessing,
 temperature, abstain threshold, architecture, training record) travels in the ONNX
 ``metadata_props`` under :data:`SPEC_KEY`, next to a few flat keys (``class_names``,
 ``image_size``, ``mean``, ``std``, ``task``, ``name``) for other tools. The torch-free
@@ -32,7 +34,7 @@ from fetalplanes.core.errors import DataError, UsageError, UserError
 from fetalplanes.core.postprocess import top1
 from fetalplanes.core.preprocess import preprocess_batch
 from fetalplanes.core.spec import ModelSpec
-from fetalplanes.runtime.artifact import SPEC_KEY, onnx_metadata, set_onnx_metadata, spec_to_metadata
+from fetalplanes.runtime.artifact import OOD_KEY, SPEC_KEY, onnx_metadata, set_onnx_metadata, spec_to_metadata
 from fetalplanes.runtime.onnx_backend import INPUT_NAME, OUTPUT_NAME
 from fetalplanes.runtime.session import session_options
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:  # torch / onnx are imported lazily: the CLI must start withou
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
+FEATURES_NAME = "features"
 FP32_TOLERANCE = 1e-3
 EXPORTERS = ("dynamo", "torchscript")
 # Built-in verification set when no data folder is given: rendered phantoms of every plane.
@@ -119,12 +122,29 @@ def quiet_loggers(*names: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
+def _with_features(model: "torch.nn.Module") -> "torch.nn.Module":
+    """``model`` answering (logits, penultimate features), for the two-output graph."""
+    import torch
+
+    class WithFeatures(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.inner.forward_with_features(x)
+
+    return WithFeatures(model).eval() if hasattr(model, "forward_with_features") else model
+
+
 def _to_onnx(model: "torch.nn.Module", image_size: int, opset: int, exporter: str) -> "onnx.ModelProto":
     import onnx
     import torch
 
     example = (torch.zeros(2, 3, image_size, image_size),)
-    common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset, verbose=False)
+    model = _with_features(model)
+    outputs = [OUTPUT_NAME, FEATURES_NAME] if hasattr(model, "inner") else [OUTPUT_NAME]
+    common = dict(input_names=[INPUT_NAME], output_names=outputs, opset_version=opset, verbose=False)
     with warnings.catch_warnings(), torch.no_grad(), quiet_loggers("onnx_ir", "onnxscript", "torch.onnx"):
         warnings.simplefilter("ignore")  # exporter chatter (deprecations, tracer notes)
         if exporter == "dynamo":
@@ -137,7 +157,7 @@ def _to_onnx(model: "torch.nn.Module", image_size: int, opset: int, exporter: st
             path = Path(tmp) / "model.onnx"
             torch.onnx.export(
                 model, example, str(path), dynamo=False, do_constant_folding=True,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **common,
+                dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]}, **common,
             )
             return onnx.load(str(path))
 
@@ -150,29 +170,40 @@ def ort_session(model: bytes | str | Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
 
 
-def _torch_logits(model: "torch.nn.Module", x: np.ndarray) -> np.ndarray:
+def _torch_outputs(model: "torch.nn.Module", x: np.ndarray) -> list[np.ndarray]:
     import torch
 
     with torch.inference_mode():
-        return model(torch.from_numpy(x)).float().numpy()
+        out = _with_features(model)(torch.from_numpy(x))
+    return [t.float().numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
-def _ort_logits(sess: Any, x: np.ndarray) -> np.ndarray:
-    return sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+def _ort_outputs(sess: Any, x: np.ndarray) -> list[np.ndarray]:
+    names = [o.name for o in sess.get_outputs() if o.name in (OUTPUT_NAME, FEATURES_NAME)]
+    return sess.run(names, {INPUT_NAME: x})
 
 
 def check_parity(
     model: "torch.nn.Module", onnx_bytes: bytes, inputs: np.ndarray, tolerance: float = FP32_TOLERANCE
 ) -> dict[str, Any]:
-    """Compare PyTorch and ONNX Runtime logits at batch 1 (each input) and at full batch."""
+    """Compare PyTorch and ONNX Runtime logits (and penultimate features, relative to their
+    largest magnitude) at batch 1 (each input) and at full batch."""
     sess = ort_session(onnx_bytes)
-    ref = _torch_logits(model, inputs)
-    single = np.concatenate([_ort_logits(sess, inputs[i : i + 1]) for i in range(len(inputs))])
-    batched = _ort_logits(sess, inputs)
-    diffs = {"batch1": float(np.abs(single - ref).max()), f"batch{len(inputs)}": float(np.abs(batched - ref).max())}
-    mismatches = int((top1(single) != top1(ref)).sum() + (top1(batched) != top1(ref)).sum())
+    refs = _torch_outputs(model, inputs)
+    ref = refs[0]
+    per_image = [_ort_outputs(sess, inputs[i : i + 1]) for i in range(len(inputs))]
+    single = [np.concatenate([o[j] for o in per_image]) for j in range(len(refs))]
+    batched = _ort_outputs(sess, inputs)
+    diffs = {"batch1": float(np.abs(single[0] - ref).max()), f"batch{len(inputs)}": float(np.abs(batched[0] - ref).max())}
+    mismatches = int((top1(single[0]) != top1(ref)).sum() + (top1(batched[0]) != top1(ref)).sum())
     max_diff = max(diffs.values())
+    feature_diff = None
+    if len(refs) > 1:  # features: the OOD score's input, so the gate answers alike on both paths
+        scale = max(1.0, float(np.abs(refs[1]).max()))
+        feature_diff = max(float(np.abs(single[1] - refs[1]).max()), float(np.abs(batched[1] - refs[1]).max())) / scale
+        max_diff = max(max_diff, feature_diff)
     return {
+        "max_rel_feature_diff": feature_diff,
         "n_images": int(len(inputs)),
         "batch_sizes": [1, int(len(inputs))],
         "max_abs_logit_diff": max_diff,
@@ -192,8 +223,12 @@ def export_onnx(
     opset: int | None = None,
     exporter: str = "dynamo",
     tolerance: float = FP32_TOLERANCE,
+    ood_blob: str | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` to ``out_path`` after verifying parity with ONNX Runtime.
+
+    ``ood_blob``: the checkpoint's fitted OOD statistics (``models.checkpoint.ood_blob``), copied
+    into the metadata so the exported file carries the same gate as ``spec.ood`` describes.
 
     The model is put in eval mode on the CPU in float32 (in place) and exported NCHW with a
     dynamic batch axis; ``exporter`` "dynamo" (torch.export, the cleaner graph) falls back
@@ -206,6 +241,10 @@ def export_onnx(
     """
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose one of {list(EXPORTERS)}")
+    if spec.has_ood_gate and ood_blob is None:
+        # A file whose spec names a gate must carry its statistics: without them, export no gate.
+        log.warning("%s: the spec has an OOD gate but no statistics were given; exported without the gate", out_path)
+        spec = spec.replace(ood={})
     opset = int(opset or DEFAULT_OPSET)
     model = model.eval().float().cpu()
     images = verify_images if verify_images else builtin_images(spec.class_names)
@@ -233,8 +272,11 @@ def export_onnx(
             f"mismatch(es) on {report['n_images']} images)"
         )
     # Metadata does not touch the graph, so the verified parity still holds for these bytes.
-    keep = ("max_abs_logit_diff", "n_images", "tolerance", "exporter", "opset", "verify_source")
-    set_metadata(proto, spec, {"export_parity": json.dumps({k: report[k] for k in keep})})
+    keep = ("max_abs_logit_diff", "max_rel_feature_diff", "n_images", "tolerance", "exporter", "opset", "verify_source")
+    extra = {"export_parity": json.dumps({k: report[k] for k in keep})}
+    if ood_blob is not None:
+        extra[OOD_KEY] = ood_blob
+    set_metadata(proto, spec, extra)
     data = proto.SerializeToString()
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(data)
@@ -255,13 +297,16 @@ def export_checkpoint(
 ) -> dict[str, Any]:
     """Export a training checkpoint; parity is verified on images of ``calibration`` (a
     dataset folder or CSV) when given, else on built-in phantoms."""
-    from fetalplanes.models.checkpoint import load_model
+    from fetalplanes.models.checkpoint import model_from_checkpoint, ood_blob, read_checkpoint, spec_of
     from fetalplanes.runtime.artifact import detect_kind
 
     if detect_kind(ckpt_path) == "onnx":
         raise UsageError(f"{ckpt_path}: is already an ONNX model; export takes the training checkpoint (.ckpt)")
-    model, spec = load_model(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path)
+    spec = spec_of(ckpt, str(ckpt_path))
+    model = model_from_checkpoint(ckpt, spec, str(ckpt_path))
     images = images_from_dir(calibration, spec.task, n_verify) if calibration else None
-    report = export_onnx(model, spec, out_path, verify_images=images, opset=opset, exporter=exporter, tolerance=tolerance)
+    report = export_onnx(model, spec, out_path, verify_images=images, opset=opset, exporter=exporter,
+                         tolerance=tolerance, ood_blob=ood_blob(ckpt))
     report["checkpoint"] = str(ckpt_path)
     return report

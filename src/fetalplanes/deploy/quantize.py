@@ -167,13 +167,22 @@ def _quantize(source: Path, out: Path, calib: np.ndarray, per_channel: bool) -> 
         )
 
 
-def _with_metadata(model_path: Path, spec: ModelSpec, info: dict[str, Any]) -> bytes:
+def _with_metadata(model_path: Path, spec: ModelSpec, info: dict[str, Any], ood_blob: str | None = None) -> bytes:
+    """The quantized graph with the fp32 file's spec, the quantization record and, when the fp32
+    file has one, its OOD gate's statistics (fitted on fp32 features: the int8 gate is
+    approximate, as the int8 logits are)."""
     import onnx
 
     from fetalplanes.deploy.export import set_metadata
+    from fetalplanes.runtime.artifact import OOD_KEY
 
     proto = onnx.load(str(model_path))
-    set_metadata(proto, spec, {"quantization": json.dumps(info, sort_keys=True)})
+    extra = {"quantization": json.dumps(info, sort_keys=True)}
+    if ood_blob is not None:
+        extra[OOD_KEY] = ood_blob
+    elif spec.has_ood_gate:
+        spec = spec.replace(ood={})
+    set_metadata(proto, spec, extra)
     return proto.SerializeToString()
 
 
@@ -248,7 +257,9 @@ def quantize_onnx(
             "format": "QDQ", "activations": "uint8", "weights": "int8 per-channel" if per_channel else "int8",
             "calibration": str(calibration), "n_calib": len(calib), "method": "MinMax",
         }
-        data = _with_metadata(work / "int8.onnx", spec, info)
+        from fetalplanes.runtime.artifact import OOD_KEY
+
+        data = _with_metadata(work / "int8.onnx", spec, info, fp32.metadata.get(OOD_KEY))
         (work / "final.onnx").write_bytes(data)
         int8 = OnnxPredictor(work / "final.onnx")
         report = gate_metrics(_batched(fp32, held), _batched(int8, held), labels)

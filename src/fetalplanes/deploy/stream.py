@@ -39,7 +39,8 @@ from fetalplanes.core.postprocess import softmax, top1
 
 log = logging.getLogger(__name__)
 
-CSV_FIELDS = ("frame", "time_s", "raw_label", "raw_confidence", "smoothed_label", "smoothed_confidence", "abstain", "latency_ms")
+CSV_FIELDS = ("frame", "time_s", "raw_label", "raw_confidence", "smoothed_label", "smoothed_confidence", "abstain",
+              "state", "ood_score", "latency_ms")
 
 
 # ------------------------------------------------------------------------------ readers
@@ -194,23 +195,33 @@ def slug(label: str) -> str:
 
 
 class _Tracker:
-    """Per-frame rows plus the most confident (smoothed) frame of each plane."""
+    """Per-frame rows plus the most confident (smoothed) frame of each plane.
 
-    def __init__(self, class_names: tuple[str, ...], abstain_threshold: float) -> None:
-        self.class_names, self.threshold = class_names, abstain_threshold
+    A frame the OOD gate rejects (``ood_threshold`` set and its own score above it: "not a fetal
+    plane") or that abstains is never a best frame, however confident its smoothed label is; the
+    gate judges each frame alone (no smoothing across frames).
+    """
+
+    def __init__(self, class_names: tuple[str, ...], abstain_threshold: float, ood_threshold: float | None = None) -> None:
+        self.class_names, self.threshold, self.ood_threshold = class_names, abstain_threshold, ood_threshold
         self.rows: list[dict[str, Any]] = []
         self.best: dict[str, tuple[float, Frame]] = {}
+        self.rejected = 0
 
-    def add(self, frame: Frame, raw: np.ndarray, smooth: np.ndarray, latency_s: float) -> None:
+    def add(self, frame: Frame, raw: np.ndarray, smooth: np.ndarray, latency_s: float,
+            ood_score: float | None = None) -> None:
         r, s = int(top1(raw)[0]), int(top1(smooth)[0])
         label, conf = self.class_names[s], float(smooth[s])
         abstain = conf < self.threshold
+        ood = self.ood_threshold is not None and not (ood_score is not None and ood_score <= self.ood_threshold)
+        self.rejected += ood
         self.rows.append({
             "frame": frame.index, "time_s": round(frame.time_s, 4), "raw_label": self.class_names[r],
             "raw_confidence": round(float(raw[r]), 5), "smoothed_label": label, "smoothed_confidence": round(conf, 5),
-            "abstain": abstain, "latency_ms": round(latency_s * 1e3, 3),
+            "abstain": abstain, "state": "out_of_distribution" if ood else "abstain" if abstain else "plane",
+            "ood_score": "" if ood_score is None else round(float(ood_score), 5), "latency_ms": round(latency_s * 1e3, 3),
         })
-        if not abstain and conf > self.best.get(label, (-1.0, frame))[0]:
+        if not abstain and not ood and conf > self.best.get(label, (-1.0, frame))[0]:
             self.best[label] = (conf, frame)
 
 
@@ -248,18 +259,19 @@ def run_stream(cfg: StreamConfig) -> dict[str, Any]:
     predictor = load_predictor(cfg.model, threads=cfg.threads)
     spec = predictor.spec
     frames, info = open_frames(cfg.input, cfg.fps)
-    tracker = _Tracker(tuple(spec.class_names), float(spec.abstain_threshold))
+    gate = spec.ood.get("threshold") if predictor.has_ood_gate else None
+    tracker = _Tracker(tuple(spec.class_names), float(spec.abstain_threshold), gate)
     infer_s, latencies = 0.0, []
     t_start = time.perf_counter()
     for batch in _batches(_prefetch(_prepared(frames, spec.preprocessing, cfg.max_frames), 2 * cfg.batch), cfg.batch):
         t0 = time.perf_counter()
-        logits = predictor.logits(np.stack([x for _, x, _ in batch]))
+        logits, scores = predictor.logits_and_ood(np.stack([x for _, x, _ in batch]))
         t_done = time.perf_counter()
         infer_s += t_done - t0
         probs = softmax(logits, spec.temperature)
-        for (frame, _, t_ready), p in zip(batch, probs):
+        for i, ((frame, _, t_ready), p) in enumerate(zip(batch, probs)):
             latencies.append(t_done - t_ready)
-            tracker.add(frame, p, smoother(p), t_done - t_ready)
+            tracker.add(frame, p, smoother(p), t_done - t_ready, None if scores is None else float(scores[i]))
     wall = time.perf_counter() - t_start
     n = len(tracker.rows)
     if n == 0:
@@ -274,6 +286,7 @@ def run_stream(cfg: StreamConfig) -> dict[str, Any]:
         "latency_ms_p50": _pct(latencies, 50), "latency_ms_p95": _pct(latencies, 95),
         "batch": cfg.batch, "threads": cfg.threads, "smoothing": smoother.describe(),
         "image_size": spec.preprocessing.image_size, "smoothed_label_counts": counts, "best_frames": best,
+        "ood_gate": gate is not None, "ood_threshold": gate, "frames_out_of_distribution": tracker.rejected,
         "load_avg": os.getloadavg(), "csv": str(out / "frames.csv"),
     }
     write_json(out / "stream.json", summary)

@@ -295,6 +295,24 @@ def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out
     return result
 
 
+def _fit_ood(checkpoint: str | Path, index: Any, spec: Any, val: Sequence[Any], out: Path, write: bool) -> dict[str, Any]:
+    """The OOD gate refitted with the calibration (``evaluation.ood``): statistics on the run's
+    training split, threshold on ``val``. Only a checkpoint can be refitted (an ONNX file keeps the
+    gate it was exported with); a split that cannot be taken leaves the gate as it is, and says why."""
+    from fetalplanes.data.splits import choose_split
+    from fetalplanes.evaluation.ood import fit_ood_checkpoint
+    from fetalplanes.runtime.artifact import detect_kind
+
+    if detect_kind(checkpoint) != "checkpoint":
+        return {"refitted": False, "note": "an ONNX file keeps the OOD gate it was exported with"}
+    try:
+        train = choose_split(index, spec, "train").samples
+    except DataError as err:
+        log.warning("%s: OOD gate not refitted: %s", checkpoint, err)
+        return {"refitted": False, "note": str(err)}
+    return {"refitted": True, **fit_ood_checkpoint(checkpoint, train, val, out, write=write)}
+
+
 def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None,
                       **kwargs: Any) -> dict[str, Any]:
     """CLI entry: take the run's validation (and test) images from ``data`` and calibrate.
@@ -302,7 +320,8 @@ def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | P
     The images come from ``data.splits.choose_split`` (the model's record of its splits, else
     the run's recipe re-applied); the test summary is left out when no test split can be taken
     without images the model saw (``DataError``), and never holds a validation image.
-    calibration.json gains ``selection`` (which images, and whether the model saw them).
+    calibration.json gains ``selection`` (which images, and whether the model saw them) and
+    ``ood`` (the out-of-distribution gate, refitted on the training split for a checkpoint).
     """
     from fetalplanes.data.sources import load_source
     from fetalplanes.data.splits import choose_split
@@ -331,5 +350,6 @@ def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | P
     out = Path(out_dir) if out_dir is not None else Path(checkpoint).resolve().parent.parent
     result = calibrate_checkpoint(checkpoint, val.samples, out, test_samples, **kwargs)
     result["selection"] = selection
+    result["ood"] = _fit_ood(checkpoint, index, spec, val.samples, out, kwargs.get("write", True))
     atomic.write_json(out / "calibration.json", result)  # calibrate_checkpoint's file, with the selection
     return result

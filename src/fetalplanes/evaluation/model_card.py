@@ -160,6 +160,34 @@ def _calibration(spec: Any, cal: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _ood(spec: Any, metrics: dict[str, Any]) -> list[str]:
+    """The out-of-distribution gate: what it is, where its threshold came from, and which OOD sets it
+    was measured on (``metrics["ood"]`` from ``evaluate --ood-data``)."""
+    if not spec.has_ood_gate:
+        return ["- **No out-of-distribution gate** in this model file: every input gets one of the planes (or an "
+                "abstain). Re-calibrate it with a current fetalplanes to add one."]
+    g = spec.ood
+    lines = [f"- Gate: `{g.get('score')}` score on {g.get('dim')}-d {g.get('feature', 'features')}; statistics fit on "
+             f"the {g.get('fit_on')} split (n = {g.get('n_train')}; Ledoit-Wolf shrinkage {_fmt(g.get('shrinkage'), 3)}), "
+             f"threshold **{_fmt(g.get('threshold'))}** set on the {g.get('threshold_on')} split (n = {g.get('n_val')}) "
+             f"at {_fmt(100 * float(g.get('acceptance', 0)), 3)} % in-distribution acceptance "
+             f"(reached {_fmt(100 * float(g.get('val_acceptance', 0)), 3)} %).",
+             "- An input above the threshold is answered `out_of_distribution` (\"not a fetal plane\"), before the "
+             "abstain rule; DICOM files are also checked for Modality / SOP class and cropped to the B-mode tissue "
+             "region before the network (`core.us_regions`)."]
+    measured = metrics.get("ood")
+    if not measured:
+        return lines + ["- **Not measured on any OOD set** for this card: run `fetalplanes evaluate --ood-data FOLDER`."]
+    lines += ["", "| OOD set | n | AUROC [95% CI] | FPR@95 [95% CI] | rejected at the threshold | ID rejected |",
+              "|---|---|---|---|---|---|"]
+    for name, m in measured.get("sets", {}).items():
+        ci = lambda k: f" [{_fmt(m[k][0], 3)}, {_fmt(m[k][1], 3)}]" if m.get(k) else ""  # noqa: E731
+        lines.append(f"| {name} | {m['n_ood']} | {_fmt(m['auroc'], 3)}{ci('auroc_ci95')} | {_fmt(m['fpr95'], 3)}"
+                     f"{ci('fpr95_ci95')} | {_fmt(m.get('ood_rejected'), 3)}{ci('ood_rejected_ci95')} | "
+                     f"{_fmt(m.get('id_rejected'), 3)}{ci('id_rejected_ci95')} |")
+    return lines
+
+
 def _options(arch: dict[str, Any]) -> str:
     """`` (spatial_padding `replicate`, spatial_norm `batch`)``: the attention block's options, which
     tell apart models of one block trained with different defaults (e.g. CBAM before spec 1.3)."""
@@ -235,6 +263,10 @@ def render_card(spec: Any, metrics: dict[str, Any], calibration: dict[str, Any] 
         "## Calibration",
         "",
         *_calibration(spec, calibration),
+        "",
+        "## Out-of-distribution inputs",
+        "",
+        *_ood(spec, metrics),
         "",
         "## Limitations",
         "",

@@ -112,6 +112,10 @@ def render_report(m: dict[str, Any], spec: ModelSpec) -> str:
         lines += [f"| {k} | {v['n']} | {v['n_classes_present']} | {fmt(v['top1'], 3)} | {fmt(v['f1_macro'], 3)} |"
                   for k, v in groups.items()]
     lines += input_section(m)
+    if m.get("ood"):
+        from fetalplanes.evaluation.ood import report_lines
+
+        lines += report_lines(m["ood"])
     lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
     return "\n".join(lines)
 
@@ -158,7 +162,8 @@ def _require_patient_ids(data: str | Path, samples: Sequence[Any]) -> None:
 
 
 def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, split: str = "test",
-             batch_size: int = 32, n_boot: int = 1000, unit: str = "patient", skip_bad: bool = False) -> dict[str, Any]:
+             batch_size: int = 32, n_boot: int = 1000, unit: str = "patient", skip_bad: bool = False,
+             ood_data: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Evaluate a model file (``.ckpt`` or ``.onnx``) or a loaded Predictor on one split of a
     dataset; writes metrics.json, predictions.csv, confusion_matrix.png and report.md as one folder.
 
@@ -172,6 +177,10 @@ def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, spl
 
     Unreadable images are all listed at once (``BadFilesError``); with ``skip_bad`` they are left
     out and named in metrics.json (``skipped``) and report.md.
+
+    ``ood_data``: folders of out-of-distribution images; the model's OOD gate is measured on them
+    against this split (``evaluation.ood.ood_report``: AUROC, FPR@95, rejection rates with
+    intervals) into metrics.json ``ood`` and report.md (the model card reads it).
     """
     from fetalplanes.data.sources import load_source
     from fetalplanes.evaluation.predict import open_model, score_samples
@@ -200,5 +209,9 @@ def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, spl
              class_names=list(spec.class_names), data_notes=list(index.notes), n_skipped=len(skipped),
              skipped=skipped, classes_absent=[c for c, v in m["per_class"].items() if v["support"] == 0],
              selection=selection.summary())
+    if ood_data:
+        from fetalplanes.evaluation.ood import ood_report
+
+        m["ood"] = ood_report(predictor, [s.path for s in samples], ood_data, n_boot, batch_size)
     write_report(out_dir, m, spec, samples, probs, split)
     return m

@@ -259,6 +259,23 @@ def update_spec(path: str | Path, **changes: Any) -> ModelSpec:
     return spec
 
 
+def ood_blob(ckpt: dict[str, Any]) -> str | None:
+    """The stored OOD statistics text (``core.ood.encode_stats``) of a checkpoint dict, if any."""
+    blob = ckpt[CKPT_KEY].get("ood_stats")
+    return blob if isinstance(blob, str) else None
+
+
+def write_ood(path: str | Path, summary: dict[str, Any], blob: str) -> ModelSpec:
+    """Store fitted OOD statistics (``blob``) and their summary (``spec.ood``) in a checkpoint, atomically."""
+    ckpt = read_checkpoint(path)
+    spec = spec_of(ckpt, str(path)).replace(ood=dict(summary))
+    ckpt[CKPT_KEY]["spec"] = spec.to_dict()
+    ckpt[CKPT_KEY]["ood_stats"] = blob
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return spec
+
+
 def read_spec(path: str | Path) -> ModelSpec:
     """The ModelSpec of a checkpoint file (without building the model)."""
     return spec_of(read_checkpoint(path), str(path))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from fetalplanes.core.spec import ModelSpec
-from fetalplanes.models.checkpoint import load_model
+from fetalplanes.models.checkpoint import model_from_checkpoint, ood_blob, read_checkpoint, spec_of
 from fetalplanes.runtime.predictor import Predictor
 
 __all__ = ["TorchPredictor"]
@@ -55,21 +55,27 @@ class TorchPredictor(Predictor):
     kind = "checkpoint"
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None, device: str = "cpu") -> None:
-        model, spec = load_model(path)
-        self._setup(model, spec, path, device, True, threads)
+        ckpt = read_checkpoint(path)
+        spec = spec_of(ckpt, str(path))
+        model = model_from_checkpoint(ckpt, spec, str(path))
+        self._setup(model, spec, path, device, True, threads, ood_blob(ckpt))
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, spec: ModelSpec, path: str | os.PathLike[str] = "<in memory>",
-                   device: str = "cpu", channels_last: bool = True, threads: int | None = None) -> "TorchPredictor":
+                   device: str = "cpu", channels_last: bool = True, threads: int | None = None,
+                   ood_stats_blob: str | None = None) -> "TorchPredictor":
         """A Predictor around a model already in memory (after training, for export parity, or in
-        ``bench``, which also times the NCHW layout with ``channels_last=False``)."""
+        ``bench``, which also times the NCHW layout with ``channels_last=False``). Without
+        ``ood_stats_blob`` the OOD gate is left out (the spec's ``ood`` section is dropped)."""
         self = cls.__new__(cls)
-        self._setup(model, spec, path, device, channels_last, threads)
+        if ood_stats_blob is None and spec.has_ood_gate:
+            spec = spec.replace(ood={})
+        self._setup(model, spec, path, device, channels_last, threads, ood_stats_blob)
         return self
 
     def _setup(self, model: torch.nn.Module, spec: ModelSpec, path: str | os.PathLike[str], device: str,
-               channels_last: bool, threads: int | None) -> None:
-        super().__init__(path, spec)
+               channels_last: bool, threads: int | None, blob: str | None = None) -> None:
+        super().__init__(path, spec, blob)
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.eval().to(self.device, memory_format=self.memory_format)
@@ -85,6 +91,12 @@ class TorchPredictor(Predictor):
         t = torch.from_numpy(x).to(self.device).contiguous(memory_format=self.memory_format)
         with self.lock, intra_op_threads(self.threads), torch.inference_mode():
             return self.model(t).float().cpu().numpy()
+
+    def _run_features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = torch.from_numpy(x).to(self.device).contiguous(memory_format=self.memory_format)
+        with self.lock, intra_op_threads(self.threads), torch.inference_mode():
+            logits, feats = self.model.forward_with_features(t)
+        return logits.float().cpu().numpy(), feats.float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": str(self.device), "torch": str(torch.__version__),

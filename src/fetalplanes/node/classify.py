@@ -75,15 +75,9 @@ def classify_file(predictor: Any, path: str | os.PathLike[str], k: int = 2) -> l
 
 
 def verdict(prediction: Prediction) -> str:
-    """'not_fetal_plane' when the out-of-distribution gate says so, else 'abstained' or 'classified'.
-
-    The OOD verdict is read with ``getattr`` so the node works with Predictions made before the
-    out-of-distribution gate exists (their ``state`` is absent).
-    """
-    state = getattr(prediction, "state", None)
-    if state == "out_of_distribution" or getattr(prediction, "out_of_distribution", False) is True:
-        return "not_fetal_plane"
-    return "abstained" if prediction.abstain else "classified"
+    """The SR's status of one answer (``Prediction.state``): 'not_fetal_plane' when the
+    out-of-distribution gate rejects it, else 'abstained' or 'classified'."""
+    return {"out_of_distribution": "not_fetal_plane", "abstain": "abstained"}.get(prediction.state, "classified")
 
 
 def best_per_plane(results: list[FileResult]) -> list[FileResult]:

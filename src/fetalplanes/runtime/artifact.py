@@ -24,6 +24,8 @@ from fetalplanes.core.spec import ModelSpec, SpecError
 from fetalplanes.runtime.onnx_bounds import onnx_problem
 
 SPEC_KEY = "fetalplanes_spec"
+# The OOD gate's fitted statistics (``core.ood.encode_stats``), beside the spec so the spec stays small.
+OOD_KEY = "fetalplanes_ood_stats"
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".ckpt", ".pt", ".pth")
 ONNX_SUFFIXES: tuple[str, ...] = (".onnx",)
 KINDS: tuple[str, ...] = ("checkpoint", "onnx")
@@ -131,6 +133,45 @@ def update_spec(path: str | os.PathLike[str], **changes: Any) -> ModelSpec:
     meta = {p.key: p.value for p in proto.metadata_props}
     spec = spec_from_metadata(meta, str(path)).replace(**changes)
     set_onnx_metadata(proto, spec, {k: v for k, v in meta.items() if k not in spec_to_metadata(spec)})
+    write_bytes(Path(path), proto.SerializeToString())
+    return spec
+
+
+def ood_stats(spec: ModelSpec, blob: str | None, source: str = "model") -> Any:
+    """The ``core.ood.OODStats`` of a model file, or None when its spec has no OOD gate.
+
+    Raises ``ModelFileError`` when the spec names a gate but the statistics are missing, do not
+    match the spec's digest, or are malformed (an untrusted file: bounded before decoding).
+    """
+    from fetalplanes.core.ood import OODStatsError, decode_stats
+
+    if not spec.has_ood_gate:
+        return None
+    if blob is None:
+        raise ModelFileError(f"{source}: the spec has an OOD gate but the file holds no OOD statistics ('{OOD_KEY}')")
+    try:
+        return decode_stats(blob, source, spec.ood["stats_sha256"])
+    except OODStatsError as err:
+        raise ModelFileError(str(err)) from None
+
+
+def write_ood(path: str | os.PathLike[str], summary: dict[str, Any], blob: str) -> ModelSpec:
+    """Store fitted OOD statistics and their summary (``spec.ood``) in a model file of either kind,
+    atomically. An ONNX file must have the ``features`` output (exports since spec 1.4 do)."""
+    if detect_kind(path) == "checkpoint":
+        return _torch_checkpoint_module().write_ood(path, summary, blob)
+    import onnx
+
+    from fetalplanes.core.atomic import write_bytes
+
+    proto = onnx.load(str(path))
+    if "features" not in [o.name for o in proto.graph.output]:
+        raise ModelFileError(f"{path}: this ONNX export has no 'features' output; re-export it with `fetalplanes export`")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    spec = spec_from_metadata(meta, str(path)).replace(ood=dict(summary))
+    extra = {k: v for k, v in meta.items() if k not in spec_to_metadata(spec)}
+    extra[OOD_KEY] = blob
+    set_onnx_metadata(proto, spec, extra)
     write_bytes(Path(path), proto.SerializeToString())
     return spec
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fetalplanes.runtime.artifact import ModelFileError, spec_from_metadata
+from fetalplanes.runtime.artifact import OOD_KEY, ModelFileError, spec_from_metadata
 from fetalplanes.runtime.predictor import Predictor
 from fetalplanes.runtime.session import load_session
 
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+FEATURES_NAME = "features"  # the OOD gate's input (``deploy.export``)
 
 
 class OnnxPredictor(Predictor):
@@ -43,7 +44,7 @@ class OnnxPredictor(Predictor):
     ) -> None:
         session = load_session(model_path, threads, providers, options)
         meta = dict(session.get_modelmeta().custom_metadata_map)
-        super().__init__(model_path, spec_from_metadata(meta, str(model_path)))
+        super().__init__(model_path, spec_from_metadata(meta, str(model_path)), meta.get(OOD_KEY))
         self.session = session
         self.metadata = meta
         self._check_io()
@@ -56,6 +57,9 @@ class OnnxPredictor(Predictor):
                 f"{self.path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}', "
                 f"found inputs {sorted(inputs)} and outputs {outputs}"
             )
+        if self.has_ood_gate and FEATURES_NAME not in outputs:
+            raise ModelFileError(f"{self.path}: the spec has an OOD gate but the graph has no '{FEATURES_NAME}' output; "
+                                 "re-export it with `fetalplanes export`")
         shape = inputs[INPUT_NAME].shape
         size = self.spec.preprocessing.image_size
         if len(shape) != 4 or list(shape[1:]) != [3, size, size]:
@@ -63,6 +67,10 @@ class OnnxPredictor(Predictor):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    def _run_features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, feats = self.session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x})
+        return logits, feats
 
     def describe(self) -> dict[str, Any]:
         return {

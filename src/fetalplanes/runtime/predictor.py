@@ -3,8 +3,9 @@
 :class:`Predictor` holds everything that is not the model call: decoding (through
 ``core.frames.open_frames``, so a multi-frame file is answered frame by frame), the shared
 preprocessing (``core.preprocess``), batching, the spec's temperature, top-k and abstain
-(``core.postprocess``) and the per-item errors. A backend implements one private method,
-``_run(x) -> logits``; the backends are :class:`fetalplanes.runtime.onnx_backend.OnnxPredictor`
+(``core.postprocess``), the out-of-distribution gate (``core.ood``: "not a fetal plane") and the
+per-item errors. A backend implements one private method, ``_run(x) -> logits``, and, when its
+model file carries the OOD gate, ``_run_features(x) -> (logits, features)``; the backends are :class:`fetalplanes.runtime.onnx_backend.OnnxPredictor`
 (ONNX Runtime, torch-free) and :class:`fetalplanes.models.torch_backend.TorchPredictor`
 (PyTorch), opened by file kind with :func:`fetalplanes.runtime.load_predictor`. A ``.ckpt``
 and its ``.onnx`` export therefore answer alike.
@@ -14,6 +15,7 @@ Three public methods:
 - :meth:`Predictor.predict`: paths, folders, bytes, PIL images or pixel arrays -> one
   :class:`FileResult` per still input or per frame, each a prediction or a one-line error;
 - :meth:`Predictor.logits`: a preprocessed float32 batch (N, 3, S, S) -> logits (N, C);
+  :meth:`Predictor.logits_and_ood` also gives the OOD gate's scores (N,) (None without a gate);
 - :meth:`Predictor.describe`: what the model is and expects.
 
 Torch-free: numpy, Pillow and ``fetalplanes.core`` only.
@@ -36,9 +38,12 @@ from fetalplanes.core.errors import EXPECTED, ImageLoadError
 from fetalplanes.core.formats import sniff_format, sniff_video
 from fetalplanes.core.frames import is_video_file, open_frames
 from fetalplanes.core.io import expand_inputs
+from fetalplanes.core.ood import OODStats
+from fetalplanes.core.ood import score as ood_score
 from fetalplanes.core.postprocess import Prediction, decide, softmax
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.core.spec import ModelSpec, Preprocessing
+from fetalplanes.runtime.artifact import ood_stats
 
 __all__ = ["DEFAULT_BATCH", "FileResult", "ImageInput", "Predictor"]
 
@@ -98,14 +103,22 @@ class Predictor:
 
     kind: ClassVar[str] = ""
 
-    def __init__(self, path: str | os.PathLike[str], spec: ModelSpec) -> None:
+    def __init__(self, path: str | os.PathLike[str], spec: ModelSpec, ood_blob: str | None = None) -> None:
         self.path = Path(path)
         self.spec = spec
+        # The OOD gate's statistics (None: the model file has no gate; every answer says so).
+        # A spec naming a gate whose statistics are missing or altered is a ModelFileError here.
+        self.ood_stats: OODStats | None = ood_stats(spec, ood_blob, str(self.path))
 
     # -- the one method a backend implements ---------------------------------------------
     def _run(self, x: np.ndarray) -> np.ndarray:
         """Checked, non-empty batch float32 (N, 3, S, S) -> logits float32 (N, C)."""
         raise NotImplementedError(f"{type(self).__name__} must implement _run")
+
+    def _run_features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Checked, non-empty batch -> (logits (N, C), OOD features (N, F)); backends whose files
+        carry the OOD gate implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no OOD features")
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -125,13 +138,38 @@ class Predictor:
 
         Raises ``ValueError`` naming the expected shape for any other array. N may be 0.
         """
+        x = self._checked(arrays)
+        if len(x) == 0:
+            return np.zeros((0, self.spec.num_classes), dtype=np.float32)
+        return np.asarray(self._run(x), dtype=np.float32)
+
+    def _checked(self, arrays: np.ndarray) -> np.ndarray:
+        """``arrays`` as contiguous float32 after the one shape check (N, 3, S, S); else ValueError."""
         x = np.ascontiguousarray(arrays, dtype=np.float32)
         s = self.input_size
         if x.ndim != 4 or x.shape[1:] != (3, s, s):
             raise ValueError(f"expected a preprocessed float32 array of shape (N, 3, {s}, {s}), got {x.shape}")
+        return x
+
+    @property
+    def has_ood_gate(self) -> bool:
+        """True when this model file carries the OOD gate (``spec.ood`` and its statistics)."""
+        return self.ood_stats is not None
+
+    def logits_and_ood(self, arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Preprocessed batch (N, 3, S, S) -> (logits (N, C) float32, OOD scores (N,) float64 or None).
+
+        The scores are the spec's ``ood.score`` (``core.ood``; higher = less like the training
+        images; above ``spec.ood["threshold"]`` = out of distribution); None when the model has no
+        OOD gate. Same shape errors as :meth:`logits`.
+        """
+        if self.ood_stats is None:
+            return self.logits(arrays), None
+        x = self._checked(arrays)
         if len(x) == 0:
-            return np.zeros((0, self.spec.num_classes), dtype=np.float32)
-        return np.asarray(self._run(x), dtype=np.float32)
+            return np.zeros((0, self.spec.num_classes), dtype=np.float32), np.zeros(0)
+        logits, feats = self._run_features(x)
+        return np.asarray(logits, dtype=np.float32), ood_score(self.spec.ood["score"], feats, self.ood_stats)
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput], k: int = 2, *,
                 batch_size: int = DEFAULT_BATCH, workers: int = 0) -> list[FileResult]:
@@ -173,6 +211,8 @@ class Predictor:
             "std": list(pre.std),
             "temperature": self.spec.temperature,
             "abstain_threshold": self.spec.abstain_threshold,
+            "ood_gate": ({k: v for k, v in self.spec.ood.items() if k != "stats_sha256"} if self.has_ood_gate
+                         else "none: this model file has no out-of-distribution gate"),
             "spec_format_version": self.spec.format_version,
         }
 
@@ -181,9 +221,10 @@ class Predictor:
         """The waiting inputs (result stub, preprocessed (3, S, S) array) answered in one model call."""
         if not pending:
             return []
-        logits = self.logits(np.stack([x for _, x in pending]))  # the batch's one shape check
+        logits, scores = self.logits_and_ood(np.stack([x for _, x in pending]))  # the batch's one shape check
         probs = softmax(logits, self.spec.temperature)
-        answers = decide(probs, self.spec.class_names, k, self.spec.abstain_threshold)
+        answers = decide(probs, self.spec.class_names, k, self.spec.abstain_threshold, scores,
+                         self.spec.ood.get("threshold") if scores is not None else None)
         return [replace(stub, prediction=p, logits=row) for (stub, _), p, row in zip(pending, answers, logits)]
 
 

@@ -61,10 +61,20 @@ class CineAnswer(BaseModel):
     skipped: list[str] = Field(default_factory=list, description="One line per frame that could not be decoded.")
     note: Optional[str] = Field(default=None, description="Short read or frame cap, when the answer is partial.")
 
+class OODInfo(BaseModel):
+    gate: bool = Field(description="Whether the model file carries an out-of-distribution gate.")
+    out_of_distribution: bool = Field(default=False, description="True: not a fetal plane (score above threshold).")
+    score: Optional[float] = Field(default=None, description="The gate's score (higher = less like the training images).")
+    threshold: Optional[float] = Field(default=None, description="Scores above it are out of distribution.")
+    note: Optional[str] = Field(default=None, description="Set when the model has no OOD gate.")
+
 
 class PredictResponse(BaseModel):
     filename: Optional[str] = Field(default=None, description="The upload's name, for display only.")
-    plane: str = Field(description="Predicted standard plane (top-1 class).")
+    state: Literal["plane", "abstain", "out_of_distribution"] = Field(
+        description="out_of_distribution: not a fetal plane (OOD gate); abstain: low confidence; plane: `plane` stands.")
+    ood: OODInfo
+    plane: str = Field(description="Top-1 class; the answer only when `state` is 'plane'.")
     confidence: float = Field(ge=0.0, le=1.0, description="Calibrated (temperature-scaled) probability of `plane`.")
     abstain: bool = Field(description="True when confidence is below the model's abstain threshold: review manually.")
     abstain_threshold: float = Field(ge=0.0, le=1.0)
@@ -118,6 +128,7 @@ class ModelInfo(BaseModel):
     preprocessing: PreprocessingInfo
     temperature: float
     abstain_threshold: float
+    ood_gate: dict[str, Any] = Field(default_factory=dict, description="The OOD gate (score, threshold, acceptance); empty: none.")
     explain_available: bool
     explain_detail: Optional[str] = None
     metrics: dict[str, Any] = Field(default_factory=dict, description="From the model spec and metrics.json.")

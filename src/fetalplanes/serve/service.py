@@ -36,6 +36,7 @@ from fetalplanes.serve.schemas import (
     FrameAnswer,
     ImageInfo,
     ModelInfo,
+    OODInfo,
     ModelRef,
     PredictResponse,
     PreprocessingInfo,
@@ -195,6 +196,8 @@ class Service:
         prediction: Prediction = result.prediction  # type: ignore[assignment]  # only ok results get here
         return PredictResponse(
             filename=upload.filename,
+            state=prediction.state,
+            ood=OODInfo(**prediction.to_dict()["ood"]),
             plane=prediction.label,
             confidence=prediction.confidence,
             abstain=prediction.abstain,
@@ -231,6 +234,7 @@ class Service:
             ),
             temperature=spec.temperature,
             abstain_threshold=spec.abstain_threshold,
+            ood_gate={k: v for k, v in spec.ood.items() if k != "stats_sha256"} if spec.has_ood_gate else {},
             explain_available=reason is None,
             explain_detail=reason,
             metrics=self._metrics,

@@ -1,5 +1,5 @@
 // fetalplanes clinician page: upload images, show the predicted plane, top-2 bars,
-// confidence, the abstain warning and an optional heat-map (CAM) overlay. No framework, no CDN.
+// confidence, the abstain warning, the "not a fetal plane" (out-of-distribution) state and an optional heat-map (CAM) overlay. No framework, no CDN.
 "use strict";
 
 (function () {
@@ -62,7 +62,9 @@
     const version = m.version ? " " + m.version : "";
     const calibrated = m.temperature !== 1 ? " · calibrated (T = " + m.temperature.toFixed(2) + ")" : "";
     const abstain = m.abstain_threshold > 0 ? " · abstains below " + percent(m.abstain_threshold) : "";
-    $("model-line").textContent = "Model: " + m.name + version + " (" + m.kind + ")" + calibrated + abstain;
+    const gate = m.ood_gate && m.ood_gate.threshold !== undefined
+      ? " · rejects non-fetal-plane images (" + m.ood_gate.score + " gate)" : " · no out-of-distribution gate";
+    $("model-line").textContent = "Model: " + m.name + version + " (" + m.kind + ")" + calibrated + abstain + gate;
     const mb = m.limits.max_upload_bytes / (1024 * 1024);
     $("limit-text").textContent = ", up to " + (mb >= 10 ? mb.toFixed(0) : mb.toFixed(1)) + " MB";
     drainQueue();
@@ -143,17 +145,31 @@
     const node = card.node;
     node.querySelector(".pending").hidden = true;
     node.querySelector(".result").hidden = false;
-    node.querySelector(".plane").textContent = result.plane;
+    const rejected = result.state === "out_of_distribution";
+    node.querySelector(".eyebrow").textContent = rejected ? "Not a fetal plane" : "Predicted plane";
+    node.querySelector(".plane").textContent = rejected ? "Not a fetal plane" : result.plane;
+    node.querySelector(".confidence").hidden = rejected;
     node.querySelector(".confidence-value").textContent = percent(result.confidence);
+    const ood = node.querySelector(".ood-warning");
+    ood.hidden = !rejected;
+    node.classList.toggle("is-ood", rejected);
+    if (rejected) {
+      node.querySelector(".ood-text").textContent =
+        "This image does not look like the fetal ultrasound planes the model was trained on (out-of-distribution score " +
+        result.ood.score.toFixed(2) + " > threshold " + result.ood.threshold.toFixed(2) + "). No plane is given.";
+    }
     const warning = node.querySelector(".abstain-warning");
-    warning.hidden = !result.abstain;
-    node.classList.toggle("is-abstain", result.abstain);
-    if (result.abstain) {
+    const abstained = result.state === "abstain";
+    warning.hidden = !abstained;
+    node.classList.toggle("is-abstain", abstained);
+    if (abstained) {
       node.querySelector(".abstain-text").textContent =
         "Confidence " + percent(result.confidence) + " is below the model's threshold of " +
         percent(result.abstain_threshold) + ". Please classify this image yourself.";
     }
-    renderBars(node.querySelector(".bars"), result.topk);
+    node.querySelector(".bars-title").hidden = rejected;
+    node.querySelector(".bars").hidden = rejected;
+    if (!rejected) renderBars(node.querySelector(".bars"), result.topk);
     renderCine(node.querySelector(".cine-note"), result.cine);
     if (result.preview_png_base64) {
       card.original = "data:image/png;base64," + result.preview_png_base64;

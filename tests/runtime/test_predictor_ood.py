@@ -1,0 +1,84 @@
+"""The OOD gate in the Predictor: the checkpoint and its ONNX export give the same verdicts and
+scores; blank and photographic frames are "not a fetal plane"; models without a gate say so;
+evaluate --ood-data measures the gate and the model card lists the set."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fetalplanes.runtime import load_predictor
+
+
+def _images(synth_data: Path, n: int = 4) -> list[Path]:
+    return sorted((synth_data / "Images").glob("*.png"))[:n]
+
+
+def _far(tmp: Path) -> Path:
+    """A folder of clearly foreign inputs: blank and noise frames, a photograph, and a CT DICOM."""
+    folder = tmp / "far"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.new("L", (200, 150), 0).save(folder / "black.png")
+    Image.new("L", (200, 150), 255).save(folder / "white.png")
+    Image.fromarray(rng.integers(0, 256, (150, 200), dtype=np.uint8)).save(folder / "noise.png")
+    data = pytest.importorskip("skimage.data")
+    Image.fromarray(data.astronaut()).save(folder / "astronaut.png")
+    examples = pytest.importorskip("pydicom.examples")
+    shutil.copy(examples.get_path("ct"), folder / "ct.dcm")
+    return folder
+
+
+def test_checkpoint_and_onnx_give_the_same_ood_verdicts(tiny_checkpoint: Path, onnx_model: Path, synth_data: Path,
+                                                       tmp_path: Path) -> None:
+    inputs = [*_images(synth_data), *sorted(_far(tmp_path).glob("*.png"))]
+    a, b = load_predictor(tiny_checkpoint), load_predictor(onnx_model)
+    assert a.has_ood_gate and b.has_ood_gate
+    ra, rb = a.predict(inputs), b.predict(inputs)
+    sa = np.array([r.prediction.ood_score for r in ra])
+    sb = np.array([r.prediction.ood_score for r in rb])
+    np.testing.assert_allclose(sb, sa, rtol=1e-3, atol=1e-3)
+    assert [r.prediction.state for r in ra] == [r.prediction.state for r in rb]
+    # blank frames are nothing like a fetal plane: the gate rejects them on both paths
+    states = {r.path.name: r.prediction.state for r in rb}
+    assert states["black.png"] == states["white.png"] == "out_of_distribution"
+    assert rb[0].prediction.to_dict()["ood"]["threshold"] == pytest.approx(b.spec.ood["threshold"])
+    assert "threshold" in b.describe()["ood_gate"]
+
+
+def test_a_model_without_statistics_answers_and_says_it_has_no_gate(tiny_checkpoint: Path, synth_data: Path,
+                                                                    tmp_path: Path) -> None:
+    export = pytest.importorskip("fetalplanes.deploy.export")
+    from fetalplanes.models.checkpoint import load_checkpoint
+
+    model, spec = load_checkpoint(tiny_checkpoint)
+    out = tmp_path / "nogate.onnx"
+    export.export_onnx(model, spec, out)  # no statistics given: exported without the gate
+    p = load_predictor(out)
+    r = p.predict(_images(synth_data, 1))[0]
+    assert not p.has_ood_gate and not r.prediction.ood and r.prediction.state in ("plane", "abstain")
+    assert r.prediction.to_dict()["ood"] == {"gate": False, "note": "no OOD gate in this model file"}
+    assert p.describe()["ood_gate"].startswith("none")
+
+
+def test_evaluate_ood_data_and_the_model_card(onnx_model: Path, synth_data: Path, tmp_path: Path) -> None:
+    from fetalplanes.evaluation.model_card import render_card
+    from fetalplanes.evaluation.report import evaluate
+
+    far = _far(tmp_path)
+    m = evaluate(onnx_model, synth_data, tmp_path / "eval", split="all", n_boot=50, unit="image", ood_data=[far])
+    row = m["ood"]["sets"]["far"]
+    assert row["refused_before_network"] == 1  # the CT: refused by the metadata gate
+    assert row["n_ood"] == 4 and 0.0 <= row["auroc"] <= 1.0 and row["auroc_ci95"] is not None
+    assert row["ood_rejected"] >= 0.5  # blank frames at least
+    assert 0 <= m["ood"]["id_rejected"] <= 1 and m["ood"]["n_id"] == m["n"]
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "## Out-of-distribution inputs" in report and "| far | 4 | 1 |" in report
+    from fetalplanes.runtime.artifact import read_spec
+
+    card = render_card(read_spec(onnx_model), m)
+    assert "## Out-of-distribution inputs" in card and "| far | 4 |" in card
