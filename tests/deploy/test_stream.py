@@ -35,7 +35,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from fetalplanes.core.classes import PLANES
     from fetalplanes.core.spec import ModelSpec, Preprocessing
-    from fetalplanes.deploy.export import set_metadata
+    from fetalplanes.runtime.artifact import set_onnx_metadata
     from fetalplanes.runtime.onnx_backend import INPUT_NAME, OUTPUT_NAME
 
     rng = np.random.default_rng(0)

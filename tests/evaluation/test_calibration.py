@@ -61,7 +61,7 @@ def test_abstain_threshold_reaches_target_and_respects_coverage() -> None:
 
 def test_calibrate_checkpoint_stores_t_and_threshold(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
     from fetalplanes.data.sources import load_source
-    from fetalplanes.evaluation.report import select_split
+    from fetalplanes.data.splits import select_split
     from fetalplanes.models.checkpoint import load_checkpoint
 
     ckpt = tmp_path / "best.ckpt"
@@ -113,12 +113,13 @@ def test_onnx_metadata_carries_the_temperature(tiny_checkpoint: Path, tmp_path: 
     export = pytest.importorskip("fetalplanes.deploy.export")
     from fetalplanes.core.spec import ModelSpec
     from fetalplanes.models.checkpoint import update_spec
+    from fetalplanes.runtime.artifact import SPEC_KEY, onnx_metadata
 
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(tiny_checkpoint, ckpt)
     update_spec(ckpt, temperature=1.7321, abstain_threshold=0.4242)
     export.export_checkpoint(ckpt, tmp_path / "model.onnx")
-    spec = ModelSpec.from_json(export.read_metadata(tmp_path / "model.onnx")[export.SPEC_KEY])
+    spec = ModelSpec.from_json(onnx_metadata(tmp_path / "model.onnx")[SPEC_KEY])
     assert spec.temperature == pytest.approx(1.7321) and spec.abstain_threshold == pytest.approx(0.4242)
 
 

@@ -169,10 +169,10 @@ def _quantize(source: Path, out: Path, calib: np.ndarray, per_channel: bool) -> 
 def _with_metadata(model_path: Path, spec: ModelSpec, info: dict[str, Any]) -> bytes:
     import onnx
 
-    from fetalplanes.deploy.export import set_metadata
+    from fetalplanes.runtime.artifact import set_onnx_metadata
 
     proto = onnx.load(str(model_path))
-    set_metadata(proto, spec, {"quantization": json.dumps(info, sort_keys=True)})
+    set_onnx_metadata(proto, spec, {"quantization": json.dumps(info, sort_keys=True)})
     return proto.SerializeToString()
 
 

@@ -19,22 +19,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fetalplanes.core.errors import UserError
+from fetalplanes.core.errors import ModelFileError, ModelFileNotFound
 from fetalplanes.core.spec import ModelSpec, SpecError
+from fetalplanes.runtime.session import load_session, session_options
 
 SPEC_KEY = "fetalplanes_spec"
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".ckpt", ".pt", ".pth")
 ONNX_SUFFIXES: tuple[str, ...] = (".onnx",)
 KINDS: tuple[str, ...] = ("checkpoint", "onnx")
 ACCEPTED = "a fetalplanes checkpoint (.ckpt/.pt/.pth from `fetalplanes train`) or an ONNX model (.onnx from `fetalplanes export`)"
-
-
-class ModelFileError(UserError, ValueError):
-    """A model file cannot be used; the one-line message names the file and the accepted formats."""
-
-
-class ModelFileNotFound(ModelFileError, FileNotFoundError):
-    """The model path does not exist (also a FileNotFoundError)."""
 
 
 def detect_kind(path: str | os.PathLike[str]) -> str:
@@ -100,12 +93,8 @@ def spec_from_metadata(metadata: dict[str, str], source: str = "model") -> Model
 
 def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """``metadata_props`` of an ONNX file, read with ONNX Runtime (no ``onnx`` package needed)."""
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as err:  # ORT raises its own exception types for bad files
-        raise ModelFileError(f"{path}: cannot load as an ONNX model ({type(err).__name__}: {err})") from None
+    # Read only: one thread and no graph optimization, nothing is run.
+    session = load_session(path, options=session_options(1, opt_level="disable"))
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
