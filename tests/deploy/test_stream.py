@@ -53,7 +53,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     spec = ModelSpec("tiny", "planes", tuple(PLANES), {"backbone": "none"}, Preprocessing(image_size=SIZE))
-    set_metadata(model, spec)
+    set_onnx_metadata(model, spec)
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     onnx.save(model, str(path))
     return path
