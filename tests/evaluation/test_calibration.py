@@ -93,11 +93,11 @@ def test_train_pipeline_calibrates_best_checkpoint(tiny_checkpoint: Path) -> Non
 def test_calibrate_cli_dry_run_keeps_checkpoint(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from fetalplanes.cli import app
-    from fetalplanes.cli.reproduce import register
+    from fetalplanes import cli
 
-    if "calibrate" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
-        register(app)
+    if not cli.app.registered_commands:  # every group, not only calibrate (see tests/cli/test_user_errors)
+        cli._register()
+    app = cli.app
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(tiny_checkpoint, ckpt)
     before = ckpt.read_bytes()
