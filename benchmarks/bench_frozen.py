@@ -55,13 +55,13 @@ def bench_head(attention: str, n: int, n_val: int, epochs: int, batch: int, back
     from fetalplanes.core.classes import PLANES
     from fetalplanes.training.config import load_config
     from fetalplanes.training.feature_cache import POOL_COMMUTING, FeatureDataModule
-    from fetalplanes.training.fit import _quiet_lightning, build_spec, train_loop
+    from fetalplanes.training.fit import _quiet_lightning, build_run_model, resolve_execution, train_loop
     from fetalplanes.training.module import PlaneModule
 
     run_epochs = probe_epochs if probe_epochs and attention not in POOL_COMMUTING else epochs
-    cfg = load_config("paper_b0", {"optim.max_epochs": run_epochs, "optim.batch_size": batch, "trainer.patience": epochs + 1,
+    cfg = resolve_execution(load_config("paper_b0", {"optim.max_epochs": run_epochs, "optim.batch_size": batch, "trainer.patience": epochs + 1,
                                    "model.attention": attention, "model.finetune": "frozen", "model.backbone": backbone,
-                                   "model.pretrained": "none", "trainer.progress": False, "trainer.accelerator": "cpu"})
+                                   "model.pretrained": "none", "trainer.progress": False, "trainer.accelerator": "cpu"}))
     path = cache_root / "features.npy"
     if not path.is_file():  # one cache entry serves every attention type, as in a real grid
         np.save(path, _features(n + n_val, shape, 0).numpy())
@@ -70,7 +70,8 @@ def bench_head(attention: str, n: int, n_val: int, epochs: int, batch: int, back
     load_s = time.perf_counter() - t0
     y = torch.randint(0, 6, (n + n_val,), generator=torch.Generator().manual_seed(1))
     _quiet_lightning()
-    module = PlaneModule(cfg.model_dump(mode="json"), build_spec(cfg, PLANES, {}).to_dict(), inputs="features")
+    model, spec = build_run_model(cfg, PLANES, {})
+    module = PlaneModule(cfg, spec, model, inputs="features")
     pooled = attention in POOL_COMMUTING
     dm = FeatureDataModule(feats[:n], y[:n], feats[n:], y[n:], cfg, 6, pooled=pooled)
     if threads:  # pooled features train on 1 thread anyway (training.feature_cache.cpu_tuning)

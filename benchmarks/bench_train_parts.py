@@ -37,14 +37,14 @@ def _step_fn(cfg: Any, batch: int) -> tuple[Any, Any, int]:
     """A training step on random tensors with the CLI's settings; (step, sync, device)."""
     import torch
 
-    from fetalplanes.training.fit import build_spec, on_cuda
+    from fetalplanes.training.fit import build_run_model, on_cuda
     from fetalplanes.training.module import PlaneModule
     from fetalplanes.training.optim import adamw, param_groups, use_fused
 
     device = torch.device("cuda" if on_cuda(cfg) else "cpu")
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.trainer.deterministic  # as fit's Trainer
-    spec = build_spec(cfg, PLANE_NAMES, {})
-    module = PlaneModule(cfg.model_dump(mode="json"), spec.to_dict(), [1.0] * len(PLANE_NAMES)).to(device).train()
+    model, spec = build_run_model(cfg, PLANE_NAMES, {})
+    module = PlaneModule(cfg, spec, model, [1.0] * len(PLANE_NAMES)).to(device).train()
     o = cfg.optim
     opt = adamw(param_groups(module.model, o.lr, o.weight_decay, o.backbone_lr_mult), o.lr,
                 fused=use_fused("images", device))

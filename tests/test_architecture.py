@@ -31,7 +31,7 @@ ALLOWED: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "data": (frozenset({"core"}), frozenset()),
     # models.torch_backend builds on runtime.predictor; runtime names it only as a string (loader).
     "models": (frozenset({"runtime", "core"}), frozenset()),
-    "training": (frozenset({"models", "data", "core"}), frozenset()),
+    "training": (frozenset({"models", "data", "runtime", "core"}), frozenset()),  # runtime: the one core count
     "evaluation": (frozenset({"runtime", "data", "core"}), frozenset({"models"})),
     "explain": (frozenset({"models", "runtime", "data", "core"}), frozenset()),
     "deploy": (frozenset({"models", "runtime", "data", "core"}), frozenset()),

@@ -72,9 +72,10 @@ def machine_fields() -> dict[str, Any]:
     """The CPU model, the cores this process may use and torch's intra-op thread count."""
     import torch
 
-    from fetalplanes.deploy.profile import _cpuinfo, cpu_cores
+    from fetalplanes.deploy.profile import _cpuinfo
+    from fetalplanes.runtime.session import available_cores
 
-    return {"cpu": _cpuinfo()[0], "cores": cpu_cores(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": _cpuinfo()[0], "cores": available_cores(), "torch_threads": torch.get_num_threads(),
             "torch_interop_threads": torch.get_num_interop_threads(), "torch": torch.__version__}
 
 

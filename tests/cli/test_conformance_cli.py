@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fetalplanes.core.formats import IMAGE_SUFFIXES
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 FOLDERS = ("cases", "data/dicom_us", "data/video_us")
 TABLE = yaml.safe_load((REPO / "tests" / "core" / "input_cases.yaml").read_text())
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp"}
 
 pytestmark = pytest.mark.skipif(not (SHARED / "cases" / "README.md").is_file(), reason="../shared/cases is not present")
 

@@ -86,3 +86,59 @@ def test_no_import_circle_between_io_and_dicom() -> None:
     for low in ("dicom", "errors", "formats", "intensity"):
         assert "fetalplanes.core.io" not in _core_imports(CORE / f"{low}.py"), low
     assert "fetalplanes.core.dicom" in _core_imports(CORE / "io.py")
+
+
+# ------------------------------------------------------------------ the one format table
+
+
+def test_every_reader_derives_from_the_one_table() -> None:
+    from fetalplanes.core import errors, formats, frames, io
+    from fetalplanes.serve import service
+
+    accepted = formats.accepted_images()
+    assert errors.EXPECTED == formats.EXPECTED_TEXT  # written out below formats; must say the same
+    assert [f.label for f in accepted if f.name != "dicom"] == [
+        label for label in formats.EXPECTED_TEXT[2:].replace(" or DICOM image", "").split(", ")]
+    assert io.IMAGE_SUFFIXES == frozenset(s for f in accepted for s in f.suffixes)
+    assert frames.VIDEO_SUFFIXES == tuple(s for f in formats.FORMATS if f.frames == "video" for s in f.suffixes)
+    assert service.ACCEPTED_FORMATS == tuple(f.name for f in accepted)
+    assert {"gif", "webp", "avif"} <= set(service.ACCEPTED_FORMATS) and "heic" not in service.ACCEPTED_FORMATS
+
+
+def _ftyp(*brands: bytes) -> bytes:
+    body = brands[0] + b"\x00\x00\x00\x00" + b"".join(brands[1:])
+    return struct.pack(">I", 8 + len(body)) + b"ftyp" + body + b"\x00" * 40
+
+
+@pytest.mark.parametrize(
+    ("head", "image", "video"),
+    [(_ftyp(b"avif", b"avif", b"mif1", b"miaf"), "avif", None),
+     (_ftyp(b"mif1", b"avif", b"miaf"), "avif", None),  # AVIF by a compatible brand
+     (_ftyp(b"heic", b"mif1", b"heic"), "heic", None),
+     (_ftyp(b"isom", b"isom", b"iso2", b"mp41"), None, "mp4"),
+     (_ftyp(b"qt  ", b"qt  "), None, "mp4")],
+)
+def test_iso_media_stills_are_not_videos(head: bytes, image: str | None, video: str | None) -> None:
+    assert (sniff_format(head), sniff_video(head)) == (image, video)
+
+
+def test_heic_is_refused_in_one_line_naming_the_accepted_formats(tmp_path: Path) -> None:
+    from fetalplanes.core.errors import EXPECTED, ImageLoadError
+    from fetalplanes.core.frames import open_frames
+
+    path = tmp_path / "photo.heic"
+    path.write_bytes(_ftyp(b"heic", b"mif1", b"heic"))
+    for read in (load_image, open_frames):
+        with pytest.raises(ImageLoadError) as info:
+            read(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: a HEIC/HEIF image") and EXPECTED in message and "video" not in message
+
+
+def test_avif_still_decodes_like_its_png_twin(shared_cases: Path) -> None:
+    pytest.importorskip("PIL.AvifImagePlugin")
+    avif, png = shared_cases / "avif_heic_still" / "femur.avif", shared_cases / "avif_heic_still" / "femur.png"
+    a, b = load_image(avif), load_image(png)
+    assert (a.mode, a.size) == (b.mode, b.size)
+    # AVIF is lossy: within a few grey levels of the lossless twin.
+    assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 12

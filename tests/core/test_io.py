@@ -438,7 +438,7 @@ def test_sniff_format(data: bytes, expected: str | None) -> None:
 
 def test_constants() -> None:
     assert DEFAULT_MAX_PIXELS == 50_000_000
-    expected = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp"}
+    expected = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp", ".avif"}
     assert IMAGE_SUFFIXES == frozenset(expected)
 
 

@@ -17,6 +17,7 @@ from fetalplanes.core.preprocess import preprocess_batch  # noqa: E402
 from fetalplanes.core.spec import ModelSpec  # noqa: E402
 from fetalplanes.deploy import export as ex  # noqa: E402
 from fetalplanes.runtime import OnnxPredictor  # noqa: E402
+from fetalplanes.runtime.artifact import onnx_metadata  # noqa: E402
 
 SIZE = 64
 
@@ -49,7 +50,7 @@ def test_parity_metadata_and_dynamic_batch(attention: str, tmp_path: Path) -> No
     assert set(report["max_abs_logit_diff_by_batch"]) == {"batch1", f"batch{report['n_images']}"}
     assert report["n_images"] > 1
 
-    meta = ex.read_metadata(out)
+    meta = onnx_metadata(out)
     assert ModelSpec.from_json(meta[ex.SPEC_KEY]) == spec
     assert json.loads(meta["class_names"]) == list(PLANES)
     assert int(meta["image_size"]) == SIZE

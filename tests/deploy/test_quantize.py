@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 from fetalplanes.core.classes import PLANES  # noqa: E402
 from fetalplanes.core.spec import ModelSpec  # noqa: E402
 from fetalplanes.deploy import quantize as qz  # noqa: E402
-from fetalplanes.deploy.export import SPEC_KEY, read_metadata  # noqa: E402
+from fetalplanes.runtime.artifact import SPEC_KEY, onnx_metadata  # noqa: E402
 from fetalplanes.runtime import OnnxPredictor  # noqa: E402
 
 
@@ -127,8 +127,8 @@ def test_int8_model_passes_gate_and_runs(fp32_model: Path, synth_data: Path, tmp
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert any(t.data_type == onnx.TensorProto.INT8 for t in proto.graph.initializer)
     assert out.stat().st_size < 0.5 * fp32_model.stat().st_size
-    meta = read_metadata(out)
-    assert meta[SPEC_KEY] == read_metadata(fp32_model)[SPEC_KEY]
+    meta = onnx_metadata(out)
+    assert meta[SPEC_KEY] == onnx_metadata(fp32_model)[SPEC_KEY]
     assert json.loads(meta["quantization"])["format"] == "QDQ"
 
     # The runtime loads it; its logits track the fp32 model's.

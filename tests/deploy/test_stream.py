@@ -35,7 +35,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from fetalplanes.core.classes import PLANES
     from fetalplanes.core.spec import ModelSpec, Preprocessing
-    from fetalplanes.deploy.export import set_metadata
+    from fetalplanes.runtime.artifact import set_onnx_metadata
     from fetalplanes.runtime.onnx_backend import INPUT_NAME, OUTPUT_NAME
 
     rng = np.random.default_rng(0)
@@ -53,7 +53,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     spec = ModelSpec("tiny", "planes", tuple(PLANES), {"backbone": "none"}, Preprocessing(image_size=SIZE))
-    set_metadata(model, spec)
+    set_onnx_metadata(model, spec)
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     onnx.save(model, str(path))
     return path

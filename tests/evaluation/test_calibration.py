@@ -61,7 +61,7 @@ def test_abstain_threshold_reaches_target_and_respects_coverage() -> None:
 
 def test_calibrate_checkpoint_stores_t_and_threshold(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
     from fetalplanes.data.sources import load_source
-    from fetalplanes.evaluation.report import select_split
+    from fetalplanes.data.splits import select_split
     from fetalplanes.models.checkpoint import load_checkpoint
 
     ckpt = tmp_path / "best.ckpt"
@@ -93,11 +93,11 @@ def test_train_pipeline_calibrates_best_checkpoint(tiny_checkpoint: Path) -> Non
 def test_calibrate_cli_dry_run_keeps_checkpoint(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from fetalplanes.cli import app
-    from fetalplanes.cli.reproduce import register
+    from fetalplanes import cli
 
-    if "calibrate" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
-        register(app)
+    if not cli.app.registered_commands:  # every group, not only calibrate (see tests/cli/test_user_errors)
+        cli._register()
+    app = cli.app
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(tiny_checkpoint, ckpt)
     before = ckpt.read_bytes()
@@ -113,12 +113,13 @@ def test_onnx_metadata_carries_the_temperature(tiny_checkpoint: Path, tmp_path: 
     export = pytest.importorskip("fetalplanes.deploy.export")
     from fetalplanes.core.spec import ModelSpec
     from fetalplanes.models.checkpoint import update_spec
+    from fetalplanes.runtime.artifact import SPEC_KEY, onnx_metadata
 
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(tiny_checkpoint, ckpt)
     update_spec(ckpt, temperature=1.7321, abstain_threshold=0.4242)
     export.export_checkpoint(ckpt, tmp_path / "model.onnx")
-    spec = ModelSpec.from_json(export.read_metadata(tmp_path / "model.onnx")[export.SPEC_KEY])
+    spec = ModelSpec.from_json(onnx_metadata(tmp_path / "model.onnx")[SPEC_KEY])
     assert spec.temperature == pytest.approx(1.7321) and spec.abstain_threshold == pytest.approx(0.4242)
 
 

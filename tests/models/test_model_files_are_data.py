@@ -163,6 +163,6 @@ def test_onnx_external_data_stays_in_the_models_folder(tmp_path: Path, location:
 
 
 def test_exported_onnx_passes_the_bounds(onnx_model: Path) -> None:
-    from fetalplanes.runtime.artifact import check_onnx
+    from fetalplanes.runtime.session import check_onnx
 
     check_onnx(onnx_model)  # raises on a false refusal

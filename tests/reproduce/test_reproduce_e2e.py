@@ -16,12 +16,13 @@ VARIANTS = "lite0_frozen,mobilenetv3"  # one frozen (fast path) + one fine-tuned
 
 
 def _app():
-    from fetalplanes.cli import app
-    from fetalplanes.cli.reproduce import register
+    # Every command group, as the console entry point registers them: registering one group
+    # here would leave the shared app without the others for CLI tests that run later.
+    from fetalplanes import cli
 
-    if "reproduce" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
-        register(app)
-    return app
+    if not cli.app.registered_commands:
+        cli._register()
+    return cli.app
 
 
 def _invoke(*args: str):

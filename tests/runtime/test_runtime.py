@@ -146,9 +146,9 @@ def _toy_model(path: Path, spec: ModelSpec, weights: np.ndarray, with_spec: bool
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     if with_spec:
-        from fetalplanes.deploy.export import set_metadata
+        from fetalplanes.runtime.artifact import set_onnx_metadata
 
-        set_metadata(proto, spec)
+        set_onnx_metadata(proto, spec)
     onnx.save(proto, str(path))
     return path
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
 import subprocess
 import sys
 import tempfile
@@ -262,7 +263,7 @@ def test_too_many_files_is_422(backend, phantom) -> None:
     "name, data, content_type",
     [
         ("notes.txt", b"patient notes, not an image", None),
-        ("anim.gif", encode(Image.new("L", (8, 8)), "GIF"), None),
+        ("photo.heic", struct.pack(">I", 24) + b"ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64, None),
         ("random.bin", bytes(range(256)) * 4, None),
         ("form.json", b'{"a": 1}', "application/json"),
     ],
@@ -274,6 +275,17 @@ def test_unsupported_type_is_415(client, name: str, data: bytes, content_type: s
         response = post_one(client, name, data)
     assert response.status_code == 415
     assert "expected" in response.json()["detail"]
+    if name == "photo.heic":  # refused by the one format table, never called "a video"
+        assert "HEIC/HEIF" in response.json()["detail"] and "video" not in response.json()["detail"]
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_formats_the_cli_reads_are_served(client, backend, phantom, fmt: str) -> None:
+    """One format table: the service accepts what `predict` reads (it refused GIF/WebP before)."""
+    gray = Image.open(phantom).convert("L")
+    body = post_one(client, f"scan.{fmt.lower()}", encode(gray, fmt)).json()
+    check_prediction(body, backend.spec.class_names, gray.size)
+    assert body["image"]["format"] == fmt.lower()
 
 
 @pytest.mark.parametrize(

@@ -21,12 +21,12 @@ TINY = {"data.image_size": 64, "data.num_workers": 0, "optim.batch_size": 16, "t
 
 
 def _module(inputs: str = "images", **overrides):
-    from fetalplanes.training.fit import build_spec
+    from fetalplanes.training.fit import build_run_model
     from fetalplanes.training.module import PlaneModule
 
     cfg = load_config("demo", {**TINY, **overrides})
-    spec = build_spec(cfg, PLANES, {})
-    module = PlaneModule(cfg.model_dump(mode="json"), spec.to_dict(), inputs=inputs)
+    model, spec = build_run_model(cfg, PLANES, {})
+    module = PlaneModule(cfg, spec, model, inputs=inputs)
     # configure_optimizers reads the step count from the trainer; a stand-in is enough here.
     module._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=2)
     return module

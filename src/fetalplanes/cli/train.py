@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from fetalplanes.cli.common import console, err_console
 from fetalplanes.core.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from fetalplanes.core.spec import ModelSpec
+    from fetalplanes.runtime.predictor import FileResult
 
 
 def train(
@@ -126,7 +130,7 @@ def predict(
         raise typer.Exit(1)
 
 
-def _failure_summary(results) -> str:  # noqa: ANN001 - runtime.FileResult list
+def _failure_summary(results: list[FileResult]) -> str:
     """One line: how many files could not be read and how many frames were skipped, of how many."""
     files = {r.path for r in results}
     bad_files = {r.path for r in results if not r.ok and r.frame is None}
@@ -138,18 +142,18 @@ def _failure_summary(results) -> str:  # noqa: ANN001 - runtime.FileResult list
     return "; ".join(parts) + "; the others were answered"
 
 
-def _row(r) -> dict:  # noqa: ANN001 - runtime.FileResult
+def _row(r: FileResult) -> dict:
     """One JSON entry: ``image`` (FILE or FILE#frame=N), ``file``, ``frame``, ``time_s`` (None for a
     still image), then the prediction or ``error``."""
     where = {"image": r.name, "file": str(r.path), "frame": r.frame, "time_s": r.time_s}
     return {**where, **(r.prediction.to_dict() if r.ok else {"error": r.error})}
 
 
-def _print_json(results, spec, top_k: int) -> None:  # noqa: ANN001 - runtime.FileResult list, ModelSpec
+def _print_json(results: list[FileResult], spec: ModelSpec, top_k: int) -> None:
     typer.echo(json.dumps([_row(r) for r in results], indent=2))
 
 
-def _print_csv(results, spec, top_k: int) -> None:  # noqa: ANN001
+def _print_csv(results: list[FileResult], spec: ModelSpec, top_k: int) -> None:
     import csv
     import sys
 
@@ -170,7 +174,7 @@ def _print_csv(results, spec, top_k: int) -> None:  # noqa: ANN001
                          *where, ""])
 
 
-def _print_table(results, spec, top_k: int) -> None:  # noqa: ANN001
+def _print_table(results: list[FileResult], spec: ModelSpec, top_k: int) -> None:
     from rich.markup import escape
     from rich.table import Table
 

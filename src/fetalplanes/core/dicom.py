@@ -116,7 +116,7 @@ class DicomFrames:
         self.short_read: str | None = None
         self._codestreams: list[bytes] | None = None
         self._options = _pixel_options(ds)
-        self.intensity = DicomIntensity(ds)
+        self.intensity = DicomIntensity(ds, label)
         self.count = self._encapsulated_count() if self.uid.is_encapsulated else self._native_count()
 
     def __len__(self) -> int:
@@ -146,9 +146,10 @@ class DicomFrames:
 
         expected = get_expected_length(self.ds, unit="bytes")
         per_frame = max(1, expected // self.declared)
-        present = len(self.ds.PixelData) // per_frame
+        pixels = next(self.ds[k].value for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in self.ds)
+        present = len(pixels) // per_frame
         if present < self.declared:
-            self.short_read = f"pixel data is {len(self.ds.PixelData):,} bytes, {expected:,} expected"
+            self.short_read = f"pixel data is {len(pixels):,} bytes, {expected:,} expected"
             if present == 0:
                 raise ImageLoadError(self.label, f"cannot decode DICOM pixel data: {self.short_read}")
             self.ds.NumberOfFrames = present  # so pydicom decodes the frames that are there
@@ -163,7 +164,9 @@ class DicomFrames:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return self.region.crop(Image.fromarray(np.ascontiguousarray(self.intensity(raw))))
+                return self.region.crop(Image.fromarray(np.ascontiguousarray(self.intensity(raw, index))))
+        except ImageLoadError as err:  # the intensity rule's own refusal (e.g. floats outside 0..1)
+            raise err.with_frame(index) if self._where(index) is not None else err from None
         except Exception as exc:  # LUT/window attributes that pydicom's helpers cannot apply
             reason = f"invalid DICOM LUT or window attributes ({type(exc).__name__}: {_one_line(exc)})"
             raise ImageLoadError(self.label, reason, frame=self._where(index)) from None

@@ -22,7 +22,9 @@ import re
 __all__ = ["EXPECTED", "BadFilesError", "DataError", "ImageLoadError", "MissingExtraError", "ModelFileError",
            "ModelFileNotFound", "UsageError", "UserError"]
 
-EXPECTED = "a PNG, JPEG, BMP, TIFF or DICOM image"
+# The accepted formats of core.formats.FORMATS (formats imports this module, so the text is
+# written out here; tests/core/test_formats.py checks it equals formats.EXPECTED_TEXT).
+EXPECTED = "a PNG, JPEG, TIFF, GIF, WebP, BMP, AVIF or DICOM image"
 
 
 class UserError(Exception):
@@ -107,3 +109,11 @@ class BadFilesError(DataError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.bad,))
+
+
+class ModelFileError(UserError, ValueError):
+    """A model file cannot be used; the one-line message names the file and the accepted formats."""
+
+
+class ModelFileNotFound(ModelFileError, FileNotFoundError):
+    """The model path does not exist (also a FileNotFoundError)."""

@@ -19,7 +19,8 @@ what ``predict`` can use for a multi-frame DICOM:
   attribute. Time stamps are never negative.
 
 Frames follow the one intensity rule (:mod:`fetalplanes.core.intensity`); video frames are
-decoded to 8-bit luma. Torch-free; PyAV (``fetalplanes[video]``) is imported only for video.
+decoded to 8-bit luma and turned upright by their display matrix (:func:`upright`), as players
+show them, and ``info`` reports the displayed width and height. Torch-free; PyAV (``fetalplanes[video]``) is imported only for video.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 from PIL import Image
 
 from fetalplanes.core.errors import ImageLoadError, UsageError
-from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, check_size, sniff_format, sniff_video
+from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, VIDEO_SUFFIXES, check_size, format_named, sniff_format, sniff_video
 from fetalplanes.core.io import IMAGE_SUFFIXES, PilFrames, Source, _read_source, list_images, load_image
 
 __all__ = ["DEFAULT_FPS", "MAX_FPS", "VIDEO_SUFFIXES", "Frame", "FrameReader", "dicom_frame_rate", "is_video_file",
@@ -48,7 +49,6 @@ DEFAULT_FPS = 25.0
 """Frame rate assumed when neither the user nor the file gives a valid one (frames/s)."""
 MAX_FPS = 1000.0
 """Highest plausible frame rate; ultrasound cine runs at 10-200 frames/s."""
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
 VIDEO_EXPECTED = "a readable video (MP4, AVI, MOV, MKV, WebM, MPEG)"
 _DICOM_TIMING = (  # attribute, its value -> frames per second
     ("FrameTime", lambda ms: 1000.0 / ms),
@@ -149,8 +149,8 @@ def open_frames(
         return _video(BytesIO(data), label, fps, max_pixels)
     if fmt == "dicom":
         return _dicom(data, label, fps, max_pixels)
-    if fmt is None:
-        load_image(data, name=label)  # raises the loader's one-line "not an image" error
+    if fmt is None or not format_named(fmt).accepted:
+        load_image(data, name=label)  # raises the loader's one-line "not an image" / refusal error
     return _pages(data, fmt, label, fps, max_pixels)
 
 
@@ -338,5 +338,24 @@ def _decode_video(container: Any, stream: Any, rate: float, user_rate: bool, rea
             t = None if user_rate else frame.time
             time_s = float(t) if t is not None and math.isfinite(t) and t >= 0 else index / rate
             # B-mode is grayscale: decoding straight to 8-bit luma skips a colour conversion.
-            yield Frame(index, time_s, Image.fromarray(frame.to_ndarray(format="gray")))
+            image = upright(Image.fromarray(frame.to_ndarray(format="gray")), getattr(frame, "rotation", 0), reader)
+            yield Frame(index, time_s, image)
             index += 1
+
+
+# Display-matrix rotation (degrees, counter-clockwise, as FFmpeg reports it) -> the PIL transpose
+# that shows the frame as players do; phones store sideways frames with such a matrix.
+_ROTATIONS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+
+
+def upright(image: Image.Image, rotation: float | None, reader: FrameReader | None = None) -> Image.Image:
+    """A video frame turned as its display matrix says (``frame.rotation`` of PyAV, degrees
+    counter-clockwise; multiples of 90 only, as phones write them), the way players and the
+    EXIF rule for JPEGs show it. ``reader.info`` then reports the displayed width/height and the
+    ``rotation``; a flip in the matrix is not applied."""
+    turn = _ROTATIONS.get(int(round(rotation or 0)) % 360)
+    if reader is not None and "rotation" not in reader.info:
+        reader.info["rotation"] = int(round(rotation or 0)) % 360
+        if turn in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270):
+            reader.info["width"], reader.info["height"] = reader.info.get("height"), reader.info.get("width")
+    return image.transpose(turn) if turn is not None else image

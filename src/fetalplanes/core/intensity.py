@@ -14,6 +14,12 @@ the same frame gives the same pixels whatever file it came in. The rule:
   to 0..255. Without a VOI transform the range is the one BitsStored allows (through the
   Modality LUT), again never the image's own min/max. MONOCHROME1 is inverted (its lowest
   value is white). pydicom's ``apply_modality_lut`` and ``apply_voi_lut`` do the work.
+  In an Enhanced (multi-frame) object the window and rescale of a frame come from its
+  per-frame functional group, then the shared one, then the top level (PS3.3 C.7.6.16:
+  Frame VOI LUT and Pixel Value Transformation macros), as a viewer applies them.
+- **DICOM Float / Double Float Pixel Data** (PS3.3 C.7.6.24): the window, when one is given,
+  as above; without one the floating-point rule (values in 0..1 -> 0..255; anything else is
+  refused with a one-line reason, as there is no defined gray range).
 - **DICOM PALETTE COLOR** (PS3.3 C.7.6.3.1.5): through the palette (pydicom
   ``apply_color_lut``), scaled by the LUT descriptor's bits per entry (8 -> 255, 16 ->
   65535), unless a 16-bit descriptor's whole LUT never exceeds 255: such writers store
@@ -75,20 +81,21 @@ class DicomIntensity:
     are fixed per dataset, so a cine loop does not flicker from frame to frame.
     """
 
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
+    def __init__(self, ds: Dataset, label: str = "DICOM") -> None:
+        self.ds, self.label = ds, label
         self.photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
         self.bits_stored = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
         self.signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+        self._gray: dict[tuple, tuple[Dataset, bool, tuple[float, float]]] = {}
         if self.photometric == "PALETTE COLOR":
             self.top = _palette_top(ds)
         elif int(ds.get("SamplesPerPixel", 1) or 1) > 1:
             self.top = float(2**self.bits_stored - 1)
         else:
-            self.has_voi = _voi_probe(ds) is not None
-            self.range = _gray_range(ds, self.bits_stored, self.signed)
+            self._gray_rule(0)  # an unusable window or LUT fails here, once, not per frame
 
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
+    def __call__(self, frame: np.ndarray, index: int = 0) -> np.ndarray:
+        """Frame ``index`` (0-based; it selects the frame's functional groups) as uint8."""
         from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
         if self.photometric == "PALETTE COLOR":
@@ -96,11 +103,57 @@ class DicomIntensity:
             return rgb if rgb.dtype == np.uint8 and self.top == 255 else scale_to_uint8(rgb, 0.0, self.top)
         if frame.ndim == 3:
             return frame if frame.dtype == np.uint8 and self.top == 255 else scale_to_uint8(frame, 0.0, self.top)
-        values = apply_modality_lut(frame, self.ds)
-        if self.has_voi:
-            values = apply_voi_lut(values, self.ds)
-        gray = scale_to_uint8(values, *self.range)
+        view, has_voi, limits = self._gray_rule(index)
+        if frame.dtype.kind == "f" and not has_voi:
+            gray = scale_float(frame, self.label)  # Float Pixel Data without a window: the 0..1 rule
+        else:
+            values = frame if frame.dtype.kind == "f" else apply_modality_lut(frame, view)
+            if has_voi:
+                values = apply_voi_lut(values, view)
+            gray = scale_to_uint8(values, *limits)
         return 255 - gray if self.photometric == "MONOCHROME1" else gray  # MONOCHROME1: lowest value is white
+
+    def _gray_rule(self, index: int) -> tuple[Dataset, bool, tuple[float, float]]:
+        """(attributes that apply to frame ``index``, whether a VOI transform applies, its output
+        range), cached per distinct window/rescale so a cine's ranges are computed once."""
+        view = frame_attributes(self.ds, index)
+        key = tuple(str(view.get(name, "")) for name in _FUNCTIONAL_KEYS)
+        if key not in self._gray:
+            self._gray[key] = (view, _voi_probe(view) is not None, _gray_range(view, self.bits_stored, self.signed))
+        return self._gray[key]
+
+
+# Functional group macro -> the attributes it replaces at the top level (PS3.3 C.7.6.16.2.10, .2.9).
+_FUNCTIONAL = {
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
+}
+_FUNCTIONAL_KEYS = tuple(name for names in _FUNCTIONAL.values() for name in names)
+
+
+def frame_attributes(ds: Dataset, index: int) -> Dataset:
+    """``ds`` itself, or, in an Enhanced object, a copy of its pixel-value attributes with the
+    window and rescale of frame ``index``: from its per-frame functional group, else the shared
+    functional group, else the top level (PS3.3 C.7.6.16). Nothing else (no pixel data) is copied."""
+    from pydicom.dataset import Dataset
+
+    per_frame, shared = ds.get("PerFrameFunctionalGroupsSequence"), ds.get("SharedFunctionalGroupsSequence")
+    groups = ([per_frame[index]] if per_frame and 0 <= index < len(per_frame) else []) + ([shared[0]] if shared else [])
+    found = []
+    for macro, names in _FUNCTIONAL.items():
+        item = next((g[macro][0] for g in groups if g.get(macro)), None)
+        found += [item[name] for name in names if item is not None and name in item]
+    if not found:
+        return ds
+    # The frame's own window takes precedence over a top-level VOI LUT, which is then not copied.
+    sequences = {"ModalityLUTSequence"} | ({"VOILUTSequence"} if "WindowCenter" not in {e.keyword for e in found} else set())
+    view = Dataset()
+    for element in ds:  # the Image Pixel / Modality LUT / VOI LUT attributes (group 0028)
+        if element.tag.group == 0x0028 and (element.VR != "SQ" or element.keyword in sequences):
+            view.add(element)
+    for element in found:
+        view.add(element)
+    return view
 
 
 def _palette_top(ds: Dataset) -> float:

@@ -1,4 +1,4 @@
-"""The one image loader: PNG, JPEG, BMP, TIFF, GIF, WebP and DICOM -> a decoded PIL image.
+"""The one image loader: every accepted format of ``core.formats.FORMATS`` -> a decoded PIL image.
 
 Training, evaluation, the torch-free edge runtime, the CLI and the web service all read
 images through :func:`load_image` (or :func:`load_frames` for cine loops and multi-page
@@ -35,7 +35,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fetalplanes.core.dicom import dicom_frames
 from fetalplanes.core.errors import EXPECTED, BadFilesError, ImageLoadError
-from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, check_size, looks_like_text, sniff_format
+from fetalplanes.core.formats import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, check_size, format_named, looks_like_text,
+                                      sniff_format)
 from fetalplanes.core.intensity import scale_by_bits, scale_float
 from fetalplanes.core.limits import PixelBudget
 
@@ -62,13 +63,6 @@ logger = logging.getLogger(__name__)
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp"}
-)
-
-# sniff_format name -> Pillow plugin name; passing it to Image.open stops Pillow from
-# guessing another format when the data is damaged.
-_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "tiff": "TIFF", "gif": "GIF", "webp": "WEBP"}
 
 # Modes returned unchanged: 8-bit gray, gray+alpha, 16-bit gray, RGB, RGBA.
 _KEPT_MODES = frozenset({"L", "LA", "I;16", "RGB", "RGBA"})
@@ -161,6 +155,8 @@ def _load(
     if fmt is None:
         what = "the content looks like text" if looks_like_text(data) else "unrecognised binary content"
         raise ImageLoadError(label, f"not an image: {what}")
+    if not format_named(fmt).accepted:
+        raise ImageLoadError(label, format_named(fmt).refusal)
     if fmt == "dicom":
         return dicom_frames(data, label, max_pixels, first_only, budget)
     return _pil_frames(data, fmt, label, max_pixels, first_only, budget)
@@ -207,7 +203,8 @@ class PilFrames:
         self.fmt, self.label, self.max_pixels, self.budget = fmt, label, max_pixels, budget
         self.short_read: str | None = None
         with _pillow_errors(label, fmt, max_pixels):
-            self._image = Image.open(BytesIO(data), formats=[_PIL_FORMATS[fmt]])
+            # The table's plugin only: Pillow must not guess another format for damaged data.
+            self._image = Image.open(BytesIO(data), formats=[format_named(fmt).pillow_plugin])
             self.declared = self.count = max(1, int(getattr(self._image, "n_frames", 1)))
 
     def __len__(self) -> int:

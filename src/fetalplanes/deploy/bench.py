@@ -30,7 +30,8 @@ from fetalplanes.core.atomic import write_json, write_text
 from fetalplanes.core.errors import UsageError
 from fetalplanes.deploy.bench_models import BenchModel, build, model_facts, select_models
 from fetalplanes.deploy.bench_worker import BACKEND_LABELS, BACKENDS, OrtOptions, Timing, measure
-from fetalplanes.deploy.profile import cpu_cores, cpu_peak, profile_ort, profile_torch, roofline_share, tune_ort
+from fetalplanes.deploy.profile import cpu_peak, profile_ort, profile_torch, roofline_share, tune_ort
+from fetalplanes.runtime.session import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class BenchConfig:
             self,
             out_dir=Path(self.out_dir),
             batch_sizes=tuple(sorted(set(self.batch_sizes or ((1, 8) if self.quick else (1, 32))))),
-            threads=self.threads or (len(self.cpus) if self.cpus else cpu_cores()),
+            threads=self.threads or (len(self.cpus) if self.cpus else available_cores()),
             calib_images=self.calib_images or (4 if self.quick else 16),
             timing=replace(timing, budget_s=self.budget_s) if self.budget_s else timing,
         )

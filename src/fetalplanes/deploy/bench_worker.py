@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fetalplanes.runtime.session import load_session, session_options
+
 log = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("torch", "torch_cl", "ort_fp32", "ort_int8")
@@ -120,36 +122,16 @@ def time_calls(fn: Callable[[], Any], batch: int, timing: Timing) -> dict[str, A
 
 
 def ort_options(opts: OrtOptions, profile_prefix: str | None = None):
-    """ONNX Runtime session options with the given knobs (and optional op profiling)."""
-    import onnxruntime as ort
-
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    if opts.opt_level not in levels:
-        raise ValueError(f"unknown ORT optimization level {opts.opt_level!r}; choose one of {list(levels)}")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = levels[opts.opt_level]
-    so.intra_op_num_threads = int(opts.threads)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
+    """ONNX Runtime session options with the given knobs (and optional op profiling): the one
+    builder, ``runtime.session.session_options``, with the knobs set explicitly."""
     # Spinning threads burn cycles waiting for work: fastest alone, harmful on a shared CPU.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.spinning else "0")
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    return so
+    return session_options(int(opts.threads), opt_level=opts.opt_level, spinning=bool(opts.spinning),
+                           profile_prefix=profile_prefix, log_severity=3)
 
 
 def ort_session(path: str | Path, opts: OrtOptions, profile_prefix: str | None = None):
     """An ONNX Runtime CPU session with the given knobs (and optional op profiling)."""
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), ort_options(opts, profile_prefix), providers=["CPUExecutionProvider"])
+    return load_session(path, options=ort_options(opts, profile_prefix))
 
 
 def _input(batch: int, image_size: int) -> np.ndarray:

@@ -36,7 +36,7 @@ from fetalplanes.core.preprocess import preprocess_batch
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.runtime.artifact import OOD_KEY, SPEC_KEY, onnx_metadata, set_onnx_metadata, spec_to_metadata
 from fetalplanes.runtime.onnx_backend import INPUT_NAME, OUTPUT_NAME
-from fetalplanes.runtime.session import session_options
+from fetalplanes.runtime.session import load_session
 
 if TYPE_CHECKING:  # torch / onnx are imported lazily: the CLI must start without them
     import onnx
@@ -54,15 +54,6 @@ _BUILTIN_PER_CLASS = 2
 
 class ParityError(UserError, ValueError):
     """ONNX Runtime does not reproduce the PyTorch model; the file was not written."""
-
-
-# ------------------------------------------------------------------ metadata
-
-
-# The spec's ONNX form has one home, the torch-free runtime that reads it back.
-spec_metadata = spec_to_metadata
-set_metadata = set_onnx_metadata
-read_metadata = onnx_metadata
 
 
 # ------------------------------------------------------------------ verification inputs
@@ -163,11 +154,8 @@ def _to_onnx(model: "torch.nn.Module", image_size: int, opset: int, exporter: st
 
 
 def ort_session(model: bytes | str | Path, threads: int | None = None) -> Any:
-    """A CPU InferenceSession with full graph optimizations."""
-    import onnxruntime as ort
-
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+    """A CPU InferenceSession with full graph optimizations (``runtime.session``)."""
+    return load_session(model, threads)
 
 
 def _torch_outputs(model: "torch.nn.Module", x: np.ndarray) -> list[np.ndarray]:
@@ -260,7 +248,7 @@ def export_onnx(
         log.warning("dynamo export failed (%s: %s); retrying with the TorchScript exporter", type(err).__name__, err)
         exporter = "torchscript"
         proto = _to_onnx(model, spec.preprocessing.image_size, opset, exporter)
-    set_metadata(proto, spec)
+    set_onnx_metadata(proto, spec)
     data = proto.SerializeToString()
     report = check_parity(model, data, inputs, tolerance)
     report.update(exporter=exporter, opset=opset, export_s=round(time.perf_counter() - t0, 2))
@@ -276,7 +264,7 @@ def export_onnx(
     extra = {"export_parity": json.dumps({k: report[k] for k in keep})}
     if ood_blob is not None:
         extra[OOD_KEY] = ood_blob
-    set_metadata(proto, spec, extra)
+    set_onnx_metadata(proto, spec, extra)
     data = proto.SerializeToString()
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(data)

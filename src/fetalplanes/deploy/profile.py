@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from fetalplanes.runtime.session import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,10 @@ def _cpuinfo(text: str | None = None) -> tuple[str, set[str], float | None]:
     )
 
 
-def cpu_cores() -> int:
-    """Cores this process may run on (affinity / cpuset aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def cpu_peak(cpuinfo_text: str | None = None, cores: int | None = None, ghz: float | None = None) -> dict[str, Any]:
     """Estimated peak fp32 GFLOP/s and int8 GOP/s of the cores available to this process."""
     model, flags, mhz = _cpuinfo(cpuinfo_text)
-    cores = cores or cpu_cores()
+    cores = cores or available_cores()
     ghz = ghz or (mhz / 1000.0 if mhz else 2.0)
     isa, per_cycle = next(((name, n) for name, n in FLOPS_PER_CYCLE_FP32 if name in flags), ("scalar", 4))
     if isa == "avx2" and "fma" not in flags:

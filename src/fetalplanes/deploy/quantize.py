@@ -173,8 +173,7 @@ def _with_metadata(model_path: Path, spec: ModelSpec, info: dict[str, Any], ood_
     approximate, as the int8 logits are)."""
     import onnx
 
-    from fetalplanes.deploy.export import set_metadata
-    from fetalplanes.runtime.artifact import OOD_KEY
+    from fetalplanes.runtime.artifact import OOD_KEY, set_onnx_metadata
 
     proto = onnx.load(str(model_path))
     extra = {"quantization": json.dumps(info, sort_keys=True)}
@@ -182,7 +181,7 @@ def _with_metadata(model_path: Path, spec: ModelSpec, info: dict[str, Any], ood_
         extra[OOD_KEY] = ood_blob
     elif spec.has_ood_gate:
         spec = spec.replace(ood={})
-    set_metadata(proto, spec, extra)
+    set_onnx_metadata(proto, spec, extra)
     return proto.SerializeToString()
 
 

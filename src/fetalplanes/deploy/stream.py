@@ -33,7 +33,7 @@ import numpy as np
 
 from fetalplanes.core.atomic import write_json, write_text
 from fetalplanes.core.errors import DataError, UsageError
-from fetalplanes.core.frames import DEFAULT_FPS, VIDEO_SUFFIXES, Frame  # noqa: F401 - re-exported
+from fetalplanes.core.frames import Frame
 from fetalplanes.core.frames import open_frames as open_frames_core
 from fetalplanes.core.postprocess import softmax, top1
 

@@ -16,7 +16,6 @@ import numpy as np
 from fetalplanes.core.errors import DataError
 from fetalplanes.core.io import report_bad_files
 from fetalplanes.data.records import Sample
-from fetalplanes.data.sources import samples_from_paths  # noqa: F401  (re-exported)
 from fetalplanes.runtime.loader import load_predictor
 from fetalplanes.runtime.predictor import FileResult, Predictor
 

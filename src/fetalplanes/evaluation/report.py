@@ -17,7 +17,6 @@ from fetalplanes.core.spec import ModelSpec
 from fetalplanes.data.records import Sample
 from fetalplanes.core.hashing import file_sha256
 from fetalplanes.data.splits import choose_split, selection_lines
-from fetalplanes.data.splits import select_split  # noqa: F401  (re-exported: evaluate scores one split)
 from fetalplanes.evaluation.metrics import evaluate_arrays, fmt, missing_ids
 
 log = logging.getLogger(__name__)

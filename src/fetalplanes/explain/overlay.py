@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fetalplanes.core.encode import png_bytes  # noqa: F401  (re-exported: one PNG encoder)
+from fetalplanes.core.encode import png_bytes
 from fetalplanes.core.preprocess import to_gray
 from fetalplanes.explain.result import CamResult
 

@@ -117,7 +117,8 @@ def _explain_one(model, spec, image, name: str, out: Path, method: str, target, 
                  layer: str | None = None, aug_smooth: bool = False) -> dict[str, Any]:
     from fetalplanes.explain.cam import compute_cam
     from fetalplanes.explain.occlusion import compute_occlusion
-    from fetalplanes.explain.overlay import overlay, png_bytes
+    from fetalplanes.core.encode import png_bytes
+    from fetalplanes.explain.overlay import overlay
 
     t0 = time.perf_counter()
     res = compute_cam(model, spec, image, method, target, layer=layer, aug_smooth=aug_smooth)

@@ -3,6 +3,7 @@
 from fetalplanes.models.presets import list_presets, load_preset
 from fetalplanes.models.registry import (
     ModelConfig,
+    build,
     build_model,
     create_model,
     default_preprocessing,
@@ -12,6 +13,7 @@ from fetalplanes.models.registry import (
 
 __all__ = [
     "ModelConfig",
+    "build",
     "build_model",
     "create_model",
     "default_preprocessing",

@@ -8,6 +8,7 @@ backbone name with the default attention and head.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
@@ -119,6 +120,18 @@ def build_model(cfg: ModelConfig, num_classes: int):
     model = PlaneClassifier(backbone, attention, head, cfg.model_dump())
     model.set_finetune(cfg.finetune, cfg.finetune_k)
     return model
+
+
+def build(cfg: ModelConfig, class_names: Sequence[str], image_size: int):
+    """The one build of a model for training: ``(PlaneClassifier, Preprocessing)``.
+
+    The model (pretrained weights loaded, fine-tuning mode applied) for ``len(class_names)``
+    classes, and the preprocessing its backbone was pretrained with: mean/std from timm's
+    pretrained config of that backbone, at ``image_size`` pixels. Raises ``ValueError`` for
+    fewer than 2 classes.
+    """
+    model = build_model(cfg, len(class_names))
+    return model, default_preprocessing(model, image_size)
 
 
 def default_preprocessing(model, image_size: int = 224) -> Preprocessing:

@@ -20,7 +20,7 @@ from typing import Any
 
 _EXPORTS = {
     "ACCEPTED": "fetalplanes.runtime.artifact",
-    "ModelFileError": "fetalplanes.runtime.artifact",
+    "ModelFileError": "fetalplanes.core.errors",
     "detect_kind": "fetalplanes.runtime.artifact",
     "read_spec": "fetalplanes.runtime.artifact",
     "DEFAULT_BATCH": "fetalplanes.runtime.predictor",

@@ -19,9 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fetalplanes.core.errors import ModelFileError, ModelFileNotFound, UserError
+from fetalplanes.core.errors import ModelFileError, ModelFileNotFound
 from fetalplanes.core.spec import ModelSpec, SpecError
-from fetalplanes.runtime.onnx_bounds import onnx_problem
+from fetalplanes.runtime.session import load_session, session_options
 
 SPEC_KEY = "fetalplanes_spec"
 # The OOD gate's fitted statistics (``core.ood.encode_stats``), beside the spec so the spec stays small.
@@ -95,22 +95,9 @@ def spec_from_metadata(metadata: dict[str, str], source: str = "model") -> Model
 
 def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """``metadata_props`` of an ONNX file, read with ONNX Runtime (no ``onnx`` package needed)."""
-    import onnxruntime as ort
-
-    check_onnx(path)  # declared sizes and external data bounded before ORT allocates anything
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as err:  # ORT raises its own exception types for bad files
-        raise ModelFileError(f"{path}: cannot load as an ONNX model ({type(err).__name__}: {err})") from None
+    # Read only: one thread and no graph optimization, nothing is run.
+    session = load_session(path, options=session_options(1, opt_level="disable"))
     return dict(session.get_modelmeta().custom_metadata_map)
-
-
-def check_onnx(path: str | os.PathLike[str]) -> None:
-    """``ModelFileError`` naming the file and the tensor when an ONNX file's declared sizes or
-    external data exceed the limits (``runtime.onnx_bounds``); checked before any session is built."""
-    problem = onnx_problem(path)
-    if problem:
-        raise ModelFileError(problem)
 
 
 def read_spec(path: str | os.PathLike[str]) -> ModelSpec:

@@ -23,7 +23,8 @@ import importlib.util
 import logging
 import os
 
-from fetalplanes.runtime.artifact import KINDS, ModelFileError, detect_kind
+from fetalplanes.core.errors import ModelFileError
+from fetalplanes.runtime.artifact import KINDS, detect_kind
 from fetalplanes.runtime.predictor import Predictor
 
 __all__ = ["available_kinds", "load_predictor"]

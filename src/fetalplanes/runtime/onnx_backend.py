@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fetalplanes.runtime.artifact import OOD_KEY, ModelFileError, spec_from_metadata
+from fetalplanes.core.errors import ModelFileError
+from fetalplanes.runtime.artifact import OOD_KEY, spec_from_metadata
 from fetalplanes.runtime.predictor import Predictor
 from fetalplanes.runtime.session import load_session
 

@@ -27,7 +27,7 @@ __all__ = ["onnx_problem"]
 
 
 class ModelFileError(ValueError):
-    """Internal: one refusal; :func:`onnx_problem` returns its message (``runtime.artifact.check_onnx``
+    """Internal: one refusal; :func:`onnx_problem` returns its message (``runtime.session.check_onnx``
     raises the public ``ModelFileError`` with it)."""
 
 # TensorProto.DataType -> bytes per element (strings and sub-byte types are not size-checked).

@@ -1,5 +1,10 @@
-"""ONNX Runtime sessions for small-batch CPU inference (torch-free; used by the predictor and the
-artifact reader, and by ``bench`` for its knob sweep)."""
+"""The one ONNX Runtime session builder and the one count of usable CPU cores (torch-free).
+
+Every ORT session of the package is built here: the Predictor's (``runtime.onnx_backend``), the
+spec reader's (``runtime.artifact``), the export parity check (``deploy.export``) and ``bench``'s
+knob sweep (``deploy.bench_worker``), so a setting (threads, spinning, optimization level) means
+the same thing everywhere.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,13 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from fetalplanes.core.errors import MissingExtraError
-from fetalplanes.runtime.artifact import ModelFileError, ModelFileNotFound, check_onnx
+from fetalplanes.core.errors import MissingExtraError, ModelFileError, ModelFileNotFound
+from fetalplanes.runtime.onnx_bounds import onnx_problem
+
+__all__ = ["OPT_LEVELS", "available_cores", "check_onnx", "load_session", "session_options"]
+
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+"""ORT graph optimization levels, by name (``session_options(opt_level=...)``)."""
 
 
 def available_cores() -> int:
@@ -27,34 +37,66 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-def session_options(threads: int | None = None) -> Any:
-    """ORT options for small-batch CPU inference: all graph optimizations, one intra-op
-    thread per core, sequential execution (the graph is a chain: inter-op threads idle)."""
-    ort = _onnxruntime()
+def session_options(threads: int | None = None, *, opt_level: str = "all", spinning: bool | None = None,
+                    profile_prefix: str | None = None, log_severity: int | None = None) -> Any:
+    """ORT options for small-batch CPU inference: ``opt_level`` graph optimizations (one of
+    :data:`OPT_LEVELS`), ``threads`` intra-op threads (default: one per usable core), sequential
+    execution (the graph is a chain: inter-op threads idle).
 
+    ``spinning``: whether idle worker threads spin; None keeps ORT's default unless the
+    environment sets ``FETALPLANES_ORT_SPIN=0``. ``profile_prefix`` turns on op profiling.
+    Raises ``ValueError`` naming the valid levels for an unknown ``opt_level``.
+    """
+    ort = _onnxruntime()
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if opt_level not in levels:
+        raise ValueError(f"unknown ORT optimization level {opt_level!r}; choose one of {list(OPT_LEVELS)}")
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = levels[opt_level]
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = int(threads) if threads else available_cores()
     opts.inter_op_num_threads = 1
+    if log_severity is not None:
+        opts.log_severity_level = int(log_severity)
     # Spinning worker threads win ~7 % on an idle, dedicated box but halve throughput when the
     # host is shared (measured in docs/deploy.md): FETALPLANES_ORT_SPIN=0 turns them off.
-    if os.environ.get("FETALPLANES_ORT_SPIN", "1").strip() in ("0", "false", "no"):
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if spinning is None and os.environ.get("FETALPLANES_ORT_SPIN", "1").strip() in ("0", "false", "no"):
+        spinning = False
+    if spinning is not None:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     return opts
 
 
-def load_session(path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[Any] | None = None,
-                 options: Any = None) -> Any:
-    """An ONNX Runtime session for ``path`` (``options``: an ``ort.SessionOptions`` replacing
-    :func:`session_options`); ``ModelFileError`` naming the file when it cannot load."""
+def check_onnx(path: str | os.PathLike[str]) -> None:
+    """``ModelFileError`` naming the file and the tensor when an ONNX file's declared sizes or
+    external data exceed the limits (``runtime.onnx_bounds``); checked before any session is built."""
+    problem = onnx_problem(path)
+    if problem:
+        raise ModelFileError(problem)
+
+
+def load_session(model: str | os.PathLike[str] | bytes, threads: int | None = None,
+                 providers: Sequence[Any] | None = None, options: Any = None) -> Any:
+    """An ONNX Runtime session for a model file or serialized model bytes (``options``: an
+    ``ort.SessionOptions`` replacing :func:`session_options`); ``ModelFileError`` naming the file
+    when it cannot load (``ModelFileNotFound`` when it does not exist)."""
     ort = _onnxruntime()
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileNotFound(f"{path}: ONNX model file not found")
-    check_onnx(path)  # declared sizes and external data bounded before ORT allocates anything
+    name = "<ONNX bytes>" if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes) and not Path(model).is_file():
+        raise ModelFileNotFound(f"{name}: ONNX model file not found")
+    if not isinstance(model, bytes):
+        check_onnx(model)  # declared sizes and external data bounded before ORT allocates anything
     try:
         opts = options if options is not None else session_options(threads)
-        return ort.InferenceSession(str(path), opts, providers=list(providers or ["CPUExecutionProvider"]))
+        return ort.InferenceSession(model if isinstance(model, bytes) else name, opts,
+                                    providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as err:  # ORT raises its own exception types for bad files
-        raise ModelFileError(f"{path}: cannot load as an ONNX model ({type(err).__name__}: {err})") from None
+        raise ModelFileError(f"{name}: cannot load as an ONNX model ({type(err).__name__}: {err})") from None

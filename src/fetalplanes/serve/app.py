@@ -32,6 +32,7 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from fetalplanes.core.errors import EXPECTED
 from fetalplanes.runtime.loader import load_predictor
 from fetalplanes.runtime.predictor import Predictor
 from fetalplanes.runtime.session import available_cores
@@ -221,7 +222,7 @@ def _multipart_body(batch: bool, max_batch: int) -> dict[str, Any]:
         props = {"files": {"type": "array", "items": binary, "minItems": 1, "maxItems": max_batch}}
         required = ["files"]
     else:
-        props = {"file": {**binary, "description": "PNG, JPEG, BMP, TIFF or DICOM image."}}
+        props = {"file": {**binary, "description": f"One image: {EXPECTED[2:]}."}}
         required = ["file"]
     schema = {"type": "object", "properties": props, "required": required}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}

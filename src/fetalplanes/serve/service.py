@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 from PIL import Image
 
+from fetalplanes.core.errors import EXPECTED
+from fetalplanes.core.formats import accepted_images, format_named
 from fetalplanes.core.io import ImageLoadError, load_image, sniff_format
 from fetalplanes.core.limits import BudgetExceeded, PixelBudget
 from fetalplanes.core.postprocess import Prediction
@@ -49,8 +51,8 @@ __all__ = ["ACCEPTED_FORMATS", "Service", "read_model_card"]
 
 logger = logging.getLogger(__name__)
 
-ACCEPTED_FORMATS: tuple[str, ...] = ("png", "jpeg", "bmp", "tiff", "dicom")
-ACCEPTED_TEXT = "a PNG, JPEG, BMP, TIFF or DICOM image"
+# The one format table (core.formats.FORMATS): what the CLI reads, the service accepts.
+ACCEPTED_FORMATS: tuple[str, ...] = tuple(f.name for f in accepted_images())
 MAX_SIDE_FILE_BYTES = 1024 * 1024  # metrics.json / MODEL_CARD.md larger than this are not served
 MAX_CINE_FRAMES = 600
 """Most frames of one upload answered (a 20 s loop at 30 fps); the answer says when it stops early."""
@@ -76,11 +78,11 @@ class Service:
         decoded-pixel ``budget`` is spent)."""
         name = upload.filename or "upload"
         if not upload.data:
-            raise UploadError(422, f"{name}: empty file (0 bytes); expected {ACCEPTED_TEXT}")
+            raise UploadError(422, f"{name}: empty file (0 bytes); expected {EXPECTED}")
         fmt = sniff_format(bytes(upload.data[:132]))
         if fmt not in ACCEPTED_FORMATS:
-            found = f"a {fmt.upper()} image" if fmt else "not a recognised image format"
-            raise UploadError(415, f"{name}: unsupported file type ({found}); expected {ACCEPTED_TEXT}")
+            found = format_named(fmt).refusal if fmt else "not a recognised image format"
+            raise UploadError(415, f"{name}: unsupported file type ({found}); expected {EXPECTED}")
         try:
             image = load_image(bytes(upload.data), name=name, max_pixels=self.settings.max_pixels, budget=budget)
         except BudgetExceeded as err:

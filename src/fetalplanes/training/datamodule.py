@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import lightning as L
@@ -13,6 +12,7 @@ from fetalplanes.core.io import BadFilesError, ImageLoadError
 from fetalplanes.core.spec import Preprocessing
 from fetalplanes.data.records import Sample
 from fetalplanes.data.torch_data import EpochSampler, ImageDataset, balanced_weights, default_augment
+from fetalplanes.runtime.session import available_cores
 from fetalplanes.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def decode_threads() -> int:
     """Threads for decoding (PIL releases the GIL while decoding): 4, or one per core up to 16."""
-    return max(4, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 4))
+    return max(4, min(16, available_cores()))
 
 
 def warm_dataset(ds: ImageDataset, skip_bad: bool = False, threads: int | None = None) -> ImageDataset:

@@ -37,7 +37,8 @@ from fetalplanes.data.records import Sample
 from fetalplanes.data.sources import load_source
 from fetalplanes.data.splits import Splits, make_splits
 from fetalplanes.data.torch_data import class_weights
-from fetalplanes.models.registry import build_model, default_preprocessing
+from fetalplanes.models.classifier import PlaneClassifier
+from fetalplanes.models.registry import build
 from fetalplanes.training.callbacks import AtomicCheckpointIO, BatchSeed, Throughput
 from fetalplanes.training.config import TrainConfig, dump_config
 from fetalplanes.training.datamodule import PlaneDataModule
@@ -65,10 +66,11 @@ def splits_record(splits: Splits) -> dict[str, Any]:
     }
 
 
-def build_spec(cfg: TrainConfig, class_names: tuple[str, ...], data_summary: dict[str, Any]) -> ModelSpec:
-    probe = build_model(cfg.model.model_copy(update={"pretrained": "none"}), len(class_names))
-    pre = default_preprocessing(probe, cfg.data.image_size)
-    return ModelSpec(
+def build_run_model(cfg: TrainConfig, class_names: tuple[str, ...],
+                    data_summary: dict[str, Any]) -> tuple[PlaneClassifier, ModelSpec]:
+    """The run's model, built once (``models.build``), and the spec every checkpoint records."""
+    model, pre = build(cfg.model, class_names, cfg.data.image_size)
+    return model, ModelSpec(
         name=cfg.name,
         task=cfg.data.task,
         class_names=class_names,
@@ -82,11 +84,12 @@ def build_spec(cfg: TrainConfig, class_names: tuple[str, ...], data_summary: dic
     )
 
 
-def prepare_run(data: str | Path, cfg: TrainConfig, run_dir: Path) -> tuple[Any, Splits, ModelSpec, dict[str, Any]]:
-    """Seed, read the data, split it by patient, build the spec (with the record of the images of
-    each split, ``data.provenance``); write config.yaml and splits.json.
+def prepare_run(data: str | Path, cfg: TrainConfig,
+                run_dir: Path) -> tuple[Any, Splits, PlaneClassifier, ModelSpec, dict[str, Any]]:
+    """Seed, read the data, split it by patient, build the model and its spec (with the record of
+    the images of each split, ``data.provenance``); write config.yaml and splits.json.
 
-    Returns (index, splits, spec, summary of data + splits + seed for train_summary.json).
+    Returns (index, splits, model, spec, summary of data + splits + seed for train_summary.json).
     """
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     index = load_source(data, cfg.data.task)
@@ -95,10 +98,10 @@ def prepare_run(data: str | Path, cfg: TrainConfig, run_dir: Path) -> tuple[Any,
     # Which images (content hash + path) and patients each split holds travels in the model
     # file, so evaluate/calibrate/explain never test on an image the model saw (data.splits).
     record = build_record({name: splits.by_name(name) for name in ("train", "val", "test")}, index.root)
-    spec = build_spec(cfg, index.class_names, {**summary, RECORD_KEY: record})
+    model, spec = build_run_model(cfg, index.class_names, {**summary, RECORD_KEY: record})
     atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
     atomic.write_json(run_dir / "splits.json", splits_record(splits))
-    return index, splits, spec, summary
+    return index, splits, model, spec, summary
 
 
 def _log_version(run_dir: Path, resume: bool) -> str:
@@ -121,7 +124,8 @@ def resolve_execution(cfg: TrainConfig) -> TrainConfig:
       32-true on CPU.
     - ``data.loader``: ``device`` on a CUDA GPU (``training.device_data``), ``workers`` on CPU.
 
-    The result is what ``RUN/config.yaml`` records, so a run says how it was executed.
+    The result is what ``RUN/config.yaml`` records, so a run says how it was executed. Called
+    once per run (``fit``); :func:`train_loop` takes the resolved config.
     """
     cuda = on_cuda(cfg)
     precision, loader = cfg.trainer.precision, cfg.data.loader
@@ -135,8 +139,9 @@ def resolve_execution(cfg: TrainConfig) -> TrainConfig:
 
 def _trainer(cfg: TrainConfig, run_dir: Path, callbacks: list[L.Callback], resume: bool = False) -> L.Trainer:
     t = cfg.trainer
+    if t.precision == "auto":
+        raise ValueError("trainer.precision is 'auto': pass the config through resolve_execution first")
     version = _log_version(run_dir, resume)
-    precision = resolve_execution(cfg).trainer.precision
     return L.Trainer(
         # cuDNN picks the fastest kernels for the fixed input shape (GPU only; not with deterministic).
         benchmark=on_cuda(cfg) and not t.deterministic,
@@ -145,7 +150,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path, callbacks: list[L.Callback], resum
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        precision=precision,
+        precision=t.precision,
         deterministic=t.deterministic,
         callbacks=callbacks,
         logger=[CSVLogger(run_dir, name="logs", version=version), TensorBoardLogger(run_dir, name="logs", version=f"tb{version}")],
@@ -174,7 +179,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
-def _image_source(cfg: TrainConfig, spec: ModelSpec, splits: Splits, n: int) -> tuple[PlaneModule, L.LightningDataModule]:
+def _image_source(cfg: TrainConfig, model: PlaneClassifier, spec: ModelSpec, splits: Splits,
+                  n: int) -> tuple[PlaneModule, L.LightningDataModule]:
     if cfg.data.loader == "device":
         from fetalplanes.training.device_data import DeviceDataModule
 
@@ -183,20 +189,20 @@ def _image_source(cfg: TrainConfig, spec: ModelSpec, splits: Splits, n: int) -> 
         dm = PlaneDataModule(cfg, spec.preprocessing, splits.train, splits.val, n)
     dm.prepare()
     weights = class_weights([s.label for s in dm.train_ds.samples], n).tolist() if cfg.data.balance == "loss" else None
-    return PlaneModule(cfg.model_dump(mode="json"), spec.to_dict(), weights), dm
+    return PlaneModule(cfg, spec, model, weights), dm
 
 
-def _feature_source(cfg: TrainConfig, spec: ModelSpec, index: Any, splits: Splits, n: int,
+def _feature_source(cfg: TrainConfig, model: PlaneClassifier, spec: ModelSpec, index: Any, splits: Splits, n: int,
                     cache_dir: Path) -> tuple[PlaneModule, L.LightningDataModule, dict[str, Any]]:
     from fetalplanes.training.feature_cache import feature_data
 
     if cfg.data.augment > 0:
         log.warning("frozen fast path: data.augment=%s is not applied to cached features", cfg.data.augment)
     weights = class_weights([s.label for s in splits.train], n).tolist() if cfg.data.balance == "loss" else None
-    # The module (and its random head init) is built right after seeding, as on the image path;
+    # The model (and its random head init) was built right after seeding, as on the image path;
     # its frozen backbone then computes the features that are not cached yet.
-    module = PlaneModule(cfg.model_dump(mode="json"), spec.to_dict(), weights, inputs="features")
-    gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    module = PlaneModule(cfg, spec, model, weights, inputs="features")
+    gpu = on_cuda(cfg)
     every = sorted(index.samples, key=lambda s: str(s.path))  # one cache entry serves every split and seed
     dm, info = feature_data(module.model, spec.preprocessing, every, splits.train, splits.val, cfg, n, cache_dir,
                             "cuda" if gpu else "cpu")
@@ -292,14 +298,14 @@ def fit(data: str | Path, cfg: TrainConfig, out_dir: str | Path, resume: bool = 
     if feature_cache is not None and cfg.model.finetune != "frozen":
         raise UsageError(f"the feature-cache fast path needs model.finetune 'frozen', got {cfg.model.finetune!r}")
     cfg = resolve_execution(cfg)
-    index, splits, spec, summary = prepare_run(data, cfg, run_dir)
+    index, splits, model, spec, summary = prepare_run(data, cfg, run_dir)
     n = len(index.class_names)
     extra: dict[str, Any] = {}
     if feature_cache is None:
-        module, dm = _image_source(cfg, spec, splits, n)
+        module, dm = _image_source(cfg, model, spec, splits, n)
         val_samples = list(dm.val_ds.samples)
     else:
-        module, dm, extra["feature_cache"] = _feature_source(cfg, spec, index, splits, n, Path(feature_cache))
+        module, dm, extra["feature_cache"] = _feature_source(cfg, model, spec, index, splits, n, Path(feature_cache))
         val_samples = list(splits.val)
     trainer, result = train_loop(cfg, run_dir, module, dm, resume, extra_callbacks)
     extra["execution"] = {"precision": cfg.trainer.precision, "loader": cfg.data.loader if feature_cache is None

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from fetalplanes.core.spec import ModelSpec
 from fetalplanes.models.checkpoint import CKPT_KEY, checkpoint_record
-from fetalplanes.models.registry import build_model
+from fetalplanes.models.classifier import PlaneClassifier
 from fetalplanes.training.config import TrainConfig
 from fetalplanes.training.optim import adamw, param_groups, use_fused, warmup_cosine
 
@@ -30,22 +31,25 @@ __all__ = ["INPUTS", "PlaneModule", "VAL_METRIC", "warmup_cosine"]
 
 
 class PlaneModule(L.LightningModule):
-    def __init__(self, config: dict[str, Any], spec: dict[str, Any], class_weights: list[float] | None = None,
+    def __init__(self, cfg: TrainConfig, spec: ModelSpec, model: PlaneClassifier, class_weights: list[float] | None = None,
                  inputs: Literal["images", "features"] = "images", record: dict[str, Any] | None = None) -> None:
-        """``record``: extra keys written into every checkpoint beside the state dict (e.g. the
-        feature-cache description of the fast path)."""
+        """Train ``model`` (built once, by ``models.build``) as ``cfg`` says; ``spec`` is what every
+        checkpoint records. ``record``: extra keys written into every checkpoint beside the state
+        dict (e.g. the feature-cache description of the fast path)."""
         super().__init__()
         if inputs not in INPUTS:
             raise ValueError(f"unknown inputs {inputs!r}; choose one of {list(INPUTS)}")
         # The spec and config are stored once, in the checkpoint's fetalplanes record
         # (models.checkpoint); Lightning keeps only what it needs itself.
-        self.save_hyperparameters(ignore=["config", "spec", "record"])
-        self.cfg = TrainConfig(**config)
-        self.spec = dict(spec)
+        self.save_hyperparameters(ignore=["cfg", "spec", "model", "record"])
+        self.cfg = cfg
+        self.spec = spec
         self.inputs = inputs
         self.record = dict(record or {})
-        n = len(spec["class_names"])
-        self.model = build_model(self.cfg.model, n)
+        # The same for every save of the run: built once, not at every checkpoint.
+        self._checkpoint_record = checkpoint_record(spec, cfg.model_dump(mode="json"))
+        n = spec.num_classes
+        self.model = model
         if inputs == "features" and any(p.requires_grad for p in self.model.backbone.parameters()):
             raise ValueError("inputs='features' needs a frozen backbone (model.finetune: frozen)")
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
@@ -96,7 +100,5 @@ class PlaneModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from fetalplanes.core.spec import ModelSpec
-
-        checkpoint[CKPT_KEY] = checkpoint_record(ModelSpec.from_dict(self.spec), self.cfg.model_dump(mode="json"))
+        checkpoint[CKPT_KEY] = self._checkpoint_record
         checkpoint.update(self.record)
