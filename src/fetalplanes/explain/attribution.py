@@ -89,9 +89,17 @@ def _gradientshap(model, x: torch.Tensor, target: int, spec, seed: int) -> np.nd
 
     baselines = torch.stack([fill_value(x[0], "black", spec).expand_as(x[0]),
                              fill_value(x[0], "mean", spec).expand_as(x[0])])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        attr = GradientShap(model).attribute(x, baselines=baselines, target=target, n_samples=N_SAMPLES, stdevs=STDEV)
+    # captum draws the noise from torch's global RNG and the baselines and interpolation points
+    # from numpy's: both are seeded here and restored afterwards, so a map repeats exactly.
+    state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            attr = GradientShap(model).attribute(x, baselines=baselines, target=target, n_samples=N_SAMPLES,
+                                                 stdevs=STDEV)
+    finally:
+        np.random.set_state(state)
     return attr[0].detach().cpu().numpy()
 
 
@@ -175,4 +183,7 @@ def compute_attribution(model: torch.nn.Module, spec, image: Image.Image, method
         finally:
             model.train(was_training)
     probs = softmax(logits, spec.temperature)[0]
-    return build_result(heat_map(attr), image, spec, probs, idx, name, {"layer": INPUT_LAYER, **SETTINGS[name]})
+    extra = dict(SETTINGS[name])
+    if name == "occlusion":
+        extra.update(zip(("patch", "stride"), occlusion_geometry(x.shape[-1])))
+    return build_result(heat_map(attr), image, spec, probs, idx, name, {"layer": INPUT_LAYER, **extra})

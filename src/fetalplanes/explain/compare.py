@@ -122,7 +122,7 @@ def compare_methods(checkpoint: str | Path, out_dir: str | Path, inputs: Sequenc
         rows.append(row(summary, method, layer, _slug(name)))
     table = {
         "checkpoint": str(checkpoint), "model": spec.name,
-        "train_seed": ((spec.training or {}).get("trainer") or {}).get("seed"),
+        "train_seed": (spec.training or {}).get("seed"),  # the training seed the model file records
         "data": None if data is None else str(data), "split": split if data is not None else None,
         "n_images": rows[0]["n_images"] if rows else 0, "survival_threshold": SURVIVAL_RHO,
         "shipped_default": _shipped(spec), "rows": rows,
