@@ -52,7 +52,7 @@ def test_default_demo_reports_verdicts_that_agree_with_its_numbers(tmp_path: Pat
     assert saved["machine"] == s["machine"] and saved["sanity_flagged"] == s["sanity_flagged"]
     # The explanation was computed on the held-out test split only, with the config's setting.
     summary = json.loads((tmp_path / "d" / "explain" / "localization.json").read_text())
-    assert summary["layer"] == "stage:-3" and summary["method"] == "layercam"
+    assert summary["layer"] == "stage:-2" and summary["method"] == "gradcam"
     assert summary["selection"]["split"] == "test" and summary["selection"]["seen_in_training_or_validation"] == 0
 
 

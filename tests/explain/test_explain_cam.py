@@ -245,6 +245,6 @@ def test_config_method_names_match_the_library_table() -> None:
 def test_a_config_with_an_unknown_cam_method_fails_when_loaded() -> None:
     from fetalplanes.training.config import load_config
 
-    assert load_config("demo").explain.method == "layercam"
+    assert load_config("demo").explain.method == "gradcam"
     with pytest.raises(ValueError, match="gradkam.*choose one of"):
         load_config("demo", {"explain.method": "gradkam"})
