@@ -133,3 +133,18 @@ def test_deploy_doc_formats_table_is_demo_formats_json() -> None:
         row = _row(section, labels[r["format"]])
         assert f"{r['top1']:.3f} ({r['top1_low']:.3f}-{r['top1_high']:.3f})" in row, row
         assert f"{r['top2']:.3f}" in row and f"{r['f1_macro']:.3f}" in row and f"{r['size_mb']:.1f}" in row, row
+
+
+def test_explain_doc_seed_selection_table_is_the_compare_json() -> None:
+    """The three-seed table in docs/explain.md is the compare tables and the selection they give."""
+    doc = _section(_doc("docs/explain.md"), "### Chosen over three training seeds", "## Which layer and method")
+    tables = [_json(f"explain_compare_demo_val12_seed{s}.json") for s in range(3)]
+    selection = _json("explain_selection_demo.json")
+    for cand in selection["candidates"]:
+        row = _row(doc, cand["label"])
+        for table in tables:
+            r = next(r for r in table["rows"] if r["label"] == cand["label"])
+            assert f"{r['sanity']['max_median']:.3f}" in row and f"{r['energy_share']['model']['mean']:.3f}" in row, row
+        assert f"{cand['energy_share']:.3f}" in row and ("yes" if cand["eligible"] else "no") in row, row
+    assert "Grad-CAM at `stage:-2`" in doc and selection["chosen"]["label"] == "gradcam @ stage:-2"
+    assert sorted(t["train_seed"] for t in tables) == [0, 1, 2] and {t["split"] for t in tables} == {"val"}
