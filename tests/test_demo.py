@@ -39,6 +39,10 @@ def test_default_demo_reports_verdicts_that_agree_with_its_numbers(tmp_path: Pat
     assert ("does NOT beat" in s["test_localization_verdict"]) is not clears
     survivors = [name for name, rho in s["sanity_median_spearman"].items() if rho >= SURVIVAL_RHO]
     assert s["sanity_flagged"] is bool(survivors), s["sanity_median_spearman"]
+    # The shipped default's own check is said plainly, and agrees with the numbers.
+    check = s["explain_default_check"]
+    assert (check["status"] == "FLAGGED") is s["sanity_flagged"], check
+    assert (check["status"] == "passes") is (max(s["sanity_median_spearman"].values()) <= SURVIVAL_RHO - 0.1), check
     # The phantom set is drawn by numpy from the data seed: the centre prior is not a good map of it.
     assert pg["centre"]["mean"] < 0.5
     # The held-out test scores and the machine that produced them are recorded together.
@@ -48,5 +52,19 @@ def test_default_demo_reports_verdicts_that_agree_with_its_numbers(tmp_path: Pat
     assert saved["machine"] == s["machine"] and saved["sanity_flagged"] == s["sanity_flagged"]
     # The explanation was computed on the held-out test split only, with the config's setting.
     summary = json.loads((tmp_path / "d" / "explain" / "localization.json").read_text())
-    assert summary["layer"] == "stage:-3" and summary["method"] == "layercam"
+    assert summary["layer"] == "stage:-2" and summary["method"] == "gradcam"
     assert summary["selection"]["split"] == "test" and summary["selection"]["seen_in_training_or_validation"] == 0
+
+
+@pytest.mark.slow  # the explain run with sanity checks on the tiny model: ~50 s under load
+def test_demo_explanation_fields_state_the_default_check(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
+    """The demo's explanation summary says whether its shipped heat map passes its own sanity check."""
+    from fetalplanes.demo import explanation_fields
+    from fetalplanes.explain.sanity import SURVIVAL_RHO
+
+    fields = explanation_fields(tiny_checkpoint, synth_data, tmp_path / "explain")
+    check, medians = fields["explain_default_check"], fields["sanity_median_spearman"]
+    worst = max(medians.values())
+    expected = "FLAGGED" if worst >= SURVIVAL_RHO else "passes without margin" if worst > SURVIVAL_RHO - 0.1 else "passes"
+    assert check["status"] == expected, (check, medians)
+    assert fields["explain_method"] in check["statement"] and f"{worst:.3f}" in check["statement"]

@@ -170,3 +170,18 @@ def test_ood_doc_table_is_bench_ood_json() -> None:
             assert f"{m['ood_rejected']:.3f} {_ci(m['ood_rejected_ci95'])}" in row[0]
     assert f"**{r['id_rejected']['verdict']:.3f} {_ci(r['id_rejected_ci95']['verdict'])}**" in doc
     assert f"**{r['latency_batch1']['scores_ms']:.3f} ms**" in doc
+
+
+def test_explain_doc_seed_selection_table_is_the_compare_json() -> None:
+    """The three-seed table in docs/explain.md is the compare tables and the selection they give."""
+    doc = _section(_doc("docs/explain.md"), "### Chosen over three training seeds", "## Which layer and method")
+    tables = [_json(f"explain_compare_demo_val12_seed{s}.json") for s in range(3)]
+    selection = _json("explain_selection_demo.json")
+    for cand in selection["candidates"]:
+        row = _row(doc, cand["label"])
+        for table in tables:
+            r = next(r for r in table["rows"] if r["label"] == cand["label"])
+            assert f"{r['sanity']['max_median']:.3f}" in row and f"{r['energy_share']['model']['mean']:.3f}" in row, row
+        assert f"{cand['energy_share']:.3f}" in row and ("yes" if cand["eligible"] else "no") in row, row
+    assert "Grad-CAM at `stage:-2`" in doc and selection["chosen"]["label"] == "gradcam @ stage:-2"
+    assert sorted(t["train_seed"] for t in tables) == [0, 1, 2] and {t["split"] for t in tables} == {"val"}

@@ -82,9 +82,12 @@ def machine_fields() -> dict[str, Any]:
 def explanation_fields(checkpoint: str | Path, data: str | Path, out: str | Path) -> dict[str, Any]:
     """Heat maps of the test split (``out``: overlays, index.html, localization.json, sanity.json)
     and the summary fields: the map's localization beside the uniform and centre priors (95 %
-    intervals, plain verdict) and the randomization sanity checks."""
+    intervals, plain verdict), the randomization sanity checks, and ``explain_default_check``:
+    whether the shipped default passes its own sanity check (with the selection rule's margin),
+    said plainly (``explain.selection.check_shipped``)."""
     from fetalplanes.explain.pipeline import explain
     from fetalplanes.explain.priors import lines
+    from fetalplanes.explain.selection import check_shipped
 
     res = explain(checkpoint, out, data=data, split="test", sanity=True)
     cmp, sanity = (res["localization"] or {}).get("priors") or {}, res["sanity"] or {}
@@ -98,7 +101,12 @@ def explanation_fields(checkpoint: str | Path, data: str | Path, out: str | Path
     if sanity:
         fields["sanity_median_spearman"] = {c["name"]: c["spearman_median"] for c in sanity["checks"]}
         fields["sanity_flagged"] = sanity["flagged"]
+    # The shipped default is checked by its own sanity check on every run, and the summary says
+    # plainly when it fails (explain.selection: the rule that chose it needs a margin).
+    check = check_shipped(sanity, fields["explain_method"])
+    fields["explain_default_check"] = check
     for line in [*(lines(cmp) if cmp else []), sanity.get("verdict", "")]:
         if line:
             log.info("explain (test split): %s", line)
+    (log.info if check["status"] == "passes" else log.warning)("explain default: %s", check["statement"])
     return fields

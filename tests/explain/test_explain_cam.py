@@ -237,14 +237,14 @@ def test_bad_layer_names_are_explained(lite0) -> None:
 
 
 def test_config_method_names_match_the_library_table() -> None:
-    from fetalplanes.explain.settings import METHOD_NAMES
+    from fetalplanes.explain.settings import CAM_METHOD_NAMES
 
-    assert set(METHOD_NAMES) == set(METHODS)
+    assert set(CAM_METHOD_NAMES) == set(METHODS)
 
 
 def test_a_config_with_an_unknown_cam_method_fails_when_loaded() -> None:
     from fetalplanes.training.config import load_config
 
-    assert load_config("demo").explain.method == "layercam"
+    assert load_config("demo").explain.method == "gradcam"
     with pytest.raises(ValueError, match="gradkam.*choose one of"):
         load_config("demo", {"explain.method": "gradkam"})

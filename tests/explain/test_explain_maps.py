@@ -13,7 +13,7 @@ from torch import nn
 from fetalplanes.core.spec import ModelSpec, Preprocessing
 from fetalplanes.explain import CamResult, overlay, overlay_png
 from fetalplanes.explain import localization as loc
-from fetalplanes.explain.occlusion import compute_occlusion, window_starts
+from fetalplanes.explain.occlusion import compute_occlusion
 from fetalplanes.explain.overlay import jet
 
 CLASSES = ("a", "b", "c")
@@ -91,11 +91,14 @@ class RegionModel(nn.Module):
         return torch.stack([a, torch.zeros_like(a), torch.zeros_like(a)], dim=1) + self.dummy
 
 
-def test_window_starts_cover_the_edges() -> None:
-    assert window_starts(32, 8, 4) == [0, 4, 8, 12, 16, 20, 24]
-    assert window_starts(30, 8, 4)[-1] == 22
-    with pytest.raises(ValueError):
-        window_starts(8, 16, 4)
+def test_occlusion_geometry_is_checked_and_odd_strides_give_a_finite_map() -> None:
+    s = spec(32)
+    model = RegionModel((4, 12, 20, 28))
+    image = Image.fromarray(np.full((32, 32), 128, np.uint8))
+    with pytest.raises(ValueError, match="patch"):
+        compute_occlusion(model, s, image, target="a", patch=40)
+    res = compute_occlusion(model, s, image, target="a", patch=8, stride=5)  # 5 does not divide 32 - 8
+    assert np.isfinite(res.cam).all() and res.cam.min() >= 0.0
 
 
 def test_occlusion_peaks_where_the_model_looks() -> None:

@@ -134,7 +134,7 @@ def test_explain_sanity_writes_reports(tiny_checkpoint: Path, synth_data: Path, 
     assert "sanity: cascade: whole model randomized: median Spearman" in res.output
     assert "centre" in res.output and "pointing game: model" in res.output
     rep = json.loads((out / "sanity.json").read_text())
-    assert rep["n_images"] == 6 and rep["method"] == "layercam"
+    assert rep["n_images"] == 6 and rep["method"] == "gradcam"
     assert {c["name"] for c in rep["checks"]} >= {"cascade: head randomized", "cascade: whole model randomized"}
     whole = next(c for c in rep["checks"] if c["name"] == "cascade: whole model randomized")
     assert not whole["survives"], whole  # the trained maps change when every weight is re-drawn

@@ -8,6 +8,8 @@ from typing import List, Optional
 import typer
 
 from fetalplanes.cli.common import console
+from fetalplanes.core.cam_methods import METHOD_NAMES
+from fetalplanes.explain.compare import DEFAULT_CONFIGS
 
 
 def explain(
@@ -19,7 +21,8 @@ def explain(
     ),
     split: str = typer.Option("test", "--split", help="With --data: test | val | train | all."),
     method: Optional[str] = typer.Option(
-        None, "--method", help="gradcam | gradcam++ | eigencam | layercam | hirescam | ... (default: the checkpoint's)."
+        None, "--method", help=f"One of {', '.join(METHOD_NAMES)} (CAMs, then captum input attributions; "
+        "default: the checkpoint's).",
     ),
     target: str = typer.Option("predicted", "--target", help="'predicted' or a class name to explain."),
     masks: Optional[List[Path]] = typer.Option(
@@ -43,12 +46,25 @@ def explain(
         help="Also re-compute the maps with the head, then the whole model randomized, and with a head fit to "
         "permuted labels; report the rank correlation with the trained maps (~4x the time).",
     ),
+    compare: bool = typer.Option(
+        False, "--compare",
+        help="Run every method of --configs on the same images, each with --sanity, and write one table "
+        "(compare.json/.md/.html: localization, priors, sanity margins, s/img). Choose defaults on --split val.",
+    ),
+    configs: Optional[str] = typer.Option(
+        None, "--configs", help=f"With --compare: 'LAYER:METHOD;METHOD;...' (default {DEFAULT_CONFIGS!r}).",
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Explain predictions: overlay PNG + raw CAM (.npy) per image, index.html gallery, localization.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from fetalplanes.explain.pipeline import explain as run_explain
+
+    if compare:
+        return _compare(checkpoint, out, inputs or [], data, split, masks or [], configs, limit, skip_bad)
+    if configs is not None:
+        raise typer.BadParameter("--configs applies only with --compare", param_hint="--configs")
 
     with Progress(
         TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -87,6 +103,16 @@ def explain(
         for c in summary["sanity"]["checks"]:
             console.print(f"  sanity: {c['name']}: median Spearman {c['spearman_median']:.3f}", markup=False)
         console.print(f"  sanity: {summary['sanity']['verdict']} -> {out / 'sanity.json'}", markup=False)
+
+
+def _compare(checkpoint: Path, out: Path, inputs: List[Path], data: Optional[Path], split: str, masks: List[Path],
+             configs: Optional[str], limit: Optional[int], skip_bad: bool) -> None:
+    from fetalplanes.explain.compare import compare_methods, markdown
+
+    table = compare_methods(checkpoint, out, inputs, data, split, masks, configs, limit, skip_bad=skip_bad,
+                            on_progress=lambda name: console.print(f"comparing: {name}", markup=False))
+    console.print(markdown(table), markup=False)
+    console.print(f"-> {out / 'compare.json'}, {out / 'compare.md'}, {out / 'compare.html'}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

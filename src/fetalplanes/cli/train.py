@@ -217,6 +217,10 @@ def demo(
     console.print(f"  training {s['train_img_per_s']:.1f} img/s, {s['train_wall_s']:.0f} s")
     console.print(f"  checkpoint: {s['checkpoint']}")
     console.print(f"  report:     {s['report']}")
+    check = s.get("explain_default_check")
+    if check:  # said plainly, in colour when the shipped heat map fails its own check
+        style = "" if check["status"] == "passes" else "[bold yellow]"
+        console.print(f"  heat maps:  {style}{check['statement']}{'[/]' if style else ''}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,24 +1,45 @@
-"""Names of the class-activation-map (CAM) methods, torch-free.
+"""THE table of heat-map method names, torch-free: CAMs and input attributions.
 
-The heat-map methods themselves live in ``fetalplanes.explain.cam`` (pytorch-grad-cam, torch).
-Their names live here, one layer lower, so that a training config (``training.config``) and a
-model's stored explain settings (``explain.settings``) can be checked when they are read,
-without importing torch or reaching up into ``explain``. A test keeps this tuple equal to
-``explain.cam.METHODS``.
+Two families, one table, so that the CLI, a training config (``training.config``), a model's
+stored explain settings (``explain.settings``), the web service and every error message list
+the same valid options:
+
+- ``cam``: class activation maps of a feature map (pytorch-grad-cam; ``explain.cam``);
+- ``attribution``: input-pixel attributions (captum; ``explain.attribution``): GradientSHAP
+  (Lundberg & Lee 2017, the SHAP family the paper names beside Grad-CAM), Integrated
+  Gradients (Sundararajan et al. 2017) and occlusion (Zeiler & Fergus 2014). They explain the
+  input, so they take no ``layer``.
+
+The implementations live in ``explain`` (torch); a test keeps this table equal to theirs.
 """
 
 from __future__ import annotations
 
 from fetalplanes.core.errors import UsageError
 
-METHOD_NAMES: tuple[str, ...] = (
-    "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam",
-    "gradcam-elementwise", "scorecam", "random",
-)
+CAM = "cam"
+ATTRIBUTION = "attribution"
+
+# name -> family. 'random' is pytorch-grad-cam's RandomCAM: a control, never a default.
+METHOD_FAMILY: dict[str, str] = {
+    "gradcam": CAM, "gradcam++": CAM, "hirescam": CAM, "xgradcam": CAM, "layercam": CAM, "eigencam": CAM,
+    "eigengradcam": CAM, "gradcam-elementwise": CAM, "scorecam": CAM, "random": CAM,
+    "gradientshap": ATTRIBUTION, "integratedgradients": ATTRIBUTION, "occlusion": ATTRIBUTION,
+}
+METHOD_NAMES: tuple[str, ...] = tuple(METHOD_FAMILY)
+CAM_METHOD_NAMES: tuple[str, ...] = tuple(n for n, f in METHOD_FAMILY.items() if f == CAM)
+ATTRIBUTION_METHOD_NAMES: tuple[str, ...] = tuple(n for n, f in METHOD_FAMILY.items() if f == ATTRIBUTION)
+CONTROL_METHODS: tuple[str, ...] = ("random",)  # shows what chance looks like; never chosen as a default
+INPUT_LAYER = "input"  # the 'layer' an attribution method explains
 
 
 def check_method(name: str) -> str:
-    """``name`` lower-cased if it is a known CAM method, else UsageError (a ValueError) listing the valid ones."""
-    if not isinstance(name, str) or name.lower() not in METHOD_NAMES:
-        raise UsageError(f"unknown CAM method {name!r}; choose one of {sorted(METHOD_NAMES)}")
+    """``name`` lower-cased if it is a known heat-map method, else UsageError (a ValueError) listing the valid ones."""
+    if not isinstance(name, str) or name.lower() not in METHOD_FAMILY:
+        raise UsageError(f"unknown heat-map method {name!r}; choose one of {sorted(METHOD_NAMES)}")
     return name.lower()
+
+
+def method_family(name: str) -> str:
+    """'cam' or 'attribution' for a known method (UsageError listing the valid ones otherwise)."""
+    return METHOD_FAMILY[check_method(name)]

@@ -6,9 +6,10 @@ Public API (used by the CLI and the web service)::
     result = compute_cam(model, spec, pil_image)  # the checkpoint's explain settings
     png = overlay_png(pil_image, result, spec)
 
-``CamResult`` and the overlay functions are torch-free; ``compute_cam``, ``METHODS`` and
-``compute_occlusion`` import torch and pytorch-grad-cam on first use (PEP 562 lazy attributes),
-so importing this package stays cheap.
+``CamResult`` and the overlay functions are torch-free; ``compute_cam``, ``METHODS``,
+``compute_occlusion``, ``compute_attribution`` (captum) and ``compute_map`` (any method of
+``core.cam_methods``) import torch on first use (PEP 562 lazy attributes), so importing this
+package stays cheap.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ _LAZY = {
     "METHODS": "fetalplanes.explain.cam",
     "get_method": "fetalplanes.explain.cam",
     "compute_occlusion": "fetalplanes.explain.occlusion",
+    "compute_attribution": "fetalplanes.explain.attribution",
+    "compute_map": "fetalplanes.explain.maps",
     "explain": "fetalplanes.explain.pipeline",
     "service_explainer": "fetalplanes.explain.service",
 }
 
-__all__ = ["CamResult", "METHODS", "compute_cam", "compute_occlusion", "explain", "get_method", "overlay", "overlay_png",
+__all__ = ["CamResult", "METHODS", "compute_attribution", "compute_cam", "compute_map", "compute_occlusion", "explain", "get_method", "overlay", "overlay_png",
            "service_explainer"]
 
 

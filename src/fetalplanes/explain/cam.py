@@ -33,6 +33,7 @@ from fetalplanes.core.errors import UsageError
 from fetalplanes.core.postprocess import softmax, top1
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.explain.result import CamResult
+from fetalplanes.core.cam_methods import CAM_METHOD_NAMES, method_family
 from fetalplanes.explain.settings import cam_settings, check_method
 
 # AblationCAM is left out on purpose: it swaps the target layer inside the model (unsafe when
@@ -56,7 +57,13 @@ _LOCK = threading.RLock()
 
 
 def get_method(name: str) -> type:
-    """The pytorch-grad-cam class for ``name``; ValueError listing the valid names."""
+    """The pytorch-grad-cam class for ``name``; UsageError (a ValueError) listing the valid names.
+
+    An attribution method's name (``core.cam_methods``) is refused here: it has no CAM class
+    (``explain.attribution.compute_attribution`` draws it; ``explain.maps.compute_map`` picks).
+    """
+    if method_family(name) != "cam":
+        raise UsageError(f"{name!r} is an input attribution, not a CAM method; CAM methods: {sorted(CAM_METHOD_NAMES)}")
     return METHODS[check_method(name)]
 
 

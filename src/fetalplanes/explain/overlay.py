@@ -27,6 +27,8 @@ METHOD_TITLES = {
     "gradcam-elementwise": "Grad-CAM (element-wise)",
     "scorecam": "Score-CAM",
     "random": "random CAM",
+    "gradientshap": "GradientSHAP",
+    "integratedgradients": "Integrated Gradients",
     "occlusion": "occlusion",
 }
 

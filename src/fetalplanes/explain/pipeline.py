@@ -115,13 +115,13 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 def _explain_one(model, spec, image, name: str, out: Path, method: str, target, with_occlusion: bool,
                  layer: str | None = None, aug_smooth: bool = False) -> dict[str, Any]:
-    from fetalplanes.explain.cam import compute_cam
+    from fetalplanes.explain.maps import compute_map
     from fetalplanes.explain.occlusion import compute_occlusion
     from fetalplanes.core.encode import png_bytes
     from fetalplanes.explain.overlay import overlay
 
     t0 = time.perf_counter()
-    res = compute_cam(model, spec, image, method, target, layer=layer, aug_smooth=aug_smooth)
+    res = compute_map(model, spec, image, method, target, layer=layer, aug_smooth=aug_smooth)
     seconds = time.perf_counter() - t0
     ov = overlay(image, res, spec)
     atomic.write_bytes(out / "overlays" / f"{name}.png", png_bytes(ov))
@@ -162,18 +162,22 @@ def explain(
     left out and named in explanations.json (``skipped``) and the page.
 
     ``method``, ``layer``, ``aug_smooth``: None takes the checkpoint's ``explain`` settings
-    (``explain.settings``). ``layer``: the feature map(s) to explain ('cam_layer' is the
+    (``explain.settings``); ``method`` is any name of ``core.cam_methods`` (CAMs and the captum
+    input attributions). ``layer``: the feature map(s) a CAM explains ('cam_layer' is the
     model's declared layer; see ``explain.cam.cam_target_layer`` for 'stage:N', dotted names
-    and 'a,b' lists); ``aug_smooth``: average over pytorch-grad-cam's test-time augmentations.
-    ``sanity``: also run the randomization sanity checks (``explain.sanity``, ~4x the CAM time).
+    and 'a,b' lists; attribution methods explain the input and refuse it); ``aug_smooth``:
+    average over pytorch-grad-cam's test-time augmentations (CAMs only).
+    ``sanity``: also run the randomization sanity checks (``explain.sanity``, ~4x the map time).
     """
     from fetalplanes.core.io import ImageLoadError, bad_entry, load_image, screen_files
-    from fetalplanes.explain.cam import cam_target_layers, get_method, resolve_target
+    from fetalplanes.core.cam_methods import ATTRIBUTION, INPUT_LAYER, check_method, method_family
+    from fetalplanes.explain.cam import cam_target_layers, resolve_target
+    from fetalplanes.explain.maps import check_options
     from fetalplanes.explain.settings import cam_settings
     from fetalplanes.runtime import load_predictor
 
     if method is not None:
-        get_method(method)  # fail on a bad name before loading anything
+        check_options(method, layer, aug_smooth)  # fail on a bad name or option before loading anything
     out = Path(out_dir)
     predictor = load_predictor(checkpoint)
     if not hasattr(predictor, "model"):
@@ -181,11 +185,17 @@ def explain(
                          "model's gradients, which an ONNX model does not expose")
     model, spec = predictor.model, predictor.spec
     defaults = cam_settings(spec)
-    method = (method or defaults.method).lower()
-    get_method(method)
-    layer = defaults.layer if layer is None else layer
-    aug_smooth = defaults.aug_smooth if aug_smooth is None else aug_smooth
-    cam_target_layers(model, layer)  # ... and on a bad layer or target before any image
+    method = check_method(method or defaults.method)
+    if method_family(method) == ATTRIBUTION:  # the input is explained: no layer, no CAM smoothing
+        check_options(method, layer, aug_smooth)
+        layer, aug_smooth = INPUT_LAYER, False
+    else:
+        layer = defaults.layer if layer is None else layer
+        aug_smooth = defaults.aug_smooth if aug_smooth is None else aug_smooth
+        cam_target_layers(model, layer)  # ... and on a bad layer or target before any image
+    if occlusion and method == "occlusion":
+        log.info("--occlusion ignored: occlusion is already the explained method")
+        occlusion = 0
     if target is not None and str(target).lower() != "predicted":
         resolve_target(target, spec.class_names, 0)
     ins = gather_inputs(spec, inputs, data, split, masks)
@@ -343,7 +353,7 @@ def _write_outputs(out: Path, records, skipped, ins: Inputs, spec, checkpoint, m
     if skipped:
         notes.append(f"{len(skipped)} file(s) could not be read and were skipped (see explanations.json).")
     method_title = METHOD_TITLES.get(method, method)
-    if settings["layer"] != "cam_layer":
+    if settings["layer"] not in ("cam_layer", "input"):
         method_title += f" @ {settings['layer']}"
     if settings["aug_smooth"]:
         method_title += " (smoothed)"

@@ -193,7 +193,8 @@ def _verdict(checks: list[dict[str, Any]], flagged: list[str]) -> str:
 def check_explanations(model, spec, images: Sequence[Any], results: Sequence[Any], method: str,
                        layer: str | None = None, aug_smooth: bool = False, labels: Sequence[int | None] | None = None,
                        seed: int = 0) -> dict[str, Any]:
-    """:func:`run_checks` for maps made by ``explain.cam.compute_cam`` (what ``fetalplanes explain`` draws).
+    """:func:`run_checks` for maps made by ``explain.maps.compute_map`` (what ``fetalplanes explain`` draws:
+    a CAM or a captum input attribution; the randomized models are explained the same way).
 
     ``results``: the trained model's CamResults for ``images`` (their ``cam`` and ``target``);
     ``labels``: class indices in ``spec.class_names`` order for the permuted-label check
@@ -202,10 +203,10 @@ def check_explanations(model, spec, images: Sequence[Any], results: Sequence[Any
     import torch
 
     from fetalplanes.core.preprocess import preprocess
-    from fetalplanes.explain.cam import compute_cam
+    from fetalplanes.explain.maps import compute_map
 
     def map_fn(m, image, target: str) -> np.ndarray:
-        return compute_cam(m, spec, image, method, target, layer=layer, aug_smooth=aug_smooth).cam
+        return compute_map(m, spec, image, method, target, layer=layer, aug_smooth=aug_smooth).cam
 
     predicted = [list(spec.class_names).index(r.label) for r in results]
     labels = predicted if labels is None else [p if lab is None else lab for lab, p in zip(labels, predicted)]

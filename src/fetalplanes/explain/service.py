@@ -2,7 +2,8 @@
 
 The service does not import this package (doors open downward only); ``fetalplanes serve``
 passes :func:`service_explainer` to it. Only the torch backend can be explained: Grad-CAM needs
-the model's gradients, which an ONNX Runtime session does not expose.
+the model's gradients (or, for occlusion, many forward passes of the torch model), which an
+ONNX Runtime session does not expose here.
 """
 
 from __future__ import annotations
@@ -19,19 +20,20 @@ if TYPE_CHECKING:
 
 
 class CamExplainer:
-    """Grad-CAM-family overlay (the checkpoint's ``explain`` settings) of the predicted class."""
+    """Heat-map overlay (the checkpoint's ``explain`` settings: a CAM or a captum input
+    attribution, ``explain.maps``) of the predicted class."""
 
     def __init__(self, predictor: "TorchPredictor") -> None:
         self.predictor = predictor
         self.method = cam_settings(predictor.spec).method
 
     def __call__(self, image: Image.Image) -> bytes:
-        from fetalplanes.explain.cam import compute_cam
+        from fetalplanes.explain.maps import compute_map
         from fetalplanes.explain.overlay import overlay_png
 
         spec = self.predictor.spec
         with self.predictor.lock:  # hooks on the shared model: one request at a time
-            result = compute_cam(self.predictor.model, spec, image)
+            result = compute_map(self.predictor.model, spec, image)
         return overlay_png(image, result, spec)
 
 
@@ -42,6 +44,7 @@ def service_explainer(predictor: "Predictor") -> CamExplainer | str | None:
         return None
     try:
         # Imported now, at start-up, rather than inside the first request (torch, pytorch-grad-cam).
+        import fetalplanes.explain.attribution  # noqa: F401  (captum)
         import fetalplanes.explain.cam  # noqa: F401
     except ImportError as err:
         return f"Heat maps are not available: the explanation module cannot be imported ({err})."

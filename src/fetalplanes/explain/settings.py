@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 # Re-exported: the names live in core so a training config can check them without this layer.
-from fetalplanes.core.cam_methods import METHOD_NAMES, check_method
+from fetalplanes.core.cam_methods import CAM_METHOD_NAMES, METHOD_NAMES, check_method
 
-__all__ = ["METHOD_NAMES", "CamSettings", "cam_settings", "check_method"]
+__all__ = ["CAM_METHOD_NAMES", "METHOD_NAMES", "CamSettings", "cam_settings", "check_method"]
 
 
 @dataclass(frozen=True)

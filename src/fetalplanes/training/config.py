@@ -85,7 +85,9 @@ class TrainerConfig(BaseModel):
 class ExplainConfig(BaseModel):
     """Default heat map for this model (``fetalplanes explain``, the web page); see docs/explain.md.
 
-    Pick it on the VALIDATION split with ``benchmarks/bench_localization.py --split val``.
+    Pick it on the VALIDATION split: ``fetalplanes explain --compare --split val`` per training
+    seed, then ``explain.selection.select_default`` (>= 3 seeds, sanity margin); ``method`` may
+    be a CAM or a captum input attribution (``core.cam_methods``).
     """
 
     model_config = ConfigDict(extra="forbid")
