@@ -249,3 +249,22 @@ def test_the_checker_sees_what_it_should() -> None:
     assert any(t.startswith("fetalplanes.models") and lazy for t, lazy in artifact)  # inside a function
     service = {i.target for i in ALL_IMPORTS if i.source == "fetalplanes.serve.service"}
     assert "fetalplanes.serve.app" not in service  # only under TYPE_CHECKING
+
+
+def _defined_twice(tree: ast.Module) -> list[str]:
+    """Top-level functions and classes a module defines more than once (the later one silently wins)."""
+    seen: dict[str, int] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            seen[node.name] = seen.get(node.name, 0) + 1
+    return sorted(name for name, n in seen.items() if n > 1)
+
+
+def test_no_module_defines_a_name_twice() -> None:
+    """A merge that keeps both copies of a class or function (core/errors.py once held two
+    ModelFileError classes) shadows the first silently; in a test module it drops a test."""
+    tests = Path(__file__).resolve().parent
+    found = {str(p): _defined_twice(ast.parse(p.read_text(encoding="utf-8")))
+             for root in (PACKAGE, tests) for p in sorted(root.rglob("*.py"))}
+    assert {p: names for p, names in found.items() if names} == {}
+    assert _defined_twice(ast.parse("class A: pass\nclass A: pass\ndef f(): pass")) == ["A"]

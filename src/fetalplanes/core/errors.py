@@ -109,11 +109,3 @@ class BadFilesError(DataError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.bad,))
-
-
-class ModelFileError(UserError, ValueError):
-    """A model file cannot be used; the one-line message names the file and the accepted formats."""
-
-
-class ModelFileNotFound(ModelFileError, FileNotFoundError):
-    """The model path does not exist (also a FileNotFoundError)."""
