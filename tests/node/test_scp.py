@@ -163,3 +163,23 @@ def test_sop_class_mismatch_and_full_disk_statuses(dicom_us: Path, tmp_path: Pat
 
     monkeypatch.setattr(journal, "receive", full)
     assert scp.handle_store(event("1.2.840.10008.5.1.4.1.1.6.1")).Status == 0xA700
+
+
+def test_retired_us_storage_classes_are_stored(dicom_us: Path, tmp_path: Path) -> None:
+    """Old scanners still send the retired US Image (1.6) and US Multi-frame (1.3) classes; the node
+    accepts them at association, so it must also store them (pynetdicom alone answered no status)."""
+    palette = dicom_us / "color-pl.dcm"  # a real US image in the retired class
+    assert str(pydicom.dcmread(palette, stop_before_pixels=True).SOPClassUID) == "1.2.840.10008.5.1.4.1.1.6"
+    cine = pydicom.dcmread(dicom_us / "OBXXXX1A_2frame.dcm")
+    cine.SOPClassUID = cine.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3"
+    cine.SOPInstanceUID = cine.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.8"
+    cine.save_as(tmp_path / "retired_cine.dcm", enforce_file_format=True)
+    journal = Journal(tmp_path / "journal")
+    scp = StorageSCP(journal, None, port=free_port())
+    scp.start()
+    try:
+        statuses = _send(scp.port, [palette, tmp_path / "retired_cine.dcm"])
+    finally:
+        scp.stop()
+    assert statuses == [(0, ""), (0, "")]
+    assert scp.counts["received"] == 2

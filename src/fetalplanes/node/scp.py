@@ -92,6 +92,20 @@ def transfer_syntaxes() -> list[str]:
     return out
 
 
+def _register_retired_storage_classes() -> None:
+    """Make pynetdicom treat every class of :data:`STORAGE_CLASSES` as a storage class.
+
+    pynetdicom (3.0) knows the retired US Image (``...1.6``) and US Multi-frame (``...1.3``)
+    classes only as generic services: a C-STORE of them was accepted at association and then
+    answered with no status at all, although old scanners still send them. Idempotent."""
+    from pynetdicom.service_class import StorageServiceClass
+    from pynetdicom.sop_class import register_uid, uid_to_service_class
+
+    for uid, name in STORAGE_CLASSES.items():
+        if not issubclass(uid_to_service_class(uid), StorageServiceClass):
+            register_uid(uid, "".join(w for w in name.title() if w.isalnum()), StorageServiceClass)
+
+
 def _status(code: int, comment: str | None = None) -> Dataset:
     from pydicom.dataset import Dataset
 
@@ -122,6 +136,7 @@ class StorageSCP:
         from pynetdicom import AE
         from pynetdicom.sop_class import Verification
 
+        _register_retired_storage_classes()
         ae = AE(ae_title=self.aet)
         syntaxes = transfer_syntaxes()
         for uid in STORAGE_CLASSES:
