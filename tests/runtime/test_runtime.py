@@ -222,3 +222,47 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     assert not junk.ok and "not an image" in junk.error
     [missing] = pred.predict([tmp_path / "nope.png"])
     assert not missing.ok and "nope.png: file not found" in missing.error
+
+
+def _failing_at_run_time(path: Path, spec: ModelSpec) -> Path:
+    """A toy graph that loads but cannot run: its logits are reshaped to 5 values whatever the batch."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    s = spec.preprocessing.image_size
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
+         helper.make_node("Reshape", ["flat", "five"], ["logits"])],
+        "broken", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, s, s])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", spec.num_classes])],
+        [numpy_helper.from_array(np.array([5], dtype=np.int64), "five")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    from fetalplanes.runtime.artifact import set_onnx_metadata
+
+    set_onnx_metadata(proto, spec)
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_a_graph_that_fails_at_run_time_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    pred = OnnxPredictor(_failing_at_run_time(tmp_path / "broken.onnx", _toy_spec()), threads=1)
+    with pytest.raises(ModelFileError, match=r"broken\.onnx: ONNX Runtime could not run the model") as info:
+        pred.predict([_gray(10)])
+    assert "\n" not in str(info.value)
+
+
+def test_the_service_answers_a_failing_model_in_its_error_shape(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from fetalplanes.serve.app import create_app
+
+    model = _failing_at_run_time(tmp_path / "broken.onnx", _toy_spec())
+    buf = io.BytesIO()
+    _gray(10).save(buf, format="PNG")
+    client = TestClient(create_app(model, predictor=OnnxPredictor(model, threads=1)), raise_server_exceptions=False)
+    r = client.post("/v1/predict", files={"file": ("a.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 500
+    assert "broken.onnx: ONNX Runtime could not run the model" in r.json()["detail"]

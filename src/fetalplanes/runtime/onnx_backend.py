@@ -67,11 +67,23 @@ class OnnxPredictor(Predictor):
             raise ModelFileError(f"{self.path}: input shape {shape} does not match the spec's (N, 3, {size}, {size})")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        return self._session_run([OUTPUT_NAME], x)[0]
 
     def _run_features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, feats = self.session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x})
+        logits, feats = self._session_run([OUTPUT_NAME, FEATURES_NAME], x)
         return logits, feats
+
+    def _session_run(self, names: list[str], x: np.ndarray) -> list[np.ndarray]:
+        """``session.run``; a graph that fails at run time (an allocation it cannot make, a shape it
+        cannot reshape: checks at load cannot see these) is a ModelFileError naming the file, not a traceback."""
+        try:
+            return self.session.run(names, {INPUT_NAME: x})
+        except Exception as exc:  # noqa: BLE001 - ORT's Fail/RuntimeException/... derive from Exception only
+            text = " ".join(str(exc).split())
+            raise ModelFileError(
+                f"{self.path}: ONNX Runtime could not run the model on a batch of {len(x)} "
+                f"({type(exc).__name__}: {text[:300]}); the file loaded but its graph fails at run time; "
+                "expected an .onnx from `fetalplanes export`") from None
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -32,7 +32,7 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from fetalplanes.core.errors import EXPECTED
+from fetalplanes.core.errors import EXPECTED, ModelFileError
 from fetalplanes.runtime.loader import load_predictor
 from fetalplanes.runtime.predictor import Predictor
 from fetalplanes.runtime.session import available_cores
@@ -189,6 +189,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UploadError)
     async def upload_error(_request: Request, exc: UploadError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(ModelFileError)
+    async def model_error(_request: Request, exc: ModelFileError) -> JSONResponse:
+        # The served model failed at run time (the upload is not at fault): 500, but one sentence
+        # in the API's error shape rather than a bare "Internal Server Error".
+        logger.error("%s", exc)
+        return JSONResponse({"detail": str(exc)}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
