@@ -64,3 +64,34 @@ def test_the_page_says_which_frame_it_shows(client: TestClient) -> None:
     js = client.get("/static/app.js").text
     assert "renderCine" in js and "answered_frame" in js and "best_per_plane" in js
     assert 'class="cine-note"' in client.get("/").text
+
+
+class GatedMeanPredictor(MeanPredictor):
+    """MeanPredictor with an OOD gate that rejects the frames farthest from mid-grey (= the most confident)."""
+
+    def __init__(self, path: Path, threshold: float) -> None:
+        super().__init__(path)
+        self.spec = self.spec.replace(ood={"score": "combined", "threshold": threshold})
+        self.threshold = threshold
+
+    def logits_and_ood(self, arrays: np.ndarray):  # noqa: ANN201
+        x = self._checked(arrays)
+        return self._run(x), np.abs(x.mean(axis=(1, 2, 3))).astype(np.float64)
+
+
+def test_out_of_distribution_frames_never_stand_for_the_cine(tmp_path: Path, shared_data: Path) -> None:
+    cine = shared_data / "dicom_us" / "dbdicom_0020.DCM"
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    means = [abs(r.logits[0] / 8) for r in MeanPredictor(model).predict(cine)]
+    gated = GatedMeanPredictor(model, threshold=float(np.median(means)))  # the more confident half is "not a fetal plane"
+    client = TestClient(create_app(model, predictor=gated))
+    body = client.post("/v1/predict", files={"file": (cine.name, cine.read_bytes(), "application/dicom")}).json()
+    frames = body["cine"]["frames"]
+    states = {f["state"] for f in frames}
+    assert states == {"plane", "out_of_distribution"}, states
+    planes = [f for f in frames if f["state"] == "plane"]
+    best = max(planes, key=lambda f: f["confidence"])
+    assert max(frames, key=lambda f: f["confidence"])["state"] == "out_of_distribution"  # the trap is real
+    assert body["cine"]["answered_frame"] == best["frame"] and body["state"] == "plane"
+    assert body["cine"]["best_per_plane"] and all(b["state"] == "plane" for b in body["cine"]["best_per_plane"])

@@ -43,6 +43,7 @@ class Explanation(BaseModel):
 class FrameAnswer(BaseModel):
     frame: int = Field(ge=0, description="0-based frame index (as `stream` and the error lines count).")
     time_s: float = Field(ge=0.0, description="Frame time stamp in seconds (DICOM FrameTime / CineRate, else 25 fps).")
+    state: str = Field(description="plane, abstain or out_of_distribution, as the top-level `state`; read it before `plane`.")
     plane: str
     confidence: float = Field(ge=0.0, le=1.0)
     abstain: bool
@@ -54,10 +55,13 @@ class CineAnswer(BaseModel):
     frames_declared: int = Field(description="NumberOfFrames (or the page count) the file declares.")
     frames_answered: int
     answered_frame: int = Field(description="The frame the top-level answer (plane, confidence, preview, heat map) "
-                                            "is for: the most confident frame.")
+                                            "is for: the most confident frame that got a plane, else the most "
+                                            "confident abstention, else the most confident frame.")
     frames: list[FrameAnswer] = Field(description="Every answered frame, in order.")
-    best_per_plane: list[FrameAnswer] = Field(description="The most confident frame of each predicted plane "
-                                                          "(what `fetalplanes stream` reports), in frame order.")
+    best_per_plane: list[FrameAnswer] = Field(description="The most confident frame of each plane among the frames "
+                                                          "that got one (state `plane`: never an abstention or an "
+                                                          "out-of-distribution frame, as `fetalplanes stream` "
+                                                          "reports it), in frame order.")
     skipped: list[str] = Field(default_factory=list, description="One line per frame that could not be decoded.")
     note: Optional[str] = Field(default=None, description="Short read or frame cap, when the answer is partial.")
 

@@ -151,7 +151,7 @@ class Service:
 
     def _analyse_cine(self, upload: Upload, reader: Any, top_k: int, explain: bool, preview: bool) -> PredictResponse:
         """Every frame answered (up to MAX_CINE_FRAMES, in chunks); the top-level answer is the most
-        confident frame's, and the answer says so (``cine.answered_frame``)."""
+        confident frame that got a plane (:func:`_rank`), and the answer says so (``cine.answered_frame``)."""
         answers: list[FrameAnswer] = []
         best: tuple[FileResult, Image.Image, int] | None = None
         chunk: list[Any] = []
@@ -164,9 +164,9 @@ class Service:
                     reader.skipped.append(ImageLoadError(reader.label, r.error or "no answer", frame=frame.index))
                     continue
                 p = r.prediction
-                answers.append(FrameAnswer(frame=frame.index, time_s=frame.time_s, plane=p.label,
+                answers.append(FrameAnswer(frame=frame.index, time_s=frame.time_s, state=p.state, plane=p.label,
                                            confidence=p.confidence, abstain=p.abstain))
-                if best is None or p.confidence > best[0].prediction.confidence:  # type: ignore[union-attr]
+                if best is None or _rank(p) > _rank(best[0].prediction):  # type: ignore[arg-type]
                     best = (r, frame.image, frame.index)
             chunk.clear()
 
@@ -250,10 +250,22 @@ class Service:
         )
 
 
+_STATE_RANK = {"plane": 2, "abstain": 1, "out_of_distribution": 0}
+
+
+def _rank(prediction: Prediction) -> tuple[int, float]:
+    """A frame's claim to be the cine's answer: a plane beats an abstention beats "not a fetal plane",
+    then the higher confidence (a confident out-of-distribution frame must not hide a good one)."""
+    return _STATE_RANK[prediction.state], prediction.confidence
+
+
 def _best_per_plane(answers: list[FrameAnswer]) -> list[FrameAnswer]:
-    """The most confident frame of each predicted plane, in frame order (``stream``'s choice)."""
+    """The most confident frame of each plane among frames in state ``plane``, in frame order:
+    ``stream``'s choice (an abstaining or out-of-distribution frame is never a best frame)."""
     best: dict[str, FrameAnswer] = {}
     for a in answers:
+        if a.state != "plane":
+            continue
         if a.plane not in best or a.confidence > best[a.plane].confidence:
             best[a.plane] = a
     return sorted(best.values(), key=lambda a: a.frame)

@@ -192,7 +192,7 @@
     }).join("; ");
     note.textContent = "Cine: " + cine.frames_answered + " of " + cine.frames_declared +
       " frames answered; shown: frame " + cine.answered_frame + " (the most confident). Best frame per plane: " +
-      best + "." + (cine.skipped.length ? " " + cine.skipped.length + " frame(s) unreadable." : "") +
+      (best || "none (no frame got a plane)") + "." + (cine.skipped.length ? " " + cine.skipped.length + " frame(s) unreadable." : "") +
       (cine.note ? " " + cine.note + "." : "");
   }
 
