@@ -95,3 +95,39 @@ def test_out_of_distribution_frames_never_stand_for_the_cine(tmp_path: Path, sha
     assert max(frames, key=lambda f: f["confidence"])["state"] == "out_of_distribution"  # the trap is real
     assert body["cine"]["answered_frame"] == best["frame"] and body["state"] == "plane"
     assert body["cine"]["best_per_plane"] and all(b["state"] == "plane" for b in body["cine"]["best_per_plane"])
+
+
+def _cine_bytes(frames: int, size: int) -> bytes:
+    """An uncompressed US Multi-frame DICOM of ``frames`` size x size frames."""
+    from io import BytesIO
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Modality = "US"
+    ds.set_pixel_data(np.arange(frames * size * size, dtype=np.uint8).reshape(frames, size, size), "MONOCHROME2", 8)
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_cine_frames_are_charged_to_the_request_pixel_budget(tmp_path: Path) -> None:
+    """A cine must not bypass the per-request decoded-pixel budget (a 300-frame cine was answered whole)."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    client = TestClient(create_app(model, predictor=MeanPredictor(model), max_pixels=32 * 32,
+                                   request_pixels=10 * 32 * 32))
+    data = _cine_bytes(25, 32)
+    body = client.post("/v1/predict", files={"file": ("c.dcm", data, "application/dicom")}).json()
+    assert body["cine"]["frames_declared"] == 25 and body["cine"]["frames_answered"] == 10
+    assert "decoded-pixel budget" in body["cine"]["note"]
+    r = client.post("/v1/predict/batch", files=[("files", ("a.dcm", data, "application/dicom")),
+                                                ("files", ("b.dcm", data, "application/dicom"))])
+    items = r.json()["items"]
+    assert [i["status"] for i in items] == [200, 413]
+    assert items[1]["error"].startswith("b.dcm") and "budget" in items[1]["error"]

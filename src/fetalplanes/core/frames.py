@@ -39,6 +39,7 @@ from PIL import Image
 from fetalplanes.core.errors import ImageLoadError, UsageError
 from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, VIDEO_SUFFIXES, check_size, format_named, sniff_format, sniff_video
 from fetalplanes.core.io import IMAGE_SUFFIXES, PilFrames, Source, _read_source, list_images, load_image
+from fetalplanes.core.limits import BudgetExceeded, PixelBudget
 
 __all__ = ["DEFAULT_FPS", "MAX_FPS", "VIDEO_SUFFIXES", "Frame", "FrameReader", "dicom_frame_rate", "is_video_file",
            "open_frames"]
@@ -128,11 +129,16 @@ def open_frames(
     fps: float | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = None,
+    budget: PixelBudget | None = None,
 ) -> FrameReader:
     """A :class:`FrameReader` over a DICOM cine, video, multi-page image, still image or frame folder.
 
     ``fps`` (frames/s, > 0) overrides the file's timing. Raises :class:`ImageLoadError` for
     a source that cannot be opened at all (not found, not a supported format, no decoder).
+    ``budget`` (DICOM and multi-page images, e.g. one per service request) is charged each
+    frame's header size before it is decoded; the frame that would exceed it stops the
+    iteration with :class:`~fetalplanes.core.limits.BudgetExceeded` (not a skipped frame: the
+    file is fine, the request is spent).
     """
     if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
         raise UsageError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps!r}")
@@ -148,10 +154,10 @@ def open_frames(
     if fmt is None and sniff_video(data):
         return _video(BytesIO(data), label, fps, max_pixels)
     if fmt == "dicom":
-        return _dicom(data, label, fps, max_pixels)
+        return _dicom(data, label, fps, max_pixels, budget)
     if fmt is None or not format_named(fmt).accepted:
         load_image(data, name=label)  # raises the loader's one-line "not an image" / refusal error
-    return _pages(data, fmt, label, fps, max_pixels)
+    return _pages(data, fmt, label, fps, max_pixels, budget)
 
 
 def is_video_file(path: str | os.PathLike[str]) -> bool:
@@ -172,10 +178,10 @@ def is_video_file(path: str | os.PathLike[str]) -> bool:
 
 
 # ------------------------------------------------------------------------------ DICOM and pages
-def _dicom(data: bytes, label: str, fps: float | None, max_pixels: int) -> FrameReader:
+def _dicom(data: bytes, label: str, fps: float | None, max_pixels: int, budget: PixelBudget | None = None) -> FrameReader:
     from fetalplanes.core.dicom import DicomFrames
 
-    frames = DicomFrames(data, label, max_pixels)
+    frames = DicomFrames(data, label, max_pixels, budget)
     rate, source, problems = (fps, "user", []) if fps else dicom_frame_rate(frames.ds, label)
     info = {"kind": "dicom", "fps": rate, "fps_source": source, "frames_declared": frames.declared}
 
@@ -187,6 +193,8 @@ def _dicom(data: bytes, label: str, fps: float | None, max_pixels: int) -> Frame
         for i in range(len(frames)):
             try:
                 image = frames.frame(i)
+            except BudgetExceeded:
+                raise
             except ImageLoadError as err:
                 if frames.declared == 1:
                     raise  # a single-frame file: its error is the file's error
@@ -219,8 +227,9 @@ def dicom_frame_rate(ds: Any, label: str) -> tuple[float, str, list[str]]:
     return DEFAULT_FPS, "default", problems
 
 
-def _pages(data: bytes, fmt: str, label: str, fps: float | None, max_pixels: int) -> FrameReader:
-    frames = PilFrames(data, fmt, label, max_pixels)
+def _pages(data: bytes, fmt: str, label: str, fps: float | None, max_pixels: int,
+           budget: PixelBudget | None = None) -> FrameReader:
+    frames = PilFrames(data, fmt, label, max_pixels, budget)
     rate = fps or DEFAULT_FPS
     info = {"kind": "image" if len(frames) == 1 else "multi-frame image", "fps": rate,
             "fps_source": "user" if fps else "default", "frames_declared": len(frames)}
@@ -229,6 +238,8 @@ def _pages(data: bytes, fmt: str, label: str, fps: float | None, max_pixels: int
         for i in range(len(frames)):
             try:
                 image = frames.frame(i)
+            except BudgetExceeded:
+                raise
             except ImageLoadError as err:
                 if len(frames) == 1:
                     raise

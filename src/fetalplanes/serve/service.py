@@ -123,7 +123,7 @@ class Service:
         out: list[PredictResponse | UploadError] = []
         for upload in uploads:
             try:
-                reader = self._cine_reader(upload)
+                reader = self._cine_reader(upload, budget)
                 if reader is not None:
                     out.append(self._analyse_cine(upload, reader, top_k, explain, preview))
                     continue
@@ -137,14 +137,16 @@ class Service:
             del image  # released before the next item is decoded
         return out
 
-    def _cine_reader(self, upload: Upload) -> Any:
-        """A FrameReader for a DICOM or TIFF upload declaring several frames, else None."""
+    def _cine_reader(self, upload: Upload, budget: PixelBudget) -> Any:
+        """A FrameReader for a DICOM or TIFF upload declaring several frames, else None; its frames
+        are charged to the request's ``budget`` like every other decoded image."""
         from fetalplanes.core.frames import open_frames
 
         if not upload.data or sniff_format(bytes(upload.data[:132])) not in _MULTI_FRAME_FORMATS:
             return None
         try:
-            reader = open_frames(bytes(upload.data), name=upload.filename or "upload", max_pixels=self.settings.max_pixels)
+            reader = open_frames(bytes(upload.data), name=upload.filename or "upload", max_pixels=self.settings.max_pixels,
+                                 budget=budget)
         except ImageLoadError:
             return None  # decode() reports it, the same way as for any single image
         return reader if (reader.info.get("frames_declared") or 1) > 1 else None
@@ -179,6 +181,11 @@ class Service:
                 if len(chunk) >= _CINE_CHUNK:
                     flush()
             flush()
+        except BudgetExceeded as err:  # the request's decoded-pixel budget is spent: answer what was read
+            flush()
+            if not answers:
+                raise UploadError(413, str(err)) from None
+            note = f"only {len(answers)} frame(s) answered: {err}"
         except ImageLoadError as err:  # no frame could be decoded at all
             raise UploadError(422, str(err)) from None
         if best is None:
