@@ -23,6 +23,7 @@ the FETAL_PLANES_DB planes); the procedure is SNOMED CT 268445003 "Ultrasound sc
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import warnings
@@ -131,7 +132,30 @@ def build_sr(source: Dataset, results: list[FileResult], algorithm: AlgorithmInf
         raise ValueError("no frame of the instance could be classified")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # highdicom warns about legal-but-odd names real scanners write
-        return _build(source, results, reported, algorithm)
+        return _build(_evidence(source), results, reported, algorithm)
+
+
+# Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1) that highdicom
+# copies from the evidence: they must be present but may be empty. Anonymizers and some scanners drop
+# them, and highdicom then fails with an AttributeError; present-but-empty is what the standard allows.
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                 "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def _evidence(source: Dataset) -> Dataset:
+    """``source`` with the absent Type 2 patient/study attributes added empty (a copy; the source is
+    untouched). ValueError, one line, when the Type 1 StudyInstanceUID is missing: the report belongs
+    in the source's study and cannot be placed without it."""
+    if not str(source.get("StudyInstanceUID", "") or ""):
+        raise ValueError("the instance has no StudyInstanceUID (0020,000D); expected one, so that the report "
+                         "can join its study")
+    missing = [k for k in _TYPE2_COPIED if k not in source]
+    if not missing:
+        return source
+    evidence = copy.deepcopy(source)  # Dataset.copy() is shallow: it would add them to the source too
+    for keyword in missing:
+        setattr(evidence, keyword, None)
+    return evidence
 
 
 def _build(source: Dataset, results: list[FileResult], reported: list[FileResult], algorithm: AlgorithmInfo) -> Dataset:
