@@ -56,6 +56,20 @@ def test_a_bare_pickle_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_a_protocol_4_pickle_is_refused_in_one_line_without_torch_warnings(tmp_path: Path) -> None:
+    """pickle.dump's default protocol (4+) made torch print a two-line UserWarning before the refusal."""
+    import warnings
+
+    marker, path = tmp_path / "MARKER", tmp_path / "raw4.ckpt"
+    path.write_bytes(pickle.dumps({"state_dict": _Marker(marker)}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match=r"raw4\.ckpt: cannot read as a PyTorch checkpoint"):
+            load_model(path)
+    assert [str(w.message) for w in caught if "pickle protocol" in str(w.message)] == []
+    assert not marker.exists()
+
+
 def test_resume_and_the_service_refuse_it_too(evil: tuple[Path, Path]) -> None:
     from fetalplanes.serve.app import ServeSettings, build_app
     from fetalplanes.training.callbacks import AtomicCheckpointIO

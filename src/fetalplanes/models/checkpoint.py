@@ -31,6 +31,7 @@ import logging
 import pathlib
 import platform
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,7 +117,10 @@ def safe_load(path: str | Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        with _allowed():
+        with _allowed(), warnings.catch_warnings():
+            # A foreign pickle (e.g. protocol 4 from pickle.dump) makes torch warn before it refuses it;
+            # the refusal below is the one line the user gets.
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt, foreign or unsafe files
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
