@@ -24,3 +24,10 @@ def test_unreachable_dicomweb_server_is_one_line(cli_run, tmp_path: Path) -> Non
     model.write_bytes(b"not a model")
     proc = cli_run("dicomweb", "--model", str(model), "--url", url, "--study", "1.2.3", "--journal", str(tmp_path / "j"))
     assert proc.returncode == 2 and "QIDO-RS for study 1.2.3 failed" in proc.stderr
+
+
+def test_a_bad_dicomweb_url_names_the_option_given(cli_run, tmp_path: Path) -> None:
+    proc = cli_run("dicomweb", "--model", str(tmp_path / "m.onnx"), "--url", "file:///etc/passwd", "--study", "1.2.3",
+                   "--journal", str(tmp_path / "j"))
+    assert proc.returncode == 2 and "--url 'file:///etc/passwd': expected an http:// or https://" in proc.stderr
+    assert "--stow" not in proc.stderr  # the user gave no --stow

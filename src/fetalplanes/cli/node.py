@@ -60,7 +60,8 @@ def dicomweb(
     from fetalplanes.node.dicomweb import pull_study
     from fetalplanes.node.forward import parse_stow
 
-    summary = pull_study(model, parse_stow(url).url, study, journal, parse_stow(stow or url), threads=threads)
+    summary = pull_study(model, parse_stow(url, "--url").url, study, journal,
+                         parse_stow(stow or url, "--stow" if stow else "--url"), threads=threads)
     console.print_json(data=summary)
     if summary["failed"] or summary["undelivered"]:
         raise typer.Exit(1)

@@ -102,10 +102,10 @@ def parse_forward(text: str, calling: str = "FETALPLANES") -> CStoreTarget:
     return CStoreTarget(m["aet"], m["host"], int(m["port"]), calling)
 
 
-def parse_stow(text: str) -> StowTarget:
-    """An http(s) DICOMweb base URL -> StowTarget; UsageError otherwise."""
+def parse_stow(text: str, option: str = "--stow") -> StowTarget:
+    """An http(s) DICOMweb base URL -> StowTarget; UsageError naming ``option`` otherwise."""
     if not re.match(r"^https?://[^\s/]+", text.strip()):
-        raise UsageError(f"--stow {text!r}: expected an http:// or https:// DICOMweb base URL, "
+        raise UsageError(f"{option} {text!r}: expected an http:// or https:// DICOMweb base URL, "
                          "e.g. http://127.0.0.1:8042/dicom-web")
     return StowTarget(text.strip().rstrip("/"))
 
