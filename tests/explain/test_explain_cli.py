@@ -133,3 +133,24 @@ def test_real_hc18_images_with_their_head_masks(tiny_checkpoint: Path, shared_da
         assert Image.open(out / r["overlay"]).size == tuple(r["size"]) == Image.open(r["image"]).size
     loc = json.loads((out / "localization.json").read_text())
     assert loc["n_with_mask"] == 2 and 0.0 < loc["maps"]["gradcam"]["mask_area_fraction"] < 1.0
+
+
+def test_each_explanation_carries_the_products_answer(tiny_checkpoint: Path, shared_data: Path, tmp_path: Path) -> None:
+    """A heat map explains the top class; whether that class is the answer (plane), a withheld one
+    (abstain) or "not a fetal plane" (OOD gate) is the predictor's, and the report must say it
+    (it printed 'Other 58%' under a map for an image `predict` calls not a fetal plane)."""
+    from fetalplanes.runtime import load_predictor
+
+    images = [shared_data / "dicom_us" / "OBXXXX1A.dcm", shared_data / "dicom_us" / "US1_UNCR.dcm"]
+    out = tmp_path / "o"
+    res = run_cli(*images, "--checkpoint", tiny_checkpoint, "--out", out, "--method", "gradcam")
+    assert res.exit_code == 0, res.output
+    records = json.loads((out / "explanations.json").read_text())["images"]
+    predictor = load_predictor(tiny_checkpoint)
+    expected = [predictor.predict(p)[0].prediction for p in images]
+    assert [r["state"] for r in records] == [p.state for p in expected]
+    assert [r["ood"] for r in records] == [p.to_dict()["ood"] for p in expected]
+    page = (out / "index.html").read_text()
+    for p in expected:
+        if p.state != "plane":
+            assert {"out_of_distribution": "NOT A FETAL PLANE", "abstain": "answer: abstain"}[p.state] in page

@@ -216,7 +216,9 @@ def explain(
             skipped.append({"image": str(sample.path), "error": bad_entry(err)[1]})
         else:
             rec = _explain_one(model, spec, image, name, out, method, target, i < occlusion, layer, aug_smooth)
-            rec.update(sample=sample, name=name, image_size=image.size)
+            # The product's answer for this image (OOD gate, abstain threshold), which the map alone does not carry.
+            answer = predictor.predict([image], k=2)[0].prediction
+            rec.update(sample=sample, name=name, image_size=image.size, answer=answer)
             _score(rec, sample, ins, image.size)
             records.append(rec)
         if on_progress:
@@ -263,6 +265,9 @@ def _record_json(rec: dict[str, Any], ins: Inputs, class_names) -> dict[str, Any
         "true": _true_label(rec, ins), **res.summary(class_names),
         "overlay": f"overlays/{rec['name']}.png", "cam": f"cams/{rec['name']}.npy", "seconds": rec["seconds"],
     }
+    answer = rec.get("answer")
+    if answer is not None:  # read `state` before `label`: the map explains the top class whatever the answer
+        out.update(state=answer.state, abstain=answer.abstain, ood=answer.to_dict()["ood"])
     if "loc" in rec:
         out["localization"] = {"mask": rec["mask"], **rec["loc"]}
     if "occlusion" in rec:
@@ -346,6 +351,7 @@ def _write_outputs(out: Path, records, skipped, ins: Inputs, spec, checkpoint, m
             topk=r["result"].topk(class_names), overlay_file=f"overlays/{r['name']}.png", thumb=r["thumb"],
             true_label=_true_label(r, ins), occlusion_file=f"overlays/{r['name']}_occlusion.png" if "occlusion" in r else None,
             occlusion_thumb=r.get("occlusion_thumb"), localization=r.get("loc"),
+            state=r["answer"].state if r.get("answer") is not None else "plane",
         )
         for r in records
     ]

@@ -49,10 +49,15 @@ class ReportItem:
     occlusion_thumb: bytes | None = None
     localization: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    state: str = "plane"  # core.postprocess.STATES: the answer the heat map belongs to
 
     @property
     def correct(self) -> bool | None:
         return None if self.true_label is None else self.true_label == self.predicted
+
+
+_STATE_NOTE = {"out_of_distribution": "answer: NOT A FETAL PLANE (out-of-distribution gate)",
+               "abstain": "answer: abstain (confidence below the model's threshold)"}
 
 
 def thumbnail(image: Image.Image, width: int = THUMB_WIDTH) -> bytes:
@@ -85,6 +90,8 @@ def _card(item: ReportItem, method_title: str) -> str:
     if item.occlusion_thumb is not None and item.occlusion_file:
         figs.append(_figure(item.occlusion_thumb, item.occlusion_file, "occlusion"))
     lines = [f'<span class="lbl">{_esc(item.predicted)}</span> {item.confidence:.1%}']
+    if item.state != "plane":  # the map explains the top class, but the answer is not that plane
+        lines.append(_STATE_NOTE.get(item.state, item.state))
     if len(item.topk) > 1:
         lines.append("2nd: " + _esc(item.topk[1][0]) + f" {item.topk[1][1]:.1%}")
     if item.true_label is not None:
