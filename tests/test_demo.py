@@ -46,7 +46,8 @@ def test_default_demo_reports_verdicts_that_agree_with_its_numbers(tmp_path: Pat
     # The phantom set is drawn by numpy from the data seed: the centre prior is not a good map of it.
     assert pg["centre"]["mean"] < 0.5
     # The held-out test scores and the machine that produced them are recorded together.
-    assert 0.0 <= s["test_top1_ci95"][0] <= s["test_top1"] <= s["test_top1_ci95"][1] <= 1.0
+    ci = s["test_top1_ci95"]
+    assert 0.0 <= ci["low"] <= s["test_top1"] <= ci["high"] <= 1.0
     assert s["machine"]["cpu"] and s["machine"]["torch_threads"] >= 1 and s["machine"]["cores"] >= 1
     saved = json.loads((tmp_path / "d" / "demo_summary.json").read_text())
     assert saved["machine"] == s["machine"] and saved["sanity_flagged"] == s["sanity_flagged"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fetalplanes.core.formats import IMAGE_SUFFIXES
+from fetalplanes.core.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -52,7 +52,7 @@ def expect(rel: str) -> dict:
     load, frames = row.get("load"), row.get("frames") or {}
     if load is None:  # label tables
         return {"kind": "error", "needle": "not an image"}
-    if "error" in load and frames.get("decoded"):
+    if "error" in load and (frames.get("decoded") or Path(rel).suffix.lower() in VIDEO_SUFFIXES):
         return {"kind": "video", "decoded": frames["decoded"]}
     if "error" in load:
         return {"kind": "error", "needle": load["error"]}
@@ -171,18 +171,27 @@ def test_service_answers_each_file_or_names_it_in_one_line(served, predicted, re
     want, (rows, _) = expect(rel), predicted
     if want["kind"] in ("image", "frames"):
         assert status == 200, body
-        frame = 0 if want["kind"] == "frames" else None  # the service answers a cine's first frame
+        # The service answers every frame of a cine and says which one its top-level answer is for.
+        frame = body["cine"]["answered_frame"] if want["kind"] == "frames" else None
         assert body["probabilities"] == pytest.approx(_probs(rows, rel, frame), abs=1e-6)  # as the CLI
         return
     assert status in (415, 422), body
     _one_line(body["detail"], rel, want.get("needle") if status == 422 else None)
 
 
+def _first_frame(body: dict) -> tuple[str, float]:
+    """(plane, confidence) of a still's answer, or of frame 0 of a cine's answers."""
+    if body.get("cine"):
+        f0 = next(f for f in body["cine"]["frames"] if f["frame"] == 0)
+        return f0["plane"], f0["confidence"]
+    return body["plane"], body["confidence"]
+
+
 def test_service_twins_get_identical_probabilities(served) -> None:
     for rel in FILES:
         twin = expect(rel).get("equals")
         if twin:
-            assert served[rel][1]["probabilities"] == served[twin][1]["probabilities"], (rel, twin)
+            assert _first_frame(served[rel][1]) == _first_frame(served[twin][1]), (rel, twin)
     status, body = served["cases/dicom_bomb/c21_small_header_big_jpeg.dcm"]
     assert status == 422 and "12000x12000" in body["detail"]
 
@@ -227,15 +236,15 @@ def test_scan_lists_every_bad_file_at_once_or_skips_them(cli_run, tmp_path: Path
     for rel in images:
         (folder / rel.replace("/", "__")).symlink_to(SHARED / rel)
     bad = [rel for rel in images if expect(rel)["kind"] == "error"]
-    assert bad == ["cases/dicom_bomb/c21_small_header_big_jpeg.dcm"]
+    assert bad == ["cases/dicom_bomb/c21_small_header_big_jpeg.dcm", "cases/dicom_deflate_bomb/deflate_bomb_1GiB.dcm"]
     proc = cli_run("scan", str(tmp_path / "set"))
     assert proc.returncode == 2 and f"{len(bad)} image file(s) cannot be loaded" in proc.stderr, proc.stderr
     named = [line for line in proc.stderr.splitlines() if "__" in line]
     assert [line.split(":")[0].strip() for line in named] == [str(folder / rel.replace("/", "__")) for rel in bad]
-    assert "12000x12000" in named[0]
+    assert "12000x12000" in named[0] and "(FFFC,FFFC)" in named[1]
     proc = cli_run("scan", str(tmp_path / "set"), "--skip-bad")
     assert proc.returncode == 0, proc.stderr
-    assert f"{len(images) - len(bad)} images" in proc.stdout and "1 unreadable left out" in proc.stdout
+    assert f"{len(images) - len(bad)} images" in proc.stdout and f"{len(bad)} unreadable left out" in proc.stdout
 
 
 def test_scan_reads_a_spreadsheet_csv_like_its_clean_twin(cli_run) -> None:

@@ -42,7 +42,13 @@ def test_checkpoint_and_onnx_give_the_same_ood_verdicts(tiny_checkpoint: Path, o
     sa = np.array([r.prediction.ood_score for r in ra])
     sb = np.array([r.prediction.ood_score for r in rb])
     np.testing.assert_allclose(sb, sa, rtol=1e-3, atol=1e-3)
-    assert [r.prediction.state for r in ra] == [r.prediction.state for r in rb]
+    # The same verdicts, except for a score within the two backends' float tolerance of the
+    # threshold (there the last bits of float32 kernels decide, on any machine).
+    thr = b.spec.ood["threshold"]
+    clear = np.abs(sa - thr) > 1e-3 * max(1.0, abs(thr))
+    assert clear.sum() >= len(sa) - 2
+    assert ([r.prediction.state for r, c in zip(ra, clear) if c]
+            == [r.prediction.state for r, c in zip(rb, clear) if c])
     # blank frames are nothing like a fetal plane: the gate rejects them on both paths
     states = {r.path.name: r.prediction.state for r in rb}
     assert states["black.png"] == states["white.png"] == "out_of_distribution"

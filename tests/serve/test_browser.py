@@ -74,6 +74,12 @@ def class_names(server: str) -> list[str]:
 def check_result_card(card, names: list[str]) -> None:
     card.locator(".result").wait_for(state="visible", timeout=60_000)
     plane = card.locator(".plane").inner_text().strip()
+    image = card.locator(".card-image")
+    assert image.evaluate("img => img.complete && img.naturalWidth > 0")
+    if plane == "Not a fetal plane":  # the OOD gate's state: a clear warning, no plane bars
+        assert card.locator(".ood-warning").is_visible() and not card.locator(".bars").is_visible()
+        assert "Not a fetal plane" in card.locator(".ood-warning").inner_text()
+        return
     assert plane in names
     assert card.locator(".confidence-value").inner_text().strip().endswith("%")
     bars = card.locator(".bar-row")
@@ -81,8 +87,6 @@ def check_result_card(card, names: list[str]) -> None:
     assert bars.nth(0).locator(".bar-label").inner_text().strip() == plane
     widths = [bars.nth(i).locator(".bar-fill").evaluate("el => el.getBoundingClientRect().width") for i in range(2)]
     assert widths[0] > 0 and widths[0] >= widths[1]
-    image = card.locator(".card-image")
-    assert image.evaluate("img => img.complete && img.naturalWidth > 0")
 
 
 def toggle_overlay(card) -> None:
