@@ -67,7 +67,8 @@ def measure(src: Path) -> dict:
     fit = "fetalplanes.training.fit"
     fit_closure = sorted(_closure(fit, edges)) if fit in arch.MODULES else []
     return {
-        "src": str(src),
+        # the tree's last two parts only: a machine's paths do not belong in a committed result
+        "src": "/".join(src.parts[-2:]),
         "import_circles": len(arch.cycles()),
         "upward_arrows": len(arch.violations()),
         "function_level_imports": sum(_function_imports(t) for t in trees.values()),
