@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from fetalplanes.core.errors import ImageLoadError, UsageError
 from fetalplanes.core.formats import DEFAULT_MAX_PIXELS
+from fetalplanes.core.us_regions import SECONDARY_CAPTURE_SOP_CLASSES, US_SOP_CLASSES
 from fetalplanes.node.classify import DEFAULT_MAX_BYTES, admit
 from fetalplanes.node.journal import Journal, JournalError
 
@@ -39,18 +40,8 @@ __all__ = ["STATUS", "STORAGE_CLASSES", "StorageSCP", "transfer_syntaxes"]
 
 log = logging.getLogger(__name__)
 
-STORAGE_CLASSES: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
-    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
-    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image Storage",
-    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
-    "1.2.840.10008.5.1.4.1.1.6.2": "Enhanced US Volume Storage",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.1": "Multi-frame Single Bit Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
-}
+# The metadata gate's own table (core.us_regions): the node accepts exactly what the gate lets in.
+STORAGE_CLASSES: dict[str, str] = {**US_SOP_CLASSES, **SECONDARY_CAPTURE_SOP_CLASSES}
 """The one table of storage classes the node accepts (SOP Class UID -> name, PS3.4 B.5)."""
 
 _CANDIDATE_SYNTAXES = (
