@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from fetalplanes.core.cam_methods import ATTRIBUTION_METHOD_NAMES, CAM_METHOD_NAMES, METHOD_NAMES, check_method
 from fetalplanes.core.classes import PLANES
@@ -22,20 +21,6 @@ CLASSES = ("a", "b", "c")
 def toy_spec(size: int = 32, classes=CLASSES) -> ModelSpec:
     return ModelSpec(name="toy", task="planes", class_names=tuple(classes), architecture={},
                      preprocessing=Preprocessing(image_size=size, mean=(0.5,) * 3, std=(0.5,) * 3))
-
-
-class RegionModel(nn.Module):
-    """Class 'a' logit = 8 x mean brightness of a fixed square of the input; the others are 0."""
-
-    def __init__(self, box: tuple[int, int, int, int]) -> None:
-        super().__init__()
-        self.box = box
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r0, r1, c0, c1 = self.box
-        a = 8.0 * x[:, :, r0:r1, c0:c1].mean(dim=(1, 2, 3))
-        return torch.stack([a, torch.zeros_like(a), torch.zeros_like(a)], dim=1) + self.dummy
 
 
 def box_image() -> tuple[Image.Image, np.ndarray]:
@@ -63,9 +48,9 @@ def test_heat_map_rule() -> None:
 
 
 @pytest.mark.parametrize("method", ATTRIBUTION_METHOD_NAMES)
-def test_attribution_points_at_the_region_the_model_reads(method: str) -> None:
+def test_attribution_points_at_the_region_the_model_reads(method: str, region_model) -> None:
     image, mask = box_image()
-    model = RegionModel((4, 12, 20, 28))
+    model = region_model((4, 12, 20, 28))
     res = compute_attribution(model, toy_spec(), image, method, target="a")
     assert res.cam.shape == mask.shape and res.cam.dtype == np.float32
     assert res.method == method and res.target == "a" and res.extra["layer"] == "input"

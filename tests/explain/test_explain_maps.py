@@ -6,9 +6,7 @@ from io import BytesIO
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch import nn
 
 from fetalplanes.core.spec import ModelSpec, Preprocessing
 from fetalplanes.explain import CamResult, overlay, overlay_png
@@ -77,23 +75,9 @@ def test_jet_endpoints() -> None:
 # ------------------------------------------------------------------------------ occlusion
 
 
-class RegionModel(nn.Module):
-    """Class 'a' logit = 8 x mean brightness of a fixed square; the other logits are 0."""
-
-    def __init__(self, box: tuple[int, int, int, int]) -> None:
-        super().__init__()
-        self.box = box
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r0, r1, c0, c1 = self.box
-        a = 8.0 * x[:, 0, r0:r1, c0:c1].mean(dim=(1, 2))
-        return torch.stack([a, torch.zeros_like(a), torch.zeros_like(a)], dim=1) + self.dummy
-
-
-def test_occlusion_geometry_is_checked_and_odd_strides_give_a_finite_map() -> None:
+def test_occlusion_geometry_is_checked_and_odd_strides_give_a_finite_map(region_model) -> None:
     s = spec(32)
-    model = RegionModel((4, 12, 20, 28))
+    model = region_model((4, 12, 20, 28))
     image = Image.fromarray(np.full((32, 32), 128, np.uint8))
     with pytest.raises(ValueError, match="patch"):
         compute_occlusion(model, s, image, target="a", patch=40)
@@ -101,9 +85,9 @@ def test_occlusion_geometry_is_checked_and_odd_strides_give_a_finite_map() -> No
     assert np.isfinite(res.cam).all() and res.cam.min() >= 0.0
 
 
-def test_occlusion_peaks_where_the_model_looks() -> None:
+def test_occlusion_peaks_where_the_model_looks(region_model) -> None:
     s = spec(32)
-    model = RegionModel((4, 12, 20, 28))  # rows 4-12, cols 20-28 of the 32-px input
+    model = region_model((4, 12, 20, 28))  # rows 4-12, cols 20-28 of the 32-px input
     mask = np.zeros((48, 64), bool)
     mask[6:18, 40:56] = True  # the box in original coordinates (x2 wide, x1.5 tall)
     image = Image.fromarray((mask * 255).astype(np.uint8))  # bright box: occluding it lowers 'a'
