@@ -73,7 +73,7 @@ def machine_fields() -> dict[str, Any]:
     import torch
 
     from fetalplanes.deploy.profile import _cpuinfo
-    from fetalplanes.runtime.session import available_cores
+    from fetalplanes.runtime.threads import available_cores
 
     return {"cpu": _cpuinfo()[0], "cores": available_cores(), "torch_threads": torch.get_num_threads(),
             "torch_interop_threads": torch.get_num_interop_threads(), "torch": torch.__version__}

@@ -12,6 +12,8 @@ import importlib.util
 import logging
 import os
 
+from typing import Optional
+
 import typer
 
 COMMAND_MODULES = ("data", "train", "explain", "deploy", "bench", "serve", "node", "reproduce")
@@ -25,8 +27,19 @@ app = typer.Typer(
 )
 
 
+# True in a process that `fetalplanes` itself started (main()): only then is the thread policy
+# written into the environment, for OpenMP to read when torch loads. Inside another program
+# (a test's CliRunner, a notebook) the host's process-wide settings are left alone.
+_OWNS_PROCESS = False
+
+
 @app.callback()
-def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+def _setup(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="Intra-op threads for torch and ONNX Runtime (default: $FETALPLANES_THREADS, "
+        "$OMP_NUM_THREADS, else one per usable core). FETALPLANES_WAIT=spin lets idle workers spin."),
+) -> None:
     import sys
 
     from rich.console import Console
@@ -43,6 +56,9 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug lo
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler], force=True)
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from fetalplanes.runtime.threads import apply_process_policy, choose_policy
+
+    apply_process_policy(choose_policy(threads), None if _OWNS_PROCESS else {})
 
 
 def _register() -> None:
@@ -54,7 +70,9 @@ def _register() -> None:
 
 def main() -> None:
     """Console entry point: expected user errors print one clear line, not a traceback."""
+    global _OWNS_PROCESS
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _OWNS_PROCESS = True
     _register()
     from fetalplanes.cli.common import run_app
 

@@ -31,7 +31,7 @@ from fetalplanes.core.errors import UsageError
 from fetalplanes.deploy.bench_models import BenchModel, build, model_facts, select_models
 from fetalplanes.deploy.bench_worker import BACKEND_LABELS, BACKENDS, OrtOptions, Timing, measure
 from fetalplanes.deploy.profile import cpu_peak, profile_ort, profile_torch, roofline_share, tune_ort
-from fetalplanes.runtime.session import available_cores
+from fetalplanes.runtime.threads import available_cores
 
 log = logging.getLogger(__name__)
 

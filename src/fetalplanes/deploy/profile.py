@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from fetalplanes.runtime.session import available_cores
+from fetalplanes.runtime.threads import available_cores
 
 log = logging.getLogger(__name__)
 

@@ -203,17 +203,21 @@ def model_from_checkpoint(ckpt: dict[str, Any], spec: ModelSpec, source: str = "
     except ValidationError as err:
         raise CheckpointError(str(config_error(err, ModelConfig, f"{source}: the spec's architecture"))) from None
     state = {k.removeprefix(STATE_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
-    # Built on the meta device first (no memory): a spec asking for a huge model, or weights of
-    # another shape, is refused before anything is allocated.
+    # Built once, on the meta device (no memory, no random initialisation): a spec asking for a
+    # huge model, or weights of another shape, is refused before anything is allocated; then the
+    # checkpoint's own tensors become the weights (assign=True), so nothing is built twice.
     try:
         with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in build_model(cfg, spec.num_classes).state_dict().items()}
+            model = build_model(cfg, spec.num_classes)
     except Exception as err:  # noqa: BLE001 - a spec the model registry cannot build
         raise CheckpointError(f"{source}: the spec's architecture cannot be built ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    _check_state(state, shapes, source)
-    model = build_model(cfg, spec.num_classes)
-    model.load_state_dict(state, strict=True)
+    _check_state(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, source)
+    model.load_state_dict(state, strict=True, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        # A non-persistent buffer (not in any state dict) has no value yet: build it for real.
+        model = build_model(cfg, spec.num_classes)
+        model.load_state_dict(state, strict=True)
     return model.eval()
 
 

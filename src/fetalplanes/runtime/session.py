@@ -1,9 +1,10 @@
-"""The one ONNX Runtime session builder and the one count of usable CPU cores (torch-free).
+"""The one ONNX Runtime session builder (torch-free).
 
 Every ORT session of the package is built here: the Predictor's (``runtime.onnx_backend``), the
 spec reader's (``runtime.artifact``), the export parity check (``deploy.export``) and ``bench``'s
 knob sweep (``deploy.bench_worker``), so a setting (threads, spinning, optimization level) means
-the same thing everywhere.
+the same thing everywhere. Threads and spinning default to the one thread policy
+(``runtime.threads``).
 """
 
 from __future__ import annotations
@@ -14,19 +15,12 @@ from typing import Any, Sequence
 
 from fetalplanes.core.errors import MissingExtraError, ModelFileError, ModelFileNotFound
 from fetalplanes.runtime.onnx_bounds import onnx_problem
+from fetalplanes.runtime.threads import process_policy
 
-__all__ = ["OPT_LEVELS", "available_cores", "check_onnx", "load_session", "session_options"]
+__all__ = ["OPT_LEVELS", "check_onnx", "load_session", "session_options"]
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 """ORT graph optimization levels, by name (``session_options(opt_level=...)``)."""
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (respects affinity / container limits)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _onnxruntime() -> Any:
@@ -40,11 +34,12 @@ def _onnxruntime() -> Any:
 def session_options(threads: int | None = None, *, opt_level: str = "all", spinning: bool | None = None,
                     profile_prefix: str | None = None, log_severity: int | None = None) -> Any:
     """ORT options for small-batch CPU inference: ``opt_level`` graph optimizations (one of
-    :data:`OPT_LEVELS`), ``threads`` intra-op threads (default: one per usable core), sequential
-    execution (the graph is a chain: inter-op threads idle).
+    :data:`OPT_LEVELS`), ``threads`` intra-op threads (default: the thread policy's,
+    ``runtime.threads.process_policy``), sequential execution (the graph is a chain: inter-op
+    threads idle).
 
-    ``spinning``: whether idle worker threads spin; None keeps ORT's default unless the
-    environment sets ``FETALPLANES_ORT_SPIN=0``. ``profile_prefix`` turns on op profiling.
+    ``spinning``: whether idle worker threads spin (default: the thread policy's wait, passive
+    unless ``FETALPLANES_WAIT=spin``). ``profile_prefix`` turns on op profiling.
     Raises ``ValueError`` naming the valid levels for an unknown ``opt_level``.
     """
     ort = _onnxruntime()
@@ -59,16 +54,15 @@ def session_options(threads: int | None = None, *, opt_level: str = "all", spinn
     opts = ort.SessionOptions()
     opts.graph_optimization_level = levels[opt_level]
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = int(threads) if threads else available_cores()
+    policy = process_policy()
+    opts.intra_op_num_threads = int(threads) if threads else policy.threads
     opts.inter_op_num_threads = 1
     if log_severity is not None:
         opts.log_severity_level = int(log_severity)
-    # Spinning worker threads win ~7 % on an idle, dedicated box but halve throughput when the
-    # host is shared (measured in docs/deploy.md): FETALPLANES_ORT_SPIN=0 turns them off.
-    if spinning is None and os.environ.get("FETALPLANES_ORT_SPIN", "1").strip() in ("0", "false", "no"):
-        spinning = False
-    if spinning is not None:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    # Spinning worker threads win a few per cent on an idle, dedicated box but multiply the time
+    # when the host is shared (benchmarks/bench_contention.py): passive unless the policy says spin.
+    spinning = policy.spinning if spinning is None else spinning
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix

@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from fetalplanes.core.errors import EXPECTED, ModelFileError
 from fetalplanes.runtime.loader import load_predictor
 from fetalplanes.runtime.predictor import Predictor
-from fetalplanes.runtime.session import available_cores
+from fetalplanes.runtime.threads import available_cores
 from fetalplanes.serve.explainers import ExplainerFactory, HeatMaps
 from fetalplanes.serve.schemas import BatchResponse, ErrorResponse, HealthResponse, ModelInfo, PredictResponse
 from fetalplanes.serve.guard import RequestGuard

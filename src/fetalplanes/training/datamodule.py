@@ -12,7 +12,7 @@ from fetalplanes.core.io import BadFilesError, ImageLoadError
 from fetalplanes.core.spec import Preprocessing
 from fetalplanes.data.records import Sample
 from fetalplanes.data.torch_data import EpochSampler, ImageDataset, balanced_weights, default_augment
-from fetalplanes.runtime.session import available_cores
+from fetalplanes.runtime.threads import available_cores
 from fetalplanes.training.config import TrainConfig
 
 log = logging.getLogger(__name__)

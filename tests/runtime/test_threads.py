@@ -1,0 +1,106 @@
+"""The one thread policy (runtime/threads.py): precedence, errors, ORT sessions, and the CLI
+process applying what it logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fetalplanes.core.errors import UserError
+from fetalplanes.runtime import threads as policy_mod
+from fetalplanes.runtime.threads import ThreadPolicy, apply_process_policy, available_cores, choose_policy
+
+
+def test_default_is_one_thread_per_usable_core_and_passive() -> None:
+    p = choose_policy(None, {})
+    assert (p.threads, p.wait, p.cores) == (available_cores(), "passive", available_cores())
+    assert p.environment()["OMP_WAIT_POLICY"] == "PASSIVE" and not p.spinning
+
+
+@pytest.mark.parametrize("arg, env, want, source", [
+    (None, {"OMP_NUM_THREADS": "3"}, 3, "OMP_NUM_THREADS"),
+    (None, {"OMP_NUM_THREADS": "3", "FETALPLANES_THREADS": "5"}, 5, "FETALPLANES_THREADS"),
+    (2, {"OMP_NUM_THREADS": "3", "FETALPLANES_THREADS": "5"}, 2, "--threads"),
+])
+def test_the_option_wins_over_the_environment(arg, env, want, source) -> None:
+    p = choose_policy(arg, env)
+    assert (p.threads, p.source) == (want, source)
+
+
+def test_spin_leaves_the_libraries_defaults() -> None:
+    p = choose_policy(None, {"FETALPLANES_WAIT": "spin"})
+    assert p.spinning and "OMP_WAIT_POLICY" not in p.environment()
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"FETALPLANES_THREADS": "many"}, "FETALPLANES_THREADS='many'"),
+    ({"OMP_NUM_THREADS": "0"}, "OMP_NUM_THREADS='0'"),
+    ({"FETALPLANES_WAIT": "busy"}, "['passive', 'spin']"),
+])
+def test_a_malformed_variable_is_one_line_naming_it(env, named) -> None:
+    with pytest.raises(UserError, match="expected") as err:
+        choose_policy(None, env)
+    assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def test_applying_writes_the_openmp_variables_and_becomes_the_process_policy(monkeypatch) -> None:
+    monkeypatch.setattr(policy_mod, "_applied", None)
+    env: dict[str, str] = {}
+    p = apply_process_policy(ThreadPolicy(1, "passive", "--threads", 2), env)
+    assert env == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert policy_mod.process_policy() is p
+
+
+def test_onnx_sessions_follow_the_process_policy(monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    from fetalplanes.runtime.session import session_options
+
+    monkeypatch.setattr(policy_mod, "_applied", ThreadPolicy(1, "passive", "--threads", 2))
+    opts = session_options()
+    assert opts.intra_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monkeypatch.setattr(policy_mod, "_applied", ThreadPolicy(2, "spin", "FETALPLANES_THREADS", 2))
+    opts = session_options()
+    assert opts.intra_op_num_threads == 2
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert session_options(threads=3, spinning=False).intra_op_num_threads == 3  # a caller's own count wins
+
+
+# The CLI process: the policy is logged once and is what torch and OpenMP then run with.
+_PROBE = """
+import atexit, json, os, sys
+def report():
+    import torch
+    sys.stderr.write("PROBE " + json.dumps({"torch": torch.get_num_threads(),
+                                          "wait": os.environ.get("OMP_WAIT_POLICY")}) + "\\n")
+atexit.register(report)
+sys.argv = ["fetalplanes", *sys.argv[1:]]
+from fetalplanes.cli import main
+main()
+"""
+
+
+def _cli(args: list[str], env_extra: dict[str, str]) -> tuple[dict, list[str]]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env.update({"HF_HUB_OFFLINE": "1", **env_extra})
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    probe = json.loads(next(ln for ln in proc.stderr.splitlines() if ln.startswith("PROBE "))[6:])
+    return probe, [ln for ln in proc.stderr.splitlines() if "intra-op thread" in ln]
+
+
+@pytest.mark.parametrize("args, env, want", [
+    (["--threads", "1"], {"FETALPLANES_THREADS": "2"}, 1),   # the option overrides the variable
+    ([], {"FETALPLANES_THREADS": "1"}, 1),                   # the variable overrides the default
+])
+def test_the_cli_runs_with_the_threads_it_logs(tiny_checkpoint: Path, synth_data: Path, args, env, want) -> None:
+    image = next((synth_data / "Images").glob("*.png"))
+    probe, logged = _cli([*args, "predict", "--checkpoint", str(tiny_checkpoint), str(image)], env)
+    assert len(logged) == 1, logged  # logged once
+    assert f"{want} intra-op thread " in logged[0] and "passive waiting" in logged[0]
+    assert probe == {"torch": want, "wait": "PASSIVE"}
