@@ -55,8 +55,11 @@ def post_one(client: TestClient, name: str, data: bytes, query: str = "", **kwar
 
 
 def check_prediction(body: dict, class_names: tuple[str, ...], size: tuple[int, int]) -> None:
-    assert body["plane"] in class_names
-    assert body["topk"][0]["label"] == body["plane"]
+    # a rejected input names no plane, only its nearest class (docs/ood.md); exactly one is set
+    rejected = body["state"] == "out_of_distribution"
+    top = body["nearest_plane"] if rejected else body["plane"]
+    assert top in class_names and (body["plane"] if rejected else body["nearest_plane"]) is None
+    assert body["topk"][0]["label"] == top
     assert body["confidence"] == pytest.approx(body["topk"][0]["probability"])
     probs = [t["probability"] for t in body["topk"]]
     assert probs == sorted(probs, reverse=True) and len(probs) == 2

@@ -166,7 +166,7 @@ class Service:
                     reader.skipped.append(ImageLoadError(reader.label, r.error or "no answer", frame=frame.index))
                     continue
                 p = r.prediction
-                answers.append(FrameAnswer(frame=frame.index, time_s=frame.time_s, state=p.state, plane=p.label,
+                answers.append(FrameAnswer(frame=frame.index, time_s=frame.time_s, state=p.state, plane=p.plane, nearest_plane=p.nearest_plane,
                                            confidence=p.confidence, abstain=p.abstain))
                 if best is None or _rank(p) > _rank(best[0].prediction):  # type: ignore[arg-type]
                     best = (r, frame.image, frame.index)
@@ -207,7 +207,8 @@ class Service:
             filename=upload.filename,
             state=prediction.state,
             ood=OODInfo(**prediction.to_dict()["ood"]),
-            plane=prediction.label,
+            plane=prediction.plane,
+            nearest_plane=prediction.nearest_plane,
             confidence=prediction.confidence,
             abstain=prediction.abstain,
             abstain_threshold=self.spec.abstain_threshold,
