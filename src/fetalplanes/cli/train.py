@@ -95,9 +95,10 @@ def evaluate(
     if selection.get("statement"):
         console.print(f"  scored: {selection['statement']}", markup=False, highlight=False)
     for name, r in (m.get("ood") or {}).get("sets", {}).items():
-        console.print(f"  OOD {name}: n={r['n_ood']} AUROC {r['auroc']:.3f}  FPR@95 {r['fpr95']:.3f}  rejected "
-                      f"{r['ood_rejected']:.3f} (in-distribution rejected {m['ood']['id_rejected']:.3f}); "
-                      f"{r['refused_before_network']} refused before the network", markup=False, highlight=False)
+        console.print(f"  OOD {name}: {r['scored']} scored, {r['refused_by_gate']} refused by the metadata gate, "
+                      f"{r['unreadable']} unreadable; AUROC {r['auroc']:.3f}  FPR@95 {r['fpr95']:.3f}  rejected "
+                      f"{r['ood_rejected']:.3f} (in-distribution rejected {m['ood']['id_rejected']:.3f})",
+                      markup=False, highlight=False)
 
 
 def predict(

@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image
 
-from fetalplanes.core.errors import ImageLoadError
+from fetalplanes.core.errors import GateRefusal, ImageLoadError
 
 # PS3.4 B.5: ultrasound image storage (current and retired), and secondary capture.
 US_SOP_CLASSES = {
@@ -89,7 +89,7 @@ def check_ultrasound(ds: Any, label: str) -> None:
     modality = str(ds.get("Modality", "") or "").strip().upper()
     sop = _sop_class(ds)
     if modality not in NEUTRAL_MODALITIES:
-        raise ImageLoadError(label, f"not ultrasound (Modality {modality}"
+        raise GateRefusal(label, f"not ultrasound (Modality {modality}"
                              + (f", SOP class {_sop_name(sop)})" if sop else ")"), _EXPECTED)
     if not sop and modality == "US":
         return
@@ -97,7 +97,7 @@ def check_ultrasound(ds: Any, label: str) -> None:
         return
     what = f"SOP Class UID {sop} ({_sop_name(sop)})" if sop else "no SOP Class UID"
     shown = f"Modality {modality}" if modality else "no Modality"
-    raise ImageLoadError(label, f"not ultrasound ({what}, {shown})", _EXPECTED)
+    raise GateRefusal(label, f"not ultrasound ({what}, {shown})", _EXPECTED)
 
 
 def _sop_class(ds: Any) -> str:
@@ -129,7 +129,7 @@ def tissue_region(ds: Any, label: str, rows: int, cols: int) -> RegionDecision:
         else:
             other.append(f"region {n} ({name})")
     if not tissue:
-        raise ImageLoadError(label, f"no B-mode tissue region in the Sequence of Ultrasound Regions "
+        raise GateRefusal(label, f"no B-mode tissue region in the Sequence of Ultrasound Regions "
                              f"({'; '.join(other)})", "a 2D tissue region (spatial format 1, data type 1)")
     area = [(b[2] - b[0]) * (b[3] - b[1]) for _, b in tissue]
     best = max(range(len(tissue)), key=lambda i: (area[i], -i))
