@@ -75,12 +75,22 @@ class FrameReader:
     codec/width/height for video. Iterate once.
     """
 
-    def __init__(self, label: str, info: dict[str, Any], frames: Callable[[FrameReader], Iterator[Frame]]) -> None:
+    def __init__(self, label: str, info: dict[str, Any], frames: Callable[[FrameReader], Iterator[Frame]],
+                 first: Callable[[], Image.Image] | None = None) -> None:
         self.label = label
         self.info: dict[str, Any] = {"frames_decoded": 0, "frames_skipped": 0, "skipped": [], "short_read": None,
                                      "warnings": [], **info}
         self.skipped: list[ImageLoadError] = []
         self._frames = frames
+        self._first = first
+
+    def first_image(self) -> Image.Image:
+        """Frame 0 decoded exactly as :func:`~fetalplanes.core.io.load_image` decodes it, from the
+        header this reader already parsed (a single-frame file is parsed once, not twice); its
+        error is raised (ImageLoadError, BudgetExceeded), not skipped. DICOM and Pillow sources."""
+        if self._first is None:
+            raise UsageError(f"{self.label}: first_image() is for DICOM and Pillow sources; iterate the reader")
+        return self._first()
 
     @property
     def fps(self) -> float:
@@ -243,7 +253,7 @@ def _dicom(data: bytes, label: str, fps: float | None, max_pixels: int, budget: 
                 continue
             yield Frame(i, i / rate, image)
 
-    return FrameReader(label, info, gen)
+    return FrameReader(label, info, gen, first=lambda: frames.frame(0))
 
 
 def dicom_frame_rate(ds: Any, label: str) -> tuple[float, str, list[str]]:
@@ -288,7 +298,7 @@ def _pages(data: bytes, fmt: str, label: str, fps: float | None, max_pixels: int
                 continue
             yield Frame(i, i / rate, image)
 
-    return FrameReader(label, info, gen)
+    return FrameReader(label, info, gen, first=lambda: frames.frame(0))
 
 
 def _folder(path: Path, label: str, fps: float | None, max_pixels: int) -> FrameReader:
