@@ -177,3 +177,22 @@ def test_truncated_mp4_names_the_file(tmp_path: Path) -> None:
     cut.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
     with pytest.raises(ImageLoadError, match=r"cut\.mp4: cannot open video"):
         list(open_frames(cut))
+
+
+def test_read_frame_gives_the_frame_and_the_count_and_refuses_one_past_the_end(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fetalplanes.core.errors import ImageLoadError
+    from fetalplanes.core.frames import open_frames, read_frame
+
+    data = cine(4)
+    frame, count = read_frame(data, 2, name="c.dcm")
+    want = [f.image for f in open_frames(data, name="c.dcm")][2]
+    assert (frame.index, count) == (2, 4) and np.array_equal(np.asarray(frame.image), np.asarray(want))
+    with pytest.raises(ImageLoadError, match=r"^c.dcm: frame 4 does not exist: the file has 4 frame\(s\); "
+                                             r"expected a frame from 0 to 3$"):
+        read_frame(data, 4, name="c.dcm")
+    Image.new("L", (8, 8), 7).save(tmp_path / "still.png")
+    assert read_frame(tmp_path / "still.png", 0)[1] == 1
+    with pytest.raises(ImageLoadError, match=r"frame 1 does not exist: the file has 1 frame\(s\)"):
+        read_frame(tmp_path / "still.png", 1)

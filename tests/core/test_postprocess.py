@@ -67,7 +67,7 @@ def test_bad_inputs_raise_user_errors() -> None:
 
 def test_prediction_fields() -> None:
     p = decide(np.array([[0.1, 0.7, 0.2]]), ["a", "b", "c"])[0]
-    assert p.to_dict() == {"label": "b", "confidence": 0.7,
+    assert p.to_dict() == {"label": "b", "nearest_plane": None, "confidence": 0.7,
                            "topk": [{"label": "b", "probability": 0.7}, {"label": "c", "probability": 0.2}],
                            "probabilities": {"a": 0.1, "b": 0.7, "c": 0.2}, "abstain": False, "state": "plane",
                            "ood": {"gate": False, "note": "no OOD gate in this model file"}}
@@ -85,6 +85,17 @@ def test_three_states_ood_first_then_abstain_then_plane() -> None:
     assert got[1].verdict().startswith("abstain") and got[0].verdict() == "b 0.700"
     with pytest.raises(DataError, match="3 OOD scores for 4 images"):
         decide(probs, ["a", "b", "c"], ood_scores=np.ones(3), ood_threshold=1.0)
+
+
+def test_an_out_of_distribution_answer_reports_no_plane_only_the_nearest() -> None:
+    """Finding: a rejected input's answer still carried ``label``, which reads like a classification."""
+    probs = np.array([[0.1, 0.7, 0.2], [0.4, 0.3, 0.3]])
+    ood, abstain = decide(probs, ["a", "b", "c"], abstain_threshold=0.5, ood_scores=np.array([2.0, 0.0]),
+                          ood_threshold=1.0)
+    assert ood.state == "out_of_distribution" and ood.plane is None and ood.nearest_plane == "b"
+    assert ood.to_dict()["label"] is None and ood.to_dict()["nearest_plane"] == "b"
+    # an abstention keeps its top class as a suggestion (docs/ood.md), and has no nearest_plane
+    assert abstain.state == "abstain" and abstain.to_dict()["label"] == "a" and abstain.nearest_plane is None
 
 
 def test_softmax_default_temperature_last_axis_and_float32_input() -> None:

@@ -81,8 +81,9 @@ def _region(x0: int, y0: int, x1: int, y1: int, kind: int, fmt: int = 1) -> dict
 
 
 @pytest.mark.parametrize("modality,sop,ok", [
-    ("US", US, True), ("US", CT, True), (None, US, True), ("OT", SC, True), (None, SC, True),
+    ("US", US, True), (None, US, True), ("OT", US, True), ("OT", SC, True), (None, SC, True), ("US", SC, True),
     ("CT", CT, False), ("CT", SC, False), ("MR", "1.2.840.10008.5.1.4.1.1.4", False), (None, CT, False),
+    ("US", CT, False), ("CT", US, False), ("US", "1.2.840.10008.5.1.4.1.1.4", False),
 ])
 def test_modality_gate(modality: str | None, sop: str, ok: bool) -> None:
     data = _dataset(modality, sop)
@@ -95,6 +96,15 @@ def test_modality_gate(modality: str | None, sop: str, ok: bool) -> None:
     assert "\n" not in str(err.value)
     if modality:
         assert f"Modality {modality}" in str(err.value)
+
+
+def test_ct_sop_class_labelled_us_is_refused_naming_the_field_and_the_accepted_classes() -> None:
+    with pytest.raises(ImageLoadError) as err:
+        load_image(_dataset("US", CT), name="ct_as_us.dcm")
+    text = str(err.value)
+    assert text.startswith("ct_as_us.dcm: not ultrasound (SOP Class UID 1.2.840.10008.5.1.4.1.1.2 (CT Image Storage), Modality US)")
+    assert "Ultrasound Image Storage (1.2.840.10008.5.1.4.1.1.6.1)" in text and "Modality US, OT or absent" in text
+    assert "\n" not in text
 
 
 def test_pydicom_ct_and_mr_examples_are_refused() -> None:

@@ -154,3 +154,29 @@ def test_each_explanation_carries_the_products_answer(tiny_checkpoint: Path, sha
     for p in expected:
         if p.state != "plane":
             assert {"out_of_distribution": "NOT A FETAL PLANE", "abstain": "answer: abstain"}[p.state] in page
+
+
+def test_a_cine_is_explained_at_the_chosen_frame_and_says_so(tiny_checkpoint: Path, shared_data: Path,
+                                                             tmp_path: Path) -> None:
+    """Finding: explain on a cine silently used frame 0. Now --frame N (default 0), named in the output."""
+    from fetalplanes.core.frames import read_frame
+
+    cine = shared_data / "dicom_us" / "dbdicom_0020.DCM"  # 11 frames
+    res = run_cli(cine, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "f3", "--frame", "3")
+    assert res.exit_code == 0, res.output
+    assert f"{cine}: frame 3 of 11 explained" in res.output
+    rec = json.loads((tmp_path / "f3" / "explanations.json").read_text())["images"][0]
+    assert (rec["frame"], rec["frames"]) == (3, 11)
+    cam3 = np.load(tmp_path / "f3" / rec["cam"])
+    res = run_cli(cine, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "f0")
+    rec0 = json.loads((tmp_path / "f0" / "explanations.json").read_text())["images"][0]
+    assert rec0["frame"] == 0 and "frame 0 of 11 explained" in res.output
+    frames = [read_frame(cine, i)[0].image for i in (0, 3)]
+    assert not np.array_equal(np.asarray(frames[0]), np.asarray(frames[1]))  # the frames differ ...
+    assert not np.array_equal(np.load(tmp_path / "f0" / rec0["cam"]), cam3)  # ... and so do their maps
+    # a frame past the end: one line naming the file and the frame count; nothing explained
+    res = run_cli(cine, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "f99", "--frame", "99")
+    assert isinstance(res.exception, BadFilesError)
+    (name, reason), = res.exception.bad
+    assert Path(name) == cine and reason.startswith("frame 99 does not exist: the file has 11 frame(s)")
+    assert not (tmp_path / "f99" / "index.html").exists()

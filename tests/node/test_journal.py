@@ -40,3 +40,30 @@ def test_states_follow_the_steps_and_survive_a_reopen(tmp_path: Path) -> None:
 def test_only_uids_become_paths(tmp_path: Path, uid: str) -> None:
     with pytest.raises(ValueError, match="not a DICOM UID"):
         Journal(tmp_path).receive(uid, b"x", {})
+
+
+def test_a_resent_failed_instance_is_journaled_again_and_the_failure_kept(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.receive("1.4", b"FIRST", {"calling_aet": "US1"})
+    j.save_results("1.4", {"sr.dcm": b"SR"}, {"sr": "5.7"})  # an outcome that then failed (a bug after saving)
+    j.mark_failed("1.4", "instance 1.4: no frame decodes")
+    assert j.receive("1.4", b"SECOND", {"calling_aet": "US1"}) is True  # re-sent: to be classified again
+    assert j.state("1.4") == "received" and j.uids("received") == ["1.4"]
+    assert j.instance_file("1.4").read_bytes() == b"SECOND"
+    assert j.info("1.4")["previous_failures"] == ["instance 1.4: no frame decodes"]
+    assert j.outcome("1.4") == {} and j.failure("1.4") is None
+    j.mark_failed("1.4", "instance 1.4: again")
+    assert j.receive("1.4", b"THIRD", {}) is True
+    assert j.info("1.4")["previous_failures"] == ["instance 1.4: no frame decodes", "instance 1.4: again"]
+
+
+@pytest.mark.parametrize("step", ["received", "processed", "delivered"])
+def test_a_resent_instance_that_did_not_fail_is_not_journaled_twice(tmp_path: Path, step: str) -> None:
+    j = Journal(tmp_path)
+    j.receive("1.5", b"FIRST", {})
+    if step != "received":
+        j.save_results("1.5", {"sr.dcm": b"SR"}, {"sr": "5.8"})
+    if step == "delivered":
+        j.mark_delivered("1.5", ["PACS"])
+    assert j.receive("1.5", b"SECOND", {}) is False
+    assert j.state("1.5") == step and j.instance_file("1.5").read_bytes() == b"FIRST"

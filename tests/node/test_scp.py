@@ -97,6 +97,43 @@ def test_receive_classify_queue_while_pacs_down_then_deliver_once(stub_predictor
     assert refs == sorted(journal.uids())  # one SR per instance
 
 
+def test_a_resent_failed_instance_is_processed_again_and_a_resent_done_one_is_not(
+        stub_predictor, dicom_us: Path, tmp_path: Path) -> None:
+    """Finding: a re-sent instance whose first copy failed was acknowledged and never classified."""
+    real_predict, calls = stub_predictor.predict, []
+
+    def predict_failing_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated crash of the first classification")
+        return real_predict(*args, **kwargs)
+
+    stub_predictor.predict = predict_failing_first
+    uid = str(pydicom.dcmread(dicom_us / "US1_UNCR.dcm", stop_before_pixels=True).SOPInstanceUID)
+    pacs = FakePacs(free_port())
+    pacs.start()
+    journal = Journal(tmp_path / "journal")
+    pipeline = Pipeline(stub_predictor, journal, [parse_forward(f"PACS@127.0.0.1:{pacs.port}")], backoff_s=0.2)
+    scp = StorageSCP(journal, pipeline, port=free_port())
+    pipeline.start()
+    scp.start()
+    try:
+        assert _send(scp.port, [dicom_us / "US1_UNCR.dcm"]) == [(0, "")]
+        assert _wait(lambda: journal.state(uid) == "failed")
+        assert _send(scp.port, [dicom_us / "US1_UNCR.dcm"]) == [(0, "")]  # re-sent: classified again
+        assert _wait(lambda: journal.state(uid) == "delivered")
+        assert _send(scp.port, [dicom_us / "US1_UNCR.dcm"]) == [(0, "")]  # re-sent once done: acknowledged only
+        time.sleep(1.5)  # give a (wrong) reprocessing time to happen
+    finally:
+        scp.stop()
+        pipeline.stop()
+        pacs.stop()
+    assert len(calls) == 2 and journal.state(uid) == "delivered"
+    assert "simulated crash" in journal.info(uid)["previous_failures"][0]
+    assert len(pacs.received) == 1 and read_sr(pacs.received[0])[0]["referenced_sop"] == uid
+    assert scp.counts == {"received": 2, "duplicate": 1, "refused": 0}
+
+
 def test_a_restarted_pipeline_resumes_the_journal(stub_predictor, dicom_us: Path, tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal")
     data = (dicom_us / "OBXXXX1A_rle.dcm").read_bytes()

@@ -55,8 +55,11 @@ def post_one(client: TestClient, name: str, data: bytes, query: str = "", **kwar
 
 
 def check_prediction(body: dict, class_names: tuple[str, ...], size: tuple[int, int]) -> None:
-    assert body["plane"] in class_names
-    assert body["topk"][0]["label"] == body["plane"]
+    # a rejected input names no plane, only its nearest class (docs/ood.md); exactly one is set
+    rejected = body["state"] == "out_of_distribution"
+    top = body["nearest_plane"] if rejected else body["plane"]
+    assert top in class_names and (body["plane"] if rejected else body["nearest_plane"]) is None
+    assert body["topk"][0]["label"] == top
     assert body["confidence"] == pytest.approx(body["topk"][0]["probability"])
     probs = [t["probability"] for t in body["topk"]]
     assert probs == sorted(probs, reverse=True) and len(probs) == 2
@@ -422,8 +425,24 @@ def test_serve_module_imports_without_torch() -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cli_loads_the_model_before_its_banner(tmp_path: Path, workers: str) -> None:
+    """Finding: the "fetalplanes: http://..." banner came before the model was loaded, so a bad
+    model file left a banner for a service that never started."""
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x08\x07" + b"\x00" * 64)  # protobuf-looking bytes, not a model
+    cmd = [sys.executable, "-c", "from fetalplanes.cli import main; main()", "serve", "--model", str(bad),
+           "--port", "1", "--workers", workers]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "http://" not in result.stdout + result.stderr  # no banner
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
 def test_cli_reports_a_bad_model_in_one_line(tmp_path: Path) -> None:
     cmd = [sys.executable, "-c", "from fetalplanes.cli import main; main()", "serve", "--model", str(tmp_path / "none.onnx")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "model file not found" in result.stderr and "Traceback" not in result.stderr
+    assert "http://" not in result.stdout

@@ -97,6 +97,23 @@ def test_out_of_distribution_frames_never_stand_for_the_cine(tmp_path: Path, sha
     assert body["cine"]["best_per_plane"] and all(b["state"] == "plane" for b in body["cine"]["best_per_plane"])
 
 
+def test_an_out_of_distribution_answer_has_no_plane_only_the_nearest(tmp_path: Path, shared_data: Path) -> None:
+    """Finding: a rejected upload's answer still filled `plane`, which reads like a classification."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    client = TestClient(create_app(model, predictor=GatedMeanPredictor(model, threshold=-1.0)))  # rejects all
+    one = shared_data / "dicom_us" / "US1_UNCR.dcm"
+    body = client.post("/v1/predict", files={"file": (one.name, one.read_bytes(), "application/dicom")}).json()
+    assert body["state"] == "out_of_distribution"
+    assert body["plane"] is None and body["nearest_plane"] in ("Fetal brain", "Other")
+    cine = shared_data / "dicom_us" / "dbdicom_0020.DCM"
+    body = client.post("/v1/predict", files={"file": (cine.name, cine.read_bytes(), "application/dicom")}).json()
+    assert body["plane"] is None and body["cine"]["best_per_plane"] == []
+    assert all(f["plane"] is None and f["nearest_plane"] for f in body["cine"]["frames"])
+    js = client.get("/static/app.js").text
+    assert "nearest_plane" in js  # the page names the nearest class of a rejected image, never "null"
+
+
 def _cine_bytes(frames: int, size: int) -> bytes:
     """An uncompressed US Multi-frame DICOM of ``frames`` size x size frames."""
     from io import BytesIO

@@ -55,6 +55,8 @@ def explain(
         None, "--configs", help=f"With --compare: 'LAYER:METHOD;METHOD;...' (default {DEFAULT_CONFIGS!r}).",
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    frame: int = typer.Option(0, "--frame", min=0, help="0-based frame to explain of each multi-frame input "
+                              "(DICOM cine, multi-page image, video); named in the output."),
 ) -> None:
     """Explain predictions: overlay PNG + raw CAM (.npy) per image, index.html gallery, localization.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -76,12 +78,15 @@ def explain(
             on_progress=lambda done, total: bar.update(task, completed=done, total=total), layer=layer, aug_smooth=aug_smooth,
             skip_bad=skip_bad,
             sanity=sanity,
+            frame=frame,
         )
     secs = summary["seconds_per_cam_median"]
     console.print(
         f"explained {summary['n']} image(s) with {summary['method']} at {summary['layer']} "
         f"({secs:.2f} s per CAM, median) -> {out / 'index.html'}"
     )
+    for f in summary["frames"]:  # a cine is explained at one frame: say which
+        console.print(f"  {f['image']}: frame {f['frame']} of {f['frames']} explained", markup=False, highlight=False)
     if summary["skipped"]:
         console.print(f"[yellow]skipped {summary['skipped']} unreadable file(s); see {out / 'explanations.json'}[/]")
     loc = summary["localization"]

@@ -35,7 +35,7 @@ def serve(
     """Serve the model over HTTP: JSON API under /v1, the web page at /, the schema at /openapi.json."""
     import uvicorn
 
-    from fetalplanes.runtime import detect_kind, load_predictor
+    from fetalplanes.runtime import load_predictor
     from fetalplanes.serve.app import build_app
     from fetalplanes.serve.settings import SERVICE_MAX_PIXELS, ServeSettings
 
@@ -50,13 +50,17 @@ def serve(
     )
     if host not in LOOPBACK and not settings.api_key:
         logger.warning("listening on %s without an API key: anyone on the network can use the service", host)
-    console.print(f"fetalplanes: http://{_display_host(host)}:{port}/  (Ctrl+C to stop)")
+    # The model is loaded (and so validated) before the banner: a bad model file is one clear line
+    # and a non-zero exit, never a "serving on ..." banner for a service that never starts.
+    predictor = load_predictor(settings.model_path, threads=settings.threads)
+    banner = f"fetalplanes: http://{_display_host(host)}:{port}/  (Ctrl+C to stop)"
     if workers == 1:
-        # Loaded here so a bad model file is reported as one clear line, before uvicorn starts.
-        app = build_app(settings, load_predictor(settings.model_path, threads=settings.threads), _explainer_factory())
+        app = build_app(settings, predictor, _explainer_factory())
+        console.print(banner)
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return
-    detect_kind(settings.model_path)  # fail fast, before spawning workers
+    del predictor  # each worker loads its own; this one only proved the file loads
+    console.print(banner)
     # Worker processes import the app by name, so the settings travel as environment variables.
     os.environ.update(settings.to_env())
     uvicorn.run(

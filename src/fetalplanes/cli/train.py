@@ -95,9 +95,10 @@ def evaluate(
     if selection.get("statement"):
         console.print(f"  scored: {selection['statement']}", markup=False, highlight=False)
     for name, r in (m.get("ood") or {}).get("sets", {}).items():
-        console.print(f"  OOD {name}: n={r['n_ood']} AUROC {r['auroc']:.3f}  FPR@95 {r['fpr95']:.3f}  rejected "
-                      f"{r['ood_rejected']:.3f} (in-distribution rejected {m['ood']['id_rejected']:.3f}); "
-                      f"{r['refused_before_network']} refused before the network", markup=False, highlight=False)
+        console.print(f"  OOD {name}: {r['scored']} scored, {r['refused_by_gate']} refused by the metadata gate, "
+                      f"{r['unreadable']} unreadable; AUROC {r['auroc']:.3f}  FPR@95 {r['fpr95']:.3f}  rejected "
+                      f"{r['ood_rejected']:.3f} (in-distribution rejected {m['ood']['id_rejected']:.3f})",
+                      markup=False, highlight=False)
 
 
 def predict(
@@ -160,18 +161,18 @@ def _print_csv(results: list[FileResult], spec: ModelSpec, top_k: int) -> None:
     writer = csv.writer(sys.stdout, lineterminator="\n")
     tops = [f"{c}{i + 1}" for i in range(top_k) for c in ("top", "p")]
     writer.writerow(["image", "label", "confidence", "abstain", "state", "ood_score", "ood_threshold", *tops,
-                     "file", "frame", "time_s", "error"])
+                     "file", "frame", "time_s", "error", "nearest_plane"])
     for r in results:
         where = [str(r.path), "" if r.frame is None else r.frame, "" if r.time_s is None else f"{r.time_s:.4f}"]
         if not r.ok:
-            writer.writerow([r.name, "", "", "", "", "", "", *[""] * (2 * top_k), *where, r.error])
+            writer.writerow([r.name, "", "", "", "", "", "", *[""] * (2 * top_k), *where, r.error, ""])
             continue
         p = r.prediction
         cells = [v for c, prob in p.topk for v in (c, f"{prob:.4f}")]
         cells += [""] * (2 * top_k - len(cells))
         gate = [f"{p.ood_score:.4f}", f"{p.ood_threshold:.4f}"] if p.ood_gate else ["", ""]
-        writer.writerow([r.name, p.label, f"{p.confidence:.4f}", str(p.abstain).lower(), p.state, *gate, *cells,
-                         *where, ""])
+        writer.writerow([r.name, p.plane or "", f"{p.confidence:.4f}", str(p.abstain).lower(), p.state, *gate, *cells,
+                         *where, "", p.nearest_plane or ""])
 
 
 def _print_table(results: list[FileResult], spec: ModelSpec, top_k: int) -> None:

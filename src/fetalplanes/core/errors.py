@@ -79,13 +79,19 @@ class ImageLoadError(DataError):
         return self.name
 
     def with_frame(self, frame: int) -> ImageLoadError:
-        """The same error, located at ``frame`` of its file."""
-        return ImageLoadError(self.name, self.reason, self.expected, frame)
+        """The same error (same class), located at ``frame`` of its file."""
+        return type(self)(self.name, self.reason, self.expected, frame)
 
     def __reduce__(self) -> tuple:
         # Default exception pickling replays self.args (the message) as the only argument,
         # which would lose .reason in worker processes (e.g. data-loader workers).
         return (type(self), self._init_args)
+
+
+class GateRefusal(ImageLoadError):
+    """A readable DICOM the metadata gate refuses (``core.us_regions``: not ultrasound, or no B-mode
+    tissue region): the file is fine, it is just not an input for this model. Counted apart from
+    unreadable files (``evaluate --ood-data``)."""
 
 
 def _one_line(text: str) -> str:

@@ -42,7 +42,7 @@ from fetalplanes.core.io import IMAGE_SUFFIXES, PilFrames, Source, _read_source,
 from fetalplanes.core.limits import BudgetExceeded, PixelBudget
 
 __all__ = ["DEFAULT_FPS", "MAX_FPS", "VIDEO_SUFFIXES", "Frame", "FrameReader", "dicom_frame_rate", "is_video_file",
-           "open_frames"]
+           "open_frames", "read_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +75,22 @@ class FrameReader:
     codec/width/height for video. Iterate once.
     """
 
-    def __init__(self, label: str, info: dict[str, Any], frames: Callable[[FrameReader], Iterator[Frame]]) -> None:
+    def __init__(self, label: str, info: dict[str, Any], frames: Callable[[FrameReader], Iterator[Frame]],
+                 first: Callable[[], Image.Image] | None = None) -> None:
         self.label = label
         self.info: dict[str, Any] = {"frames_decoded": 0, "frames_skipped": 0, "skipped": [], "short_read": None,
                                      "warnings": [], **info}
         self.skipped: list[ImageLoadError] = []
         self._frames = frames
+        self._first = first
+
+    def first_image(self) -> Image.Image:
+        """Frame 0 decoded exactly as :func:`~fetalplanes.core.io.load_image` decodes it, from the
+        header this reader already parsed (a single-frame file is parsed once, not twice); its
+        error is raised (ImageLoadError, BudgetExceeded), not skipped. DICOM and Pillow sources."""
+        if self._first is None:
+            raise UsageError(f"{self.label}: first_image() is for DICOM and Pillow sources; iterate the reader")
+        return self._first()
 
     @property
     def fps(self) -> float:
@@ -160,6 +170,47 @@ def open_frames(
     return _pages(data, fmt, label, fps, max_pixels, budget)
 
 
+def read_frame(source: Source, index: int, *, name: str | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Frame, int]:
+    """Frame ``index`` (0-based) of a still image, DICOM cine, multi-page image or video, and the
+    file's frame count (declared, else counted while reading).
+
+    Decodes frames in order up to ``index`` (a video can only be read that way). Raises
+    :class:`ImageLoadError` naming the file and frame: for an index past the last frame ("frame 9
+    does not exist: the file has 6 frame(s); expected a frame from 0 to 5"), for that frame when
+    it cannot be decoded, or as :func:`open_frames` does for a file that cannot be read.
+    """
+    if index < 0:
+        raise UsageError(f"a frame index is 0 or more, got {index}")
+    reader = open_frames(source, name=name, max_pixels=max_pixels)
+    declared = int(reader.info.get("frames_declared") or 0)
+    if declared and index >= declared:
+        raise _no_such_frame(reader.label, index, declared)
+    frames = iter(reader)
+    try:
+        for frame in frames:
+            if frame.index == index:
+                return frame, declared or index + 1
+            if frame.index > index:
+                break
+    finally:
+        frames.close()  # a video's container is closed now, not when the generator is collected
+    bad = next((e for e in reader.skipped if e.frame == index), None)
+    if bad is not None:
+        raise bad
+    return _raise_no_such_frame(reader, index)
+
+
+def _raise_no_such_frame(reader: FrameReader, index: int) -> tuple[Frame, int]:
+    read = reader.info["frames_decoded"] + reader.info["frames_skipped"]
+    raise _no_such_frame(reader.label, index, read)
+
+
+def _no_such_frame(label: str, index: int, count: int) -> ImageLoadError:
+    return ImageLoadError(label, f"frame {index} does not exist: the file has {count} frame(s)",
+                          f"a frame from 0 to {count - 1}" if count > 1 else "frame 0 (a single frame)")
+
+
 def is_video_file(path: str | os.PathLike[str]) -> bool:
     """True for a regular file that is a video container: by content, else by a video suffix when
     the content is no image format either (an image or DICOM named .mp4 is still an image)."""
@@ -202,7 +253,7 @@ def _dicom(data: bytes, label: str, fps: float | None, max_pixels: int, budget: 
                 continue
             yield Frame(i, i / rate, image)
 
-    return FrameReader(label, info, gen)
+    return FrameReader(label, info, gen, first=lambda: frames.frame(0))
 
 
 def dicom_frame_rate(ds: Any, label: str) -> tuple[float, str, list[str]]:
@@ -247,7 +298,7 @@ def _pages(data: bytes, fmt: str, label: str, fps: float | None, max_pixels: int
                 continue
             yield Frame(i, i / rate, image)
 
-    return FrameReader(label, info, gen)
+    return FrameReader(label, info, gen, first=lambda: frames.frame(0))
 
 
 def _folder(path: Path, label: str, fps: float | None, max_pixels: int) -> FrameReader:

@@ -15,8 +15,11 @@ Conventions every caller shares (``docs/metrics.md``):
 - state: every answer is exactly one of ``out_of_distribution`` (the model's OOD gate scored the
   input strictly above its threshold: "not a fetal plane"; ``core.ood``), ``abstain`` (low
   confidence) or ``plane`` (the label stands). The gate is checked first. ``abstain`` keeps its
-  meaning (confidence below the threshold) whatever the state; ``label`` is always the top class,
-  so read ``state`` before showing it. A model without an OOD gate says so (``ood_gate`` False).
+  meaning (confidence below the threshold) whatever the state. The attribute ``label`` is always
+  the top class; what every answer *reports* as the plane is ``Prediction.plane``: the top class
+  for ``plane`` and ``abstain`` (a suggestion, flagged), None for ``out_of_distribution``, whose
+  top class is reported only as ``nearest_plane`` (so no output of a rejected input carries a
+  plane that reads like a classification). A model without an OOD gate says so (``ood_gate`` False).
 """
 
 from __future__ import annotations
@@ -85,6 +88,16 @@ class Prediction:
         return "out_of_distribution" if self.ood else "abstain" if self.abstain else "plane"
 
     @property
+    def plane(self) -> str | None:
+        """The plane an answer reports: the top class, or None when out of distribution."""
+        return None if self.ood else self.label
+
+    @property
+    def nearest_plane(self) -> str | None:
+        """The top class of an out-of-distribution input (None otherwise): the closest plane, not an answer."""
+        return self.label if self.ood else None
+
+    @property
     def accepted(self) -> bool:
         """True when the label stands (neither out of distribution nor abstained)."""
         return self.state == "plane"
@@ -99,7 +112,8 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return {
-            "label": self.label,
+            "label": self.plane,
+            "nearest_plane": self.nearest_plane,
             "confidence": self.confidence,
             "topk": [{"label": c, "probability": p} for c, p in self.topk],
             "probabilities": self.probabilities,

@@ -3,10 +3,10 @@
 Two checks on the header of every DICOM file, before any frame reaches the classifier:
 
 1. **Ultrasound or not** (PS3.3 C.7.3.1.1.1 Modality; PS3.4 B.5 SOP classes): a file is accepted
-   when its Modality is ``US``, or its SOP class is an ultrasound image storage class (a mislabelled
-   Modality), or a secondary-capture class whose Modality names no other modality (absent, ``OT``
-   or ``US``: screen grabs of scanners). Anything else gets one line, e.g. ``not ultrasound
-   (Modality CT)``.
+   when its SOP class is an ultrasound image storage class or a secondary-capture class (screen
+   grabs of scanners) AND its Modality names no other modality (``US``, ``OT`` or absent). Both
+   fields are checked: a CT Image Storage labelled ``US`` is refused like a CT. Anything else gets
+   one line naming the field and the accepted values, e.g. ``not ultrasound (Modality CT, ...)``.
 2. **Sequence of Ultrasound Regions** (0018,6011; PS3.3 C.8.5.5): when present, the frame is
    cropped to the tissue region, i.e. a region with Region Spatial Format 2D (0001) and Region
    Data Type TISSUE (0001). Waveform, spectral Doppler, M-mode, colour / grey bars and every other
@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image
 
-from fetalplanes.core.errors import ImageLoadError
+from fetalplanes.core.errors import GateRefusal, ImageLoadError
 
 # PS3.4 B.5: ultrasound image storage (current and retired), and secondary capture.
 US_SOP_CLASSES = {
@@ -44,8 +44,12 @@ SECONDARY_CAPTURE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
     "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
 }
-# Modalities a secondary capture may carry and still be a scanner's screen (absent, other, US).
-SC_NEUTRAL_MODALITIES = ("", "OT", "US")
+# Modalities an ultrasound or secondary-capture SOP class may carry (absent, other, US): a screen
+# grab is often OT, and an ultrasound class with an absent Modality is mislabelled, not another modality.
+NEUTRAL_MODALITIES = ("", "OT", "US")
+_EXPECTED = ("an ultrasound DICOM: SOP Class UID one of "
+             + ", ".join(f"{name} ({uid})" for uid, name in {**US_SOP_CLASSES, **SECONDARY_CAPTURE_SOP_CLASSES}.items())
+             + "; Modality US, OT or absent")
 SPATIAL_2D = 1  # Region Spatial Format (0018,6012)
 DATA_TISSUE = 1  # Region Data Type (0018,6014)
 MAX_REGIONS = 64  # bound on an untrusted sequence
@@ -73,19 +77,36 @@ class RegionDecision:
 
 
 def check_ultrasound(ds: Any, label: str) -> None:
-    """Raise ``ImageLoadError`` ("not ultrasound (Modality CT)") unless the header says ultrasound."""
+    """Raise ``ImageLoadError`` unless the SOP class AND the Modality both say ultrasound.
+
+    Accepted: an ultrasound or secondary-capture SOP class (``US_SOP_CLASSES``,
+    ``SECONDARY_CAPTURE_SOP_CLASSES``) whose Modality is ``US``, ``OT`` or absent
+    (``NEUTRAL_MODALITIES``). Any other SOP class (CT Image Storage labelled ``US`` included) or a
+    Modality naming another modality is refused in one line naming the field and the accepted
+    values. A header without any SOP Class UID (neither the data set nor the file meta) is judged
+    by its Modality alone. Source: PS3.4 B.5 (storage SOP classes), PS3.3 C.7.3.1.1.1 (Modality).
+    """
     modality = str(ds.get("Modality", "") or "").strip().upper()
+    sop = _sop_class(ds)
+    if modality not in NEUTRAL_MODALITIES:
+        raise GateRefusal(label, f"not ultrasound (Modality {modality}"
+                             + (f", SOP class {_sop_name(sop)})" if sop else ")"), _EXPECTED)
+    if not sop and modality == "US":
+        return
+    if sop in US_SOP_CLASSES or sop in SECONDARY_CAPTURE_SOP_CLASSES:
+        return
+    what = f"SOP Class UID {sop} ({_sop_name(sop)})" if sop else "no SOP Class UID"
+    shown = f"Modality {modality}" if modality else "no Modality"
+    raise GateRefusal(label, f"not ultrasound ({what}, {shown})", _EXPECTED)
+
+
+def _sop_class(ds: Any) -> str:
+    """The data set's SOP Class UID, else the file meta's Media Storage SOP Class UID, else ''."""
     sop = str(ds.get("SOPClassUID", "") or "").strip()
-    if modality == "US" or sop in US_SOP_CLASSES:
-        return
-    if sop in SECONDARY_CAPTURE_SOP_CLASSES and modality in SC_NEUTRAL_MODALITIES:
-        return
-    what = f"Modality {modality}" if modality else "no Modality"
-    if sop and modality not in ("US",):
-        name = SECONDARY_CAPTURE_SOP_CLASSES.get(sop) or _sop_name(sop)
-        what += f", SOP class {name}"
-    raise ImageLoadError(label, f"not ultrasound ({what})",
-                         "an ultrasound DICOM (Modality US, or an ultrasound or secondary-capture SOP class)")
+    if not sop:
+        meta = getattr(ds, "file_meta", None)
+        sop = str(meta.get("MediaStorageSOPClassUID", "") or "").strip() if meta is not None else ""
+    return sop
 
 
 def tissue_region(ds: Any, label: str, rows: int, cols: int) -> RegionDecision:
@@ -108,7 +129,7 @@ def tissue_region(ds: Any, label: str, rows: int, cols: int) -> RegionDecision:
         else:
             other.append(f"region {n} ({name})")
     if not tissue:
-        raise ImageLoadError(label, f"no B-mode tissue region in the Sequence of Ultrasound Regions "
+        raise GateRefusal(label, f"no B-mode tissue region in the Sequence of Ultrasound Regions "
                              f"({'; '.join(other)})", "a 2D tissue region (spatial format 1, data type 1)")
     area = [(b[2] - b[0]) * (b[3] - b[1]) for _, b in tissue]
     best = max(range(len(tissue)), key=lambda i: (area[i], -i))

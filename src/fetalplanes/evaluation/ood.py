@@ -74,15 +74,19 @@ def fit_ood_checkpoint(checkpoint: str | Path, train_samples: Sequence[Any], val
     return summary
 
 
-def _scored(predictor: Any, inputs: Sequence[Any], batch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(gate scores, withheld flags (OOD or abstain), inputs refused before the network) of every
-    answered still or frame of ``inputs``."""
+def _scored(predictor: Any, inputs: Sequence[Any], batch_size: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """(gate scores, withheld flags (OOD or abstain)) of every answered still or frame of
+    ``inputs``, and the counts ``{"scored", "refused_by_gate", "unreadable"}``: answered, refused
+    by the DICOM metadata gate (a readable file that is not ultrasound), and unreadable (a file or
+    frame that cannot be decoded)."""
     results = predictor.predict(list(inputs), batch_size=batch_size)
     answered = [r.prediction for r in results if r.ok]
-    refused = sum(1 for r in results if not r.ok)
+    gate = sum(1 for r in results if not r.ok and r.gate_refused)
+    counts = {"scored": len(answered), "refused_by_gate": gate,
+              "unreadable": sum(1 for r in results if not r.ok) - gate}
     scores = np.array([p.ood_score for p in answered], dtype=np.float64)
     withheld = np.array([not p.accepted for p in answered], dtype=bool)
-    return scores, withheld, refused
+    return scores, withheld, counts
 
 
 def ood_report(predictor: Any, id_paths: Sequence[Any], ood_data: Sequence[str | Path], n_boot: int = 1000,
@@ -90,8 +94,9 @@ def ood_report(predictor: Any, id_paths: Sequence[Any], ood_data: Sequence[str |
     """The gate measured on in-distribution images against folders of out-of-distribution ones
     (``evaluate --ood-data``): per OOD folder AUROC, FPR@95 and the rejection rates at the shipped
     threshold (``core.ood.ood_metrics``, 95 % bootstrap intervals over images), the share the
-    product withholds (OOD or abstain), and how many inputs were refused before the network (e.g.
-    a non-ultrasound DICOM). Raises ``DataError`` for a model without a gate or an empty folder.
+    product withholds (OOD or abstain), and apart from the ``scored`` inputs how many were refused by
+    the metadata gate (``refused_by_gate``: a non-ultrasound DICOM) and how many could not be read
+    (``unreadable``: files or frames). Raises ``DataError`` for a model without a gate or an empty folder.
     """
     from fetalplanes.core.io import expand_inputs
 
@@ -109,9 +114,9 @@ def ood_report(predictor: Any, id_paths: Sequence[Any], ood_data: Sequence[str |
         files = expand_inputs([folder])
         if not files:
             raise DataError(f"{folder}: no images found for --ood-data")
-        scores, withheld, refused = _scored(predictor, files, batch_size)
+        scores, withheld, counts = _scored(predictor, files, batch_size)
         row = ood_math.ood_metrics(id_scores, scores, threshold, n_boot)
-        row.update(path=str(folder), n_files=len(files), refused_before_network=refused,
+        row.update(path=str(folder), n_files=len(files), **counts,
                    withheld=float(withheld.mean()) if len(withheld) else float("nan"))
         out["sets"][folder.name or str(folder)] = row
     return out
@@ -127,10 +132,11 @@ def report_lines(o: dict[str, Any]) -> list[str]:
              f"In-distribution ({o['n_id']} images of this split) rejected by the gate: {o['id_rejected']:.3f}"
              f"{ci(o['id_rejected_ci95'])}; withheld with abstain: {o['id_withheld']:.3f}. Intervals: 95 % percentile "
              "bootstrap over images.", "",
-             "| OOD set | n scored | refused before the network | AUROC | FPR@95 | rejected by the gate | withheld (OOD or abstain) |",
-             "|---|---|---|---|---|---|---|"]
+             "| OOD set | n scored | refused by the metadata gate | unreadable | AUROC | FPR@95 | rejected by the gate | "
+             "withheld (OOD or abstain) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in o["sets"].items():
-        lines.append(f"| {name} | {r['n_ood']} | {r['refused_before_network']} | {r['auroc']:.3f}{ci(r['auroc_ci95'])} | "
+        lines.append(f"| {name} | {r['n_ood']} | {r['refused_by_gate']} | {r['unreadable']} | {r['auroc']:.3f}{ci(r['auroc_ci95'])} | "
                      f"{r['fpr95']:.3f}{ci(r['fpr95_ci95'])} | {r['ood_rejected']:.3f}{ci(r['ood_rejected_ci95'])} | "
                      f"{r['withheld']:.3f} |")
     return lines

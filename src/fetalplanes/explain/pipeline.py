@@ -154,8 +154,14 @@ def explain(
     aug_smooth: bool | None = None,
     skip_bad: bool = False,
     sanity: bool = False,
+    frame: int = 0,
 ) -> dict[str, Any]:
     """Explain every input; write overlays, CAMs, JSON and index.html; return a summary.
+
+    ``frame``: the 0-based frame explained of each multi-frame input (DICOM cine, multi-page
+    image, video; ``core.frames.read_frame``); each record says which frame (``frame``, ``frames``)
+    and the summary lists them (``frames``). An input without that frame is a bad input, named
+    with its frame count ("frame 9 does not exist: the file has 6 frame(s)").
 
     Every input is checked before the first heat map (a decode costs far less than a CAM):
     unreadable files are all listed at once (``core.io.BadFilesError``), or with ``skip_bad``
@@ -169,7 +175,7 @@ def explain(
     average over pytorch-grad-cam's test-time augmentations (CAMs only).
     ``sanity``: also run the randomization sanity checks (``explain.sanity``, ~4x the map time).
     """
-    from fetalplanes.core.io import ImageLoadError, bad_entry, load_image, screen_files
+    from fetalplanes.core.io import ImageLoadError, bad_entry
     from fetalplanes.core.cam_methods import ATTRIBUTION, INPUT_LAYER, check_method, method_family
     from fetalplanes.explain.cam import cam_target_layers, resolve_target
     from fetalplanes.explain.maps import check_options
@@ -202,7 +208,7 @@ def explain(
     samples = ins.samples[:limit] if limit else ins.samples
     if not samples:
         raise DataError(f"no images to explain in {data if data is not None else [str(i) for i in inputs]}")
-    readable, bad = screen_files([s.path for s in samples], skip_bad=skip_bad)
+    readable, bad = _screen(samples, frame, skip_bad)
     skipped: list[dict[str, str]] = [{"image": name, "error": reason} for name, reason in bad]
     if bad:
         keep = set(readable)
@@ -210,7 +216,7 @@ def explain(
     records = []
     for i, (sample, name) in enumerate(zip(samples, _unique_names(samples))):
         try:
-            image = load_image(sample.path)
+            image, count = _frame_image(sample.path, frame)
         except ImageLoadError as err:  # changed on disk since the check: it must not stop the run
             log.warning("skipping %s", err)
             skipped.append({"image": str(sample.path), "error": bad_entry(err)[1]})
@@ -218,7 +224,8 @@ def explain(
             rec = _explain_one(model, spec, image, name, out, method, target, i < occlusion, layer, aug_smooth)
             # The product's answer for this image (OOD gate, abstain threshold), which the map alone does not carry.
             answer = predictor.predict([image], k=2)[0].prediction
-            rec.update(sample=sample, name=name, image_size=image.size, answer=answer)
+            rec.update(sample=sample, name=name, image_size=image.size, answer=answer,
+                       frame=frame if count > 1 else None, frames=count)
             _score(rec, sample, ins, image.size)
             records.append(rec)
         if on_progress:
@@ -231,11 +238,35 @@ def explain(
                           sanity_report)
 
 
+def _screen(samples: Sequence[Sample], frame: int, skip_bad: bool) -> tuple[list[Path], list[tuple[str, str]]]:
+    """``core.io.screen_files``'s rule (all bad inputs listed at once, or skipped with ``skip_bad``)
+    applied to the frame that will be explained, so a missing frame is caught before any map."""
+    from fetalplanes.core.io import ImageLoadError, bad_entry, report_bad_files
+
+    good: list[Path] = []
+    bad: list[tuple[str, str]] = []
+    for path in (s.path for s in samples):
+        try:
+            _frame_image(path, frame)
+        except ImageLoadError as exc:
+            bad.append(bad_entry(exc, path))
+        else:
+            good.append(path)
+    report_bad_files(bad, len(good) + len(bad), skip_bad)
+    return good, bad
+
+
+def _frame_image(path: Path, frame: int):  # noqa: ANN202 - (PIL image, the file's frame count)
+    from fetalplanes.core.frames import read_frame
+
+    got, count = read_frame(path, frame)
+    return got.image, count
+
+
 def _sanity(model, spec, records, ins: Inputs, method: str, layer: str, aug_smooth: bool) -> dict[str, Any]:
-    from fetalplanes.core.io import load_image
     from fetalplanes.explain.sanity import check_explanations
 
-    images = [load_image(r["sample"].path) for r in records]
+    images = [_frame_image(r["sample"].path, r["frame"] or 0)[0] for r in records]
     names = list(spec.class_names)
     labels = [names.index(t) if (t := _true_label(r, ins)) in names else None for r in records]
     return check_explanations(model, spec, images, [r["result"] for r in records], method, layer, aug_smooth, labels)
@@ -262,7 +293,8 @@ def _record_json(rec: dict[str, Any], ins: Inputs, class_names) -> dict[str, Any
     res = rec["result"]
     out = {
         "image": str(rec["sample"].path), "name": rec["name"], "size": list(rec["image_size"]),
-        "true": _true_label(rec, ins), **res.summary(class_names),
+        "true": _true_label(rec, ins), "frame": rec.get("frame"), "frames": rec.get("frames"),
+        **res.summary(class_names),
         "overlay": f"overlays/{rec['name']}.png", "cam": f"cams/{rec['name']}.npy", "seconds": rec["seconds"],
     }
     answer = rec.get("answer")
@@ -371,4 +403,6 @@ def _write_outputs(out: Path, records, skipped, ins: Inputs, spec, checkpoint, m
         "out": str(out), "n": len(records), "skipped": len(skipped), "method": method, **settings,
         "seconds_per_cam_median": float(np.median(seconds)) if seconds else None,
         "n_occlusion": sum("occlusion" in r for r in records), "localization": loc_summary, "sanity": sanity,
+        "frames": [{"image": str(r["sample"].path), "frame": r["frame"], "frames": r["frames"]}
+                   for r in records if r.get("frame") is not None],
     }

@@ -75,8 +75,8 @@ def pull_study(model: str | os.PathLike[str], url: str, study: str, journal_dir:
 
 def _fetch(client: Any, journal: Journal, study: str, series: str, sop: str) -> str:
     label = f"WADO-RS instance {sop}"
-    if journal.state(sop) is not None:
-        return sop  # idempotent: journaled by an earlier run
+    if journal.state(sop) not in (None, "failed"):
+        return sop  # idempotent: journaled by an earlier run (a failed one is fetched and tried again)
     try:
         ds = client.retrieve_instance(study, series, sop)
     except Exception as exc:

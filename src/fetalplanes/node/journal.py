@@ -10,6 +10,8 @@
 3. the journal is keyed by the source SOP Instance UID and the result UIDs are derived from it
    (:func:`fetalplanes.node.sr.result_uids`), so a re-sent instance is not processed twice and a
    result sent twice (crash between "sent" and "marked sent") is the same instance to the PACS.
+   The exception is an instance marked ``failed``: its re-sent copy is journaled again and
+   classified again (a scanner re-sends what went wrong; it must not be silently swallowed).
 
 Layout (one folder per instance)::
 
@@ -64,7 +66,12 @@ def _durable_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames and unlinks in ``folder`` durable (its entries on disk)."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -132,19 +139,37 @@ class Journal:
 
     # ------------------------------------------------------------------ transitions
     def receive(self, uid: str, data: bytes, info: dict[str, Any]) -> bool:
-        """Journal a received instance durably; False (nothing written) when the UID is known.
+        """Journal a received instance durably; True when it is (again) to be classified.
+
+        - unknown UID: journaled, True;
+        - ``failed`` (its first copy could not be reported): the re-sent copy replaces it, the
+          failure moves to ``received.json``'s ``previous_failures`` and ``failed.json`` is removed
+          last, so the instance is ``received`` again and classified again; True;
+        - ``received`` (not classified yet), ``processed`` or ``delivered``: nothing written, False
+          (idempotent: a re-send never makes a second result; a pending one is classified anyway).
 
         Raises :class:`JournalError` when the disk refuses the write.
         """
         with self._lock:
             d = self.path(uid)
-            if (d / "instance.dcm").is_file():
+            state = self.state(uid)
+            if state not in (None, "failed"):
                 return False
             try:
-                _write_json(d / "received.json", {**info, "received": time.time(), "bytes": len(data)})
-                _durable_write(d / "instance.dcm", data)  # last: its presence means "received"
+                record = {**info, "received": time.time(), "bytes": len(data)}
+                if state == "failed":
+                    old = _read_json(d / "received.json")
+                    record["previous_failures"] = (old.get("previous_failures", []) + [self.failure(uid)])[-10:]
+                _write_json(d / "received.json", record)
+                _durable_write(d / "instance.dcm", data)  # its presence means "received"
+                if state == "failed":  # a stale outcome must not count as this copy's result
+                    for name in ("processed.json", "delivery.json", "delivered.json", "failed.json"):
+                        (d / name).unlink(missing_ok=True)  # failed.json last: until then, still "failed"
+                    _fsync_dir(d)
             except OSError as exc:
                 raise JournalError(f"cannot journal instance {uid} under {self.root}: {exc}") from exc
+            if state == "failed":
+                log.info("instance %s: re-sent after a failure; classified again", uid)
             return True
 
     def info(self, uid: str) -> dict[str, Any]:

@@ -70,7 +70,8 @@ def make_results(predictor: Any, journal: Journal, uid: str, algorithm: Algorith
             files["sc.dcm"] = sc
     outcome = {"frames": len(results), "answered": len(answered), "sr": str(sr.SOPInstanceUID),
                "series": str(sr.SeriesInstanceUID), "study": str(sr.StudyInstanceUID),
-               "labels": sorted({r.prediction.label for r in answered}),  # type: ignore[union-attr]
+               # planes reported (an out-of-distribution frame reports none: docs/ood.md)
+               "labels": sorted({r.prediction.plane for r in answered if r.prediction.plane}),  # type: ignore[union-attr]
                "errors": [r.error for r in results if r.error][:20]}
     journal.save_results(uid, files, outcome)
     log.info("%s: %d/%d frame(s) classified, SR %s", uid, len(answered), len(results), sr.SOPInstanceUID)
@@ -83,6 +84,7 @@ def _overlay_sc(path: Any, header: Any, answered: list[Any], algorithm: Algorith
     is the result, the SC an optional extra that must never hold it back."""
     from fetalplanes.core.dicom import DicomFrames
     from fetalplanes.core.formats import DEFAULT_MAX_PIXELS
+    from fetalplanes.core.postprocess import NOT_A_PLANE
     from fetalplanes.node.sc import build_overlay_sc
 
     if not answered:
@@ -91,7 +93,8 @@ def _overlay_sc(path: Any, header: Any, answered: list[Any], algorithm: Algorith
     frame = best.frame or 0
     try:
         image = DicomFrames(path.read_bytes(), str(path), DEFAULT_MAX_PIXELS).frame(frame)
-        caption = f"{algorithm.name}: {best.prediction.label} {best.prediction.confidence:.0%}" + (
+        shown = best.prediction.plane or NOT_A_PLANE  # never a plane name for a rejected frame
+        caption = f"{algorithm.name}: {shown} {best.prediction.confidence:.0%}" + (
             f", frame {frame + 1}" if best.frame is not None else "")
         sc = build_overlay_sc(header, overlay(image), caption, algorithm)
         buf = BytesIO()

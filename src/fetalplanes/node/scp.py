@@ -179,6 +179,7 @@ class StorageSCP:
                                 f"{label}: SOP Class UID {sop_class or '(none)'} does not match the presentation "
                                 f"context's {event.context.abstract_syntax}; expected one of {sorted(STORAGE_CLASSES)}")
         try:
+            before = self.journal.state(uid)
             new = self.journal.receive(uid, data, {"calling_aet": caller, "sop_class": sop_class,
                                                    "frames": admitted.frames,
                                                    "study": str(header.get("StudyInstanceUID", ""))})
@@ -191,8 +192,9 @@ class StorageSCP:
         self._count("received" if new else "duplicate")
         if new and self.pipeline is not None:
             self.pipeline.notify()
-        log.info("%s: %s (%d frame(s))", label, "journaled" if new else "already journaled, not reprocessed",
-                 admitted.frames)
+        what = ("journaled again (its first copy failed): classified again" if new and before == "failed"
+                else "journaled" if new else f"already journaled ({before}), not reprocessed")
+        log.info("%s: %s (%d frame(s))", label, what, admitted.frames)
         return STATUS["success"]
 
     def _refuse(self, code: int, reason: str) -> Dataset:

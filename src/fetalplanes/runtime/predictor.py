@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Union
 import numpy as np
 from PIL import Image
 
-from fetalplanes.core.errors import EXPECTED, ImageLoadError
+from fetalplanes.core.errors import EXPECTED, GateRefusal, ImageLoadError
 from fetalplanes.core.formats import sniff_format, sniff_video
 from fetalplanes.core.frames import is_video_file, open_frames
 from fetalplanes.core.io import expand_inputs
@@ -82,6 +82,9 @@ class FileResult:
     frame: int | None = None
     time_s: float | None = None
     logits: np.ndarray | None = field(default=None, repr=False, compare=False)
+    gate_refused: bool = False
+    """True when ``error`` is the DICOM metadata gate's refusal (``core.errors.GateRefusal``: a
+    readable file that is not ultrasound, or has no B-mode region), not an unreadable input."""
 
     @property
     def ok(self) -> bool:
@@ -299,7 +302,7 @@ def _file_inputs(index: int, path: Path | None, source: Path | bytes, pre: Prepr
             yield stub, preprocess(frame.image, pre)
     except ImageLoadError as err:
         if reader is None or not reader.skipped:  # else the skipped frames below say it, one row each
-            yield FileResult(index, path, error=str(err))
+            yield FileResult(index, path, error=str(err), gate_refused=isinstance(err, GateRefusal))
     if reader is None:
         return
     for bad in reader.skipped:

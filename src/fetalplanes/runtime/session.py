@@ -21,6 +21,10 @@ __all__ = ["OPT_LEVELS", "check_onnx", "load_session", "session_options"]
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 """ORT graph optimization levels, by name (``session_options(opt_level=...)``)."""
+SESSION_LOG_SEVERITY = 4
+"""ORT's log level for the sessions :func:`load_session` builds: 4 = fatal only. ORT writes its
+own warning/error lines straight to stderr (e.g. a failed constant folding of a damaged model)
+before raising; every failure reaches the user as our one-line error instead."""
 
 
 def _onnxruntime() -> Any:
@@ -89,7 +93,7 @@ def load_session(model: str | os.PathLike[str] | bytes, threads: int | None = No
     if not isinstance(model, bytes):
         check_onnx(model)  # declared sizes and external data bounded before ORT allocates anything
     try:
-        opts = options if options is not None else session_options(threads)
+        opts = options if options is not None else session_options(threads, log_severity=SESSION_LOG_SEVERITY)
         return ort.InferenceSession(model if isinstance(model, bytes) else name, opts,
                                     providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as err:  # ORT raises its own exception types for bad files

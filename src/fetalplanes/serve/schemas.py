@@ -44,7 +44,8 @@ class FrameAnswer(BaseModel):
     frame: int = Field(ge=0, description="0-based frame index (as `stream` and the error lines count).")
     time_s: float = Field(ge=0.0, description="Frame time stamp in seconds (DICOM FrameTime / CineRate, else 25 fps).")
     state: str = Field(description="plane, abstain or out_of_distribution, as the top-level `state`; read it before `plane`.")
-    plane: str
+    plane: Optional[str] = Field(description="As the top-level `plane`: null when out_of_distribution.")
+    nearest_plane: Optional[str] = Field(default=None, description="As the top-level `nearest_plane`.")
     confidence: float = Field(ge=0.0, le=1.0)
     abstain: bool
 
@@ -78,8 +79,12 @@ class PredictResponse(BaseModel):
     state: Literal["plane", "abstain", "out_of_distribution"] = Field(
         description="out_of_distribution: not a fetal plane (OOD gate); abstain: low confidence; plane: `plane` stands.")
     ood: OODInfo
-    plane: str = Field(description="Top-1 class; the answer only when `state` is 'plane'.")
-    confidence: float = Field(ge=0.0, le=1.0, description="Calibrated (temperature-scaled) probability of `plane`.")
+    plane: Optional[str] = Field(description="Top-1 class; the answer only when `state` is 'plane' (a suggestion "
+                                             "to review when 'abstain'; null when 'out_of_distribution').")
+    nearest_plane: Optional[str] = Field(default=None, description="Only when `state` is 'out_of_distribution': the "
+                                                                   "top-1 class of a rejected input, not an answer.")
+    confidence: float = Field(ge=0.0, le=1.0, description="Calibrated (temperature-scaled) probability of the "
+                                                          "top-1 class (`plane`, or `nearest_plane`).")
     abstain: bool = Field(description="True when confidence is below the model's abstain threshold: review manually.")
     abstain_threshold: float = Field(ge=0.0, le=1.0)
     topk: list[ClassProbability]

@@ -123,11 +123,12 @@ class Service:
         out: list[PredictResponse | UploadError] = []
         for upload in uploads:
             try:
-                reader = self._cine_reader(upload, budget)
-                if reader is not None:
+                reader = self._frame_reader(upload, budget)
+                if reader is not None and (reader.info.get("frames_declared") or 1) > 1:
                     out.append(self._analyse_cine(upload, reader, top_k, explain, preview))
                     continue
-                image, fmt = self.decode(upload, budget)
+                # a single frame from the header the reader already parsed, else decode() parses it
+                image, fmt = self._first_frame(upload, reader) if reader is not None else self.decode(upload, budget)
             except UploadError as err:
                 out.append(err)
                 continue
@@ -137,8 +138,9 @@ class Service:
             del image  # released before the next item is decoded
         return out
 
-    def _cine_reader(self, upload: Upload, budget: PixelBudget) -> Any:
-        """A FrameReader for a DICOM or TIFF upload declaring several frames, else None; its frames
+    def _frame_reader(self, upload: Upload, budget: PixelBudget) -> Any:
+        """A FrameReader for a DICOM or TIFF upload (its header parsed once, here), else None (another
+        format, or a header that cannot be read: decode() reports it as for any image); its frames
         are charged to the request's ``budget`` like every other decoded image."""
         from fetalplanes.core.frames import open_frames
 
@@ -149,7 +151,17 @@ class Service:
                                  budget=budget)
         except ImageLoadError:
             return None  # decode() reports it, the same way as for any single image
-        return reader if (reader.info.get("frames_declared") or 1) > 1 else None
+        return reader
+
+    def _first_frame(self, upload: Upload, reader: Any) -> tuple[Image.Image, str]:
+        """The single frame of a DICOM/TIFF upload from ``reader``, as decode() would give it."""
+        try:
+            image = reader.first_image()
+        except BudgetExceeded as err:
+            raise UploadError(413, str(err)) from None
+        except ImageLoadError as err:
+            raise UploadError(422, str(err)) from None
+        return image, sniff_format(bytes(upload.data[:132])) or "dicom"
 
     def _analyse_cine(self, upload: Upload, reader: Any, top_k: int, explain: bool, preview: bool) -> PredictResponse:
         """Every frame answered (up to MAX_CINE_FRAMES, in chunks); the top-level answer is the most
@@ -166,7 +178,7 @@ class Service:
                     reader.skipped.append(ImageLoadError(reader.label, r.error or "no answer", frame=frame.index))
                     continue
                 p = r.prediction
-                answers.append(FrameAnswer(frame=frame.index, time_s=frame.time_s, state=p.state, plane=p.label,
+                answers.append(FrameAnswer(frame=frame.index, time_s=frame.time_s, state=p.state, plane=p.plane, nearest_plane=p.nearest_plane,
                                            confidence=p.confidence, abstain=p.abstain))
                 if best is None or _rank(p) > _rank(best[0].prediction):  # type: ignore[arg-type]
                     best = (r, frame.image, frame.index)
@@ -207,7 +219,8 @@ class Service:
             filename=upload.filename,
             state=prediction.state,
             ood=OODInfo(**prediction.to_dict()["ood"]),
-            plane=prediction.label,
+            plane=prediction.plane,
+            nearest_plane=prediction.nearest_plane,
             confidence=prediction.confidence,
             abstain=prediction.abstain,
             abstain_threshold=self.spec.abstain_threshold,

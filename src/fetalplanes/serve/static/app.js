@@ -249,7 +249,9 @@
         if (!ex || !ex.available) throw new Error((ex && ex.detail) || "Heat map not available.");
         card.overlay = "data:image/png;base64," + ex.overlay_png_base64;
         card.method = ex.method || "class activation map";
-        setNote(card, "Heat map (" + card.method + "): regions that most supported “" + result.plane + "”.");
+        // a rejected image has no plane (plane is null): the map shows its nearest class, said as such
+        setNote(card, "Heat map (" + card.method + "): regions that most supported " + (result.plane
+          ? "“" + result.plane + "”." : "the nearest class “" + result.nearest_plane + "” (not a fetal plane)."));
       } catch (e) {
         toggle.checked = false;
         setNote(card, e.message);
