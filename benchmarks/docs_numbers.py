@@ -214,6 +214,62 @@ def render_docs() -> list[str]:
     return changed
 
 
+# ----------------------------------------------------------------------------- every number in the docs
+
+# A number: a digit run with optional thousands commas, decimals and exponent, not part of a word.
+# A digit run glued to a word ("ImageNet-1k", "b0", "3-layer" is not glued) is a name, not a number;
+# "1.9x" stays a number.
+NUMBER = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)?(?:e-?\d+)?(?![A-Za-wyz_])")
+HISTORY = re.compile(r"<!-- history:(\d{4}-\d{2}-\d{2}) -->\n(.*?)<!-- /history -->", re.S)
+FACTS = re.compile(r"<!-- facts -->\n.*?<!-- /facts -->", re.S)
+# Not numbers a command produces: code (commands, flags, identifiers), comments, link targets.
+CODE = (re.compile(r"^```.*?^```", re.S | re.M), re.compile(r"`[^`\n]*`"), re.compile(r"<!--.*?-->", re.S),
+        re.compile(r"\]\([^)]*\)"), re.compile(r"https?://\S+"),
+        re.compile(r"^#{1,6} .*$", re.M))  # headings name sections; the numbers they name are below them
+# The short allow-list of hand-written facts anywhere in prose: (pattern, why).
+ALLOWED = (
+    (re.compile(r"\b\d{4}-\d{2}-\d{2}\b"), "a date"),
+    (re.compile(r"\b(?:issue|issues|item|stop|round)s? \d+(?:, \d+)*(?: and \d+)?", re.I), "an issue or item number"),
+    (re.compile(r"(?:Python|CPython|torch|timm|pip|onnxruntime|ORT) (?:>= )?\d+(?:\.\d+)*"), "a version"),
+    (re.compile(r"arXiv \d{4}\.\d{5}"), "the paper's arXiv id"),
+    (re.compile(r"\btop-\d\b|\b\d+-bit\b|JPEG 2000|\bseed \d\b", re.I), "a metric, format or seed name"),
+)
+
+
+def blank(text: str, pattern: re.Pattern[str]) -> str:
+    """``text`` with every match of ``pattern`` replaced by spaces (offsets kept)."""
+    return pattern.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
+
+
+def strip_allowed(text: str) -> str:
+    """The text whose numbers the docs test requires to be generated: regions, code and allowed facts blanked."""
+    for name, start, end in regions_in(text):
+        text = text[:start] + re.sub(r"[^\n]", " ", text[start:end]) + text[end:]
+    for pattern in (HISTORY, FACTS, *CODE, *(p for p, _ in ALLOWED)):
+        text = blank(text, pattern)
+    return text
+
+
+def loose_numbers(text: str) -> list[tuple[int, str, str]]:
+    """(line number, number, line) of every number outside generated/history/facts regions and the allow-list."""
+    lines = text.splitlines()
+    out = []
+    stripped = strip_allowed(text)
+    for m in NUMBER.finditer(stripped):
+        line = stripped.count("\n", 0, m.start())
+        out.append((line + 1, m.group(0), lines[line]))
+    return out
+
+
+def history_labels(text: str) -> list[tuple[str, bool]]:
+    """(date, labelled) per history region: its first visible line must say "History (DATE"."""
+    out = []
+    for m in HISTORY.finditer(text):
+        first = next((ln for ln in m.group(2).splitlines() if ln.strip()), "")
+        out.append((m.group(1), f"History ({m.group(1)}" in first))
+    return out
+
+
 # ----------------------------------------------------------------------------- a demo vs the band
 
 def check_demo(summary_path: Path) -> bool:
