@@ -35,19 +35,19 @@ PACKAGE = ROOT / "src" / "fetalplanes"
 PACKAGES = ("fetalplanes", "torch", "onnxruntime", "timm", "numpy", "lightning", "torchvision")
 
 
-def source_files(scripts: list[str] | tuple[str, ...] = ()) -> list[Path]:
-    """The files a result depends on (see the module docstring), sorted, as absolute paths."""
-    files = sorted(p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml")
+def source_files(scripts: list[str] | tuple[str, ...] = (), root: Path = ROOT) -> list[Path]:
+    """The files a result depends on (see the module docstring), sorted, as absolute paths under ``root``."""
+    package = root / PACKAGE.relative_to(ROOT)
+    files = sorted(p for p in package.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml")
                    and "__pycache__" not in p.parts)
-    extra = sorted(set(scripts))
-    return files + [ROOT / s for s in extra]
+    return files + [root / s for s in sorted(set(scripts))]
 
 
-def source_sha256(scripts: list[str] | tuple[str, ...] = ()) -> str:
+def source_sha256(scripts: list[str] | tuple[str, ...] = (), root: Path = ROOT) -> str:
     """SHA-256 over (relative path, content) of ``source_files(scripts)``; independent of the checkout's location."""
     h = hashlib.sha256()
-    for path in source_files(scripts):
-        h.update(path.relative_to(ROOT).as_posix().encode() + b"\0")
+    for path in source_files(scripts, root):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(path.read_bytes() if path.is_file() else b"<missing>")
         h.update(b"\0")
     return h.hexdigest()
