@@ -203,3 +203,17 @@ def test_numbers_in_regions_code_and_the_allow_list_are_not_loose() -> None:
 def test_an_unlabelled_history_region_is_caught() -> None:
     text = "<!-- history:2026-12-01 -->\ntop-1 0.900\n<!-- /history -->\n"
     assert any("does not start with a visible" in p for p in loose_problems({"x.md": text}))
+
+
+def test_the_band_is_median_and_min_max_with_seed_zero_apart() -> None:
+    """The renderer's arithmetic on three made-up runs (a formatting test, no measurement)."""
+    def run(seed: int, top1: float) -> dict:
+        keys = [k for _, k, _ in dn.BAND_ROWS]
+        return {**{k: 0.5 for k in keys}, "train_seed": seed, "test_top1": top1, "n_test": 120,
+                "test_top1_ci95": {"low": 0.8, "high": 0.95}, "explain_method": "gradcam @ stage:-2",
+                "explain_default_passes": True}
+    prov = {"commit": "abc", "dirty": False, "date": "2026-12-07", "cpu": "CPU", "cores": 2,
+            "torch_threads": {"intra_op": 2}, "versions": {"torch": "2"}}
+    text = dn.render_demo_band({"command": "c", "runs": [run(1, 0.883), run(0, 0.9), run(2, 0.858)],
+                                "provenance": prov})
+    assert "| test top-1 | **0.900** | 0.883 (0.858-0.900) | 0.900, 0.883, 0.858 |" in text
