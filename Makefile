@@ -16,7 +16,7 @@ LOCK_FLAGS ?=
 # Never reach for a model hub from here: offline lookups hang ~1 minute before failing.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-fast lock clean mutate
+.PHONY: setup demo test test-fast lock clean mutate docs-numbers
 
 # --clear: the venv holds exactly the lock (packages dropped from it do not linger).
 # --no-deps twice: the lock is the whole set, pip resolves nothing more; `pip check` then
@@ -67,6 +67,15 @@ mutate: setup
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 FP_HYPOTHESIS_EXAMPLES=25 HF_HUB_OFFLINE=1 \
 		$(BIN)/mutmut run --max-children $(MUTATE_CHILDREN)
 	$(BIN)/mutmut results
+
+# Re-run every command whose output README.md and docs/ quote, write benchmarks/results/*.json
+# (stamped: commit, versions, CPU, threads, source hash), then rewrite the marked regions of the
+# docs from them (benchmarks/docs_numbers.py; docs/reproduce.md, "Numbers in the docs").
+# `make docs-numbers PARTS="params formats"` runs only those parts; each part prints its wall time.
+# The demo runs with torch's default thread count, as `make demo` does.
+PARTS ?=
+docs-numbers: setup
+	$(BIN)/python benchmarks/docs_numbers.py run $(PARTS)
 
 clean:
 	rm -rf runs .pytest_cache

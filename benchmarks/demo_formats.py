@@ -9,7 +9,10 @@ Runs the CLI exactly as a user would, on the run that ``fetalplanes demo`` (``ma
 and prints one table (and writes ``OUT/demo_formats.json``). Synthetic phantom data: the numbers
 show that the three formats answer alike, nothing about clinical accuracy.
 
-    python benchmarks/demo_formats.py --run runs/demo --out runs/demo_formats
+    python benchmarks/demo_formats.py --run runs/demo --out runs/demo_formats [--json FILE]
+
+``--json`` also writes the rows, the int8 gate's numbers and a provenance stamp
+(``benchmarks/_provenance.py``) to FILE (``make docs-numbers`` quotes it in docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -28,12 +31,42 @@ def cli(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+def int8_gate(report: dict) -> dict | None:
+    """The int8 gate's numbers from ``export --report``'s JSON (the dict that holds ``agreement``)."""
+    stack = [report]
+    while stack:
+        d = stack.pop()
+        if "agreement" in d:
+            # export exits non-zero when the gate fails, so a report that exists is a passed gate
+            return {"passed": True, "n": d.get("n_labelled", d.get("n_holdout")), "agreement": d["agreement"],
+                    "fp32_top1": d.get("acc_fp32"), "int8_top1": d.get("acc_int8"), "drop": d.get("drop")}
+        stack += [v for v in d.values() if isinstance(v, dict)]
+    return None
+
+
+def write_stamped(args: argparse.Namespace, rows: list[dict]) -> None:
+    """The result with the int8 gate and a provenance stamp, written atomically to ``args.json``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _provenance import stamp
+
+    from fetalplanes.core.atomic import write_json
+
+    gate = int8_gate(json.loads((args.out / "export.json").read_text()))
+    command = "python benchmarks/demo_formats.py " + " ".join(sys.argv[1:])
+    result = {"command": command, "synthetic": True, "max_drop": args.max_drop, "rows": rows, "int8_gate": gate}
+    from fetalplanes.runtime.session import available_cores
+
+    # `evaluate --model x.onnx` runs ORT with its default: one intra-op thread per available core.
+    write_json(args.json, stamp(result, ["benchmarks/demo_formats.py"], ort_threads=available_cores()))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=Path("runs/demo"), help="Output folder of `fetalplanes demo`.")
     ap.add_argument("--out", type=Path, default=Path("runs/demo_formats"))
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--max-drop", type=float, default=0.01, help="int8 accuracy gate (export --max-drop)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the stamped result here")
     args = ap.parse_args(argv)
     ckpt, data = args.run / "run" / "checkpoints" / "best.ckpt", args.run / "data"
     if not ckpt.is_file() or not data.is_dir():
@@ -57,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['format']} | {r['size_mb']:.1f} | {r['n']} | {r['top1']:.4f} ({r['top1_low']:.3f}-{r['top1_high']:.3f}) "
               f"| {r['top2']:.4f} | {r['f1_macro']:.4f} | {r['evaluate_s']:.1f} |")
     (args.out / "demo_formats.json").write_text(json.dumps({"run": str(args.run), "rows": rows}, indent=2))
+    if args.json:
+        write_stamped(args, rows)
     return 0
 
 

@@ -13,6 +13,11 @@ level torch dispatches to): a CPU run repeats bit for bit only on the same machi
 same libraries and thread count; change any of them and float sums are reordered, which over
 15 epochs of training moves the result by about the spread measured here.
 
+Each run's localization (pointing game, energy share, model and centre prior), its largest
+median sanity Spearman and speed are kept too: ``benchmarks/docs_numbers.py`` renders the
+README's band (median and min-max over seeds) from this JSON, stamped with
+``benchmarks/_provenance.py``.
+
 Usage (one run takes 1-5 minutes on 2 CPU cores, more on a shared machine):
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/demo_seeds.py [--seeds 3] [--data-seed 0]
         [--out runs/demo_seeds] [--json benchmarks/results/demo_seeds.json]
@@ -51,9 +56,27 @@ def run_one(out: Path, data_seed: int, train_seed: int, max_epochs: int | None) 
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
-    summary = json.loads((out / "demo_summary.json").read_text())
-    return {"train_seed": train_seed, **{k: summary[k] for k in METRICS}, "test_top1_ci95": summary["test_top1_ci95"],
-            "train_wall_s": summary["train_wall_s"], "wall_s": wall}
+    return run_fields(json.loads((out / "demo_summary.json").read_text()), wall)
+
+
+def run_fields(summary: dict, wall_s: float | None) -> dict:
+    """The band's fields of one ``demo_summary.json`` (also used to place a fresh demo in the band)."""
+    loc = {f"{score}_{who}": (summary.get(f"test_{score}") or {}).get(who, {}).get("mean")
+           for score in ("pointing_game", "energy_share") for who in ("model", "centre")}
+    sanity = summary.get("sanity_median_spearman") or {}
+    return {"train_seed": summary["train_seed"], **{k: summary[k] for k in METRICS},
+            "test_top1_ci95": summary["test_top1_ci95"], "n_test": summary.get("n_test", _n_test(summary)),
+            **loc, "sanity_max_median_spearman": max(sanity.values()) if sanity else None,
+            "sanity_flagged": summary.get("sanity_flagged"), "explain_method": summary.get("explain_method"),
+            "explain_default_passes": (summary.get("explain_default_check") or {}).get("status") == "passes",
+            "train_img_per_s": summary["train_img_per_s"], "train_wall_s": summary["train_wall_s"],
+            "machine": summary.get("machine"), "wall_s": wall_s}
+
+
+def _n_test(summary: dict) -> int | None:
+    """Number of test images, from the run's metrics.json beside the summary's report."""
+    metrics = Path(summary["report"]).with_name("metrics.json")
+    return json.loads(metrics.read_text())["n"] if metrics.is_file() else None
 
 
 def environment() -> dict:
@@ -76,8 +99,8 @@ def aggregate(rows: list[dict]) -> dict:
     out = {}
     for key in (*METRICS, "wall_s"):
         values = [r[key] for r in rows]
-        out[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
-                    "spread": max(values) - min(values)}
+        out[key] = {"mean": statistics.fmean(values), "median": statistics.median(values), "min": min(values),
+                    "max": max(values), "spread": max(values) - min(values)}
     return out
 
 
@@ -107,9 +130,12 @@ def main() -> None:
     result = {"command": "python benchmarks/demo_seeds.py " + " ".join(sys.argv[1:]), "synthetic": True,
               "data_seed": args.data_seed, "max_epochs": args.max_epochs, "environment": env,
               "runs": rows, "summary": agg}
+    from _provenance import stamp
+
     from fetalplanes.core import atomic
 
-    atomic.write_json(args.json, result)
+    # the demo runs in child processes with the default torch threads, the count recorded here
+    atomic.write_json(args.json, stamp(result, ["benchmarks/demo_seeds.py"]))
     print(table(rows, agg))
     print(f"spread (max - min) over {len(rows)} training seeds: top-1 {agg['test_top1']['spread']:.3f}, "
           f"macro-F1 {agg['test_f1_macro']['spread']:.3f}; JSON: {args.json}")

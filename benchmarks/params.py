@@ -1,7 +1,8 @@
 """Parameter counts of every model preset (total / trainable, full and frozen fine-tuning).
 
 Usage: python benchmarks/params.py [--out params.json]
-Prints a markdown table and writes JSON.
+Prints a markdown table and writes JSON, stamped with ``benchmarks/_provenance.py``
+(``make docs-numbers`` renders README's preset table from it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
+    from _provenance import stamp
+
     from fetalplanes.core.atomic import write_json
     from fetalplanes.models import create_model, list_models
 
@@ -31,7 +34,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['preset']} | {r['total']:,} | {r['trainable_full']:,} | {r['trainable_frozen']:,} |")
-    write_json(args.out, {"num_classes": args.num_classes, "presets": rows})
+    write_json(args.out, stamp({"num_classes": args.num_classes, "presets": rows}, ["benchmarks/params.py"]))
 
 
 if __name__ == "__main__":

@@ -1,187 +1,219 @@
-"""The numbers in README.md and docs/ are the numbers their commands wrote.
+"""Every number in README.md and docs/*.md is generated from today's code, or says it is not.
 
-Every measured table in the docs sits beside the command that produced it, and that command
-writes a JSON file under ``benchmarks/results/``. These tests read those files and check that
-each quoted value is in the doc, formatted as the doc prints it, so a re-run that changes a
-result without updating the doc (or a hand-edited number) fails here. They do not re-run the
-commands (minutes each); they pin docs to results. All of these are on synthetic phantoms or
-timing runs: see each doc for what the numbers mean.
+``make docs-numbers`` (``benchmarks/docs_numbers.py``) re-runs the commands the docs quote,
+writes stamped JSON under ``benchmarks/results/`` and rewrites the docs' generated regions
+(``<!-- numbers:NAME -->``). These fast checks do not re-run anything; they fail when
+
+(a) a generated region's JSON is missing, has no provenance stamp, or the region is unknown;
+(b) the JSON's ``source_sha256`` differs from the hash of today's sources (any change under
+    ``src/fetalplanes`` or to the producing script: re-run ``make docs-numbers``, intended);
+(c) a region's text differs from what the renderer writes from its JSON (hand edits);
+(d) a number outside code sits outside a generated region, a dated and visibly labelled
+    ``history`` region, a ``facts`` region, or the short allow-list ``docs_numbers.ALLOWED``.
+
+Each check is a function over (doc texts, results folder) so the mutation tests at the bottom
+can show each one failing on a doctored copy.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import docs_numbers as dn  # noqa: E402
+from _provenance import source_sha256  # noqa: E402
 
 
-def _json(name: str) -> dict:
-    return json.loads((RESULTS / name).read_text())
+def _docs() -> dict[str, str]:
+    return {doc: (ROOT / doc).read_text() for doc in dn.DOCS}
 
 
-def _doc(name: str) -> str:
-    return (ROOT / name).read_text()
+def region_problems(docs: dict[str, str], results: Path) -> list[str]:
+    """(a): every region is registered, appears once, and its JSON exists with a provenance stamp."""
+    seen: list[str] = []
+    problems = []
+    for doc, text in docs.items():
+        for name, _, _ in dn.regions_in(text):
+            seen.append(name)
+            if name not in dn.REGIONS:
+                problems.append(f"{doc}: region {name!r} is not in docs_numbers.REGIONS")
+                continue
+            path = results / dn.REGIONS[name].json
+            if not path.is_file():
+                problems.append(f"{doc}: region {name!r}: {path.name} is missing (make docs-numbers)")
+            elif "provenance" not in json.loads(path.read_text()):
+                problems.append(f"{doc}: region {name!r}: {path.name} has no provenance stamp (make docs-numbers)")
+    for name in dn.REGIONS:
+        if seen.count(name) != 1:
+            problems.append(f"region {name!r} appears {seen.count(name)} times in the docs (expected once)")
+    return problems
 
 
-def _row(doc: str, first_cell: str) -> str:
-    """The one Markdown table row whose first cell is ``first_cell`` (bold and a "(...)" note allowed)."""
-    def cell(line: str) -> str:
-        return line.split("|")[1].strip().strip("*").strip()
-
-    rows = [ln for ln in doc.splitlines() if ln.startswith("|")
-            and (cell(ln) == first_cell or cell(ln).startswith(first_cell + " ("))]
-    assert len(rows) == 1, f"{len(rows)} table rows start with {first_cell!r}"
-    return rows[0]
-
-
-def _section(doc: str, start: str, end: str) -> str:
-    return doc[doc.index(start):doc.index(end)]
-
-
-def _has_number(row: str, value: float, rel: float = 0.03) -> bool:
-    """Some number printed in ``row`` equals ``value`` to the precision the doc rounds it to."""
-    return any(abs(float(x) - value) <= rel * abs(value) for x in re.findall(r"\d+\.\d+(?:e-?\d+)?", row))
+def hash_problems(results: Path, root: Path = ROOT) -> list[str]:
+    """(b): each quoted JSON was produced from the sources of today's tree."""
+    problems = []
+    for name in sorted({r.json for r in dn.REGIONS.values()}):
+        path = results / name
+        if not path.is_file():
+            continue  # reported by (a)
+        prov = json.loads(path.read_text()).get("provenance") or {}
+        today = source_sha256(prov.get("source_scripts", []), root)
+        if prov.get("source_sha256") != today:
+            problems.append(f"{name}: produced from other sources (commit {str(prov.get('commit'))[:10]}) "
+                            f"than today's; run `make docs-numbers` (or PARTS=...)")
+    return problems
 
 
-def _ci(ci: list[float]) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+def render_problems(docs: dict[str, str], results: Path) -> list[str]:
+    """(c): each region's text is exactly what the renderer writes from its JSON."""
+    problems = []
+    for doc, text in docs.items():
+        for name, start, end in dn.regions_in(text):
+            if name in dn.REGIONS and dn.ready(name, results):
+                if text[start:end] != dn.rendered(name, results):
+                    problems.append(f"{doc}: region {name!r} differs from its JSON (run "
+                                    f"`python benchmarks/docs_numbers.py render`)")
+    return problems
 
 
-def test_readme_demo_table_is_demo_seeds_json() -> None:
-    readme, runs = _doc("README.md"), _json("demo_seeds.json")["runs"]
-    assert runs, "demo_seeds.json has no runs"
-    for r in runs:
-        seed = r["train_seed"]
-        row = _row(readme, "0 = `make demo`" if seed == 0 else str(seed))
-        ci = r["test_top1_ci95"]
-        assert f"{r['test_top1']:.3f} ({ci['low']:.3f}-{ci['high']:.3f})" in row, row
-        assert f"{r['test_top2']:.3f}" in row and f"{r['test_f1_macro']:.3f}" in row, row
+def loose_problems(docs: dict[str, str]) -> list[str]:
+    """(d): no number outside generated / history / facts regions and the allow-list; history is labelled."""
+    problems = [f"{doc}:{line}: {num!r} is in no generated, history or facts region: {text.strip()[:100]}"
+                for doc, t in docs.items() for line, num, text in dn.loose_numbers(t)]
+    problems += [f"{doc}: history region of {date} does not start with a visible 'History ({date}' line"
+                 for doc, t in docs.items() for date, labelled in dn.history_labels(t) if not labelled]
+    return problems
 
 
-def test_explain_doc_validation_table_is_the_localization_json() -> None:
-    doc = _doc("docs/explain.md")
-    for r in _json("bench_localization_demo_val.json")["rows"]:
-        row = _row(doc, r["config"])
-        pg, en = r["priors"]["pointing_game"]["model"], r["priors"]["energy_share"]["model"]
-        assert f"{pg['mean']:.3f} {_ci(pg['ci95'])}" in row, row
-        assert f"{en['mean']:.3f} {_ci(en['ci95'])}" in row, row
+def test_every_generated_region_has_its_stamped_json() -> None:
+    assert region_problems(_docs(), dn.RESULTS) == []
 
 
-def test_explain_doc_hc18_table_is_the_localization_json() -> None:
-    doc = _section(_doc("docs/explain.md"), "Real heads (HC18", "## Time per explanation")
-    names = {"stage:-3:layercam": "stage:-3 LayerCAM (default)", "cam_layer:gradcam": "cam_layer Grad-CAM",
-             "occlusion": "occlusion"}
-    for r in _json("bench_localization_demo_hc18.json")["rows"]:
-        row = _row(doc, names[r["config"]])
-        pr = r["priors"]
-        assert f"| {pr['n']}" in row, row
-        for score in ("pointing_game", "energy_share"):
-            m = pr[score]["model"]
-            assert f"{m['mean']:.3f} {_ci(m['ci95'])}" in row, row
-    assert "HC18_BRAIN" not in doc and "HC18_OTHERS" not in doc  # no unfilled placeholder
-    assert re.search(r"calls\s+\d+ of the 25 heads", doc)
+def test_every_quoted_json_was_produced_from_todays_sources() -> None:
+    assert hash_problems(dn.RESULTS) == []
 
 
-def test_explain_doc_gate_table_is_the_gate_json() -> None:
-    doc = _doc("docs/explain.md")
-    labels = {("zeros", "none"): "zeros, no norm", ("replicate", "none"): "replicate, no norm",
-              ("replicate", "batch"): "replicate + BatchNorm"}
-    for r in _json("bench_attention_gate_demo.json")["rows"]:
-        row = _row(doc, labels[(r["spatial_padding"], r["spatial_norm"])])
-        assert f"{r['position_share']:.3f}" in row and f"{r['saturated_share']:.3f}" in row, row
-        assert _has_number(row, r["across_images_var"]) and _has_number(row, r["position_var"], rel=0.05), row
+def test_every_generated_region_is_what_the_renderer_writes() -> None:
+    assert render_problems(_docs(), dn.RESULTS) == []
 
 
-def test_deploy_doc_glance_and_stream_tables_are_the_bench_json() -> None:
-    doc = _doc("docs/deploy.md")
-    bench = _json("bench_deploy_idle_2vcpu.json")
-    glance = doc[doc.index("### Paper model at a glance"):doc.index("**Targets.**")]
-    for r in bench["rows"]:
-        if r["model"] == "paper_lite0" and r["batch_size"] == 1 and r["spec_size"]:
-            row = _row(glance, r["backend_label"])
-            assert f"{r['img_per_s']:.1f}" in row and f"{r['latency_ms_p50']:.1f} ms" in row, row
-    t = bench["targets"]
-    assert f"{t['ort_fp32_vs_eager_bs1']:.2f}x" in glance and f"{t['ort_vs_eager_bs1']:.2f}x" in glance
-    stream = _json("stream_bench_idle_2vcpu.json")["runs"]
-    section = doc[doc.index("### Real-time video"):]
-    for name, s in stream.items():
-        kind, batch = name.split(" batch")
-        row = next(ln for ln in section.splitlines() if re.match(rf"\| {kind} \| {batch} \|", ln))
-        assert f"{s['fps']:.1f}" in row and f"{s['model_fps']:.1f}" in row, row
+def test_every_number_in_the_docs_is_generated_or_labelled() -> None:
+    assert loose_problems(_docs()) == []
 
 
-@pytest.mark.parametrize(("name", "label", "clients"), [
-    ("bench_serve_idle_onnx_50.json", "ONNX", 50), ("bench_serve_idle_ckpt_50.json", "checkpoint (PyTorch)", 50),
-    ("bench_serve_idle_onnx_1.json", "ONNX", 1)])
-def test_serve_doc_load_table_is_the_bench_json(name: str, label: str, clients: int) -> None:
-    doc, r = _doc("docs/serve.md"), _json(name)
-    assert r["clients"] == clients and r["errors"] == 0
-    row = next(ln for ln in doc.splitlines() if ln.startswith(f"| {label} | {clients} |"))
-    assert f"{r['requests_ok']:,} in {r['duration_s']:.1f} s" in row and f"{r['throughput_rps']:.1f} req/s" in row, row
+def test_the_checks_cover_every_doc_and_the_regions_exist() -> None:
+    """The scan reads README.md and every docs/*.md, and the docs hold the generated regions."""
+    assert set(dn.DOCS) == {"README.md", *(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))}
+    assert {n for t in _docs().values() for n, _, _ in dn.regions_in(t)} == set(dn.REGIONS)
 
 
-def test_deploy_doc_formats_table_is_demo_formats_json() -> None:
-    section = _section(_doc("docs/deploy.md"), "## Export: ONNX and int8", "## What is measured, and how")
-    labels = {"checkpoint (.ckpt)": "checkpoint (.ckpt, with optimizer state)", "ONNX fp32": "ONNX fp32",
-              "ONNX int8 (QDQ)": "ONNX int8 (QDQ)"}
-    for r in _json("demo_formats.json")["rows"]:
-        row = _row(section, labels[r["format"]])
-        assert f"{r['top1']:.3f} ({r['top1_low']:.3f}-{r['top1_high']:.3f})" in row, row
-        assert f"{r['top2']:.3f}" in row and f"{r['f1_macro']:.3f}" in row and f"{r['size_mb']:.1f}" in row, row
+# ----------------------------------------------------------------------------- each check can fail
+
+@pytest.fixture()
+def results_copy(tmp_path: Path) -> Path:
+    out = tmp_path / "results"
+    shutil.copytree(dn.RESULTS, out)
+    return out
 
 
-def test_deploy_doc_abuse_table_is_bench_abuse_json() -> None:
-    doc = _section(_doc("docs/deploy.md"), "## What is trusted", "## Known limits")
-    result = _json("bench_abuse.json")
-    assert result["marker_created"] is False
-    for r in result["rows"]:
-        rows = [ln for ln in doc.splitlines() if ln.startswith(f"| {r['kind']} | {r['side']} |")]
-        assert len(rows) == 1, (r["kind"], r["side"])
-        before = r.get("hwm_before_mb", r.get("rss_before_mb"))
-        if before is not None:
-            assert f"{before:.0f} -> {r['peak_mb']:.0f}" in rows[0], rows[0]
-        elif "peak_mb" in r:
-            assert f"peak {r['peak_mb']:.0f}" in rows[0], rows[0]
-        if "wall_s" in r:
-            assert f"| {r['wall_s']:.1f} |" in rows[0], rows[0]
-    slow = result["slow_clients"]
-    row = next(ln for ln in doc.splitlines() if ln.startswith("| 20 slow clients"))
-    assert f"idle {slow['idle_rss_mb']:.0f}, peak {slow['peak_rss_mb']:.0f}, after {slow['rss_after_mb']:.0f}" in row
-    assert f"{slow['load_test']['requests_ok']} ok, **{slow['load_test']['errors']} errors**" in row, row
-    for status, count in slow["slow_clients"].items():
-        assert f"{count} x {status}" in row, row
+def _first_region() -> tuple[str, str]:
+    for doc, text in _docs().items():
+        for name, _, _ in dn.regions_in(text):
+            if dn.ready(name, dn.RESULTS):
+                return doc, name
+    pytest.skip("no generated region with its JSON yet")
 
 
-def test_ood_doc_table_is_bench_ood_json() -> None:
-    """docs/ood.md's benchmark table and in-distribution line are bench_ood_demo.json's numbers."""
-    doc, r = _doc("docs/ood.md"), _json("bench_ood_demo.json")
-    rows = [ln for ln in doc.splitlines() if ln.startswith("| ") and (" | far | " in ln or " | near | " in ln)]
-    for name, s in r["sets"].items():
-        for score, m in s["scores"].items():
-            row = [ln for ln in rows if ln.startswith(f"| {name} | ") and f"| {score} |" in ln]
-            assert len(row) == 1, f"{name}/{score}: {len(row)} rows"
-            assert f"{m['auroc']:.3f} {_ci(m['auroc_ci95'])}" in row[0]
-            assert f"{m['fpr95']:.3f} {_ci(m['fpr95_ci95'])}" in row[0]
-            assert f"{m['ood_rejected']:.3f} {_ci(m['ood_rejected_ci95'])}" in row[0]
-    assert f"**{r['id_rejected']['verdict']:.3f} {_ci(r['id_rejected_ci95']['verdict'])}**" in doc
-    assert f"**{r['latency_batch1']['scores_ms']:.3f} ms**" in doc
+def test_a_missing_json_is_caught(results_copy: Path) -> None:
+    doc, name = _first_region()
+    (results_copy / dn.REGIONS[name].json).unlink()
+    assert any("is missing" in p for p in region_problems(_docs(), results_copy))
 
 
-def test_explain_doc_seed_selection_table_is_the_compare_json() -> None:
-    """The three-seed table in docs/explain.md is the compare tables and the selection they give."""
-    doc = _section(_doc("docs/explain.md"), "### Chosen over three training seeds", "## Which layer and method")
-    tables = [_json(f"explain_compare_demo_val12_seed{s}.json") for s in range(3)]
-    selection = _json("explain_selection_demo.json")
-    for cand in selection["candidates"]:
-        row = _row(doc, cand["label"])
-        for table in tables:
-            r = next(r for r in table["rows"] if r["label"] == cand["label"])
-            assert f"{r['sanity']['max_median']:.3f}" in row and f"{r['energy_share']['model']['mean']:.3f}" in row, row
-        assert f"{cand['energy_share']:.3f}" in row and ("yes" if cand["eligible"] else "no") in row, row
-    assert "Grad-CAM at `stage:-2`" in doc and selection["chosen"]["label"] == "gradcam @ stage:-2"
-    assert sorted(t["train_seed"] for t in tables) == [0, 1, 2] and {t["split"] for t in tables} == {"val"}
+def test_an_unregistered_region_is_caught() -> None:
+    docs = {"README.md": "x\n<!-- numbers:nonesuch -->\n<!-- /numbers:nonesuch -->\n"}
+    assert any("not in docs_numbers.REGIONS" in p for p in region_problems(docs, dn.RESULTS))
+
+
+def test_a_changed_hash_is_caught(results_copy: Path) -> None:
+    _, name = _first_region()
+    path = results_copy / dn.REGIONS[name].json
+    data = json.loads(path.read_text())
+    data.setdefault("provenance", {})["source_sha256"] = "0" * 64
+    path.write_text(json.dumps(data))
+    assert any(name.split(".")[0] in p or dn.REGIONS[name].json in p for p in hash_problems(results_copy))
+
+
+def test_a_changed_source_file_changes_the_hash(tmp_path: Path) -> None:
+    """(b) sees a change to the package: the same hash over a copy differs once one file changes."""
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "src" / "fetalplanes", root / "src" / "fetalplanes",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "benchmarks").mkdir()
+    shutil.copy(ROOT / "benchmarks" / "params.py", root / "benchmarks" / "params.py")
+    scripts = ["benchmarks/params.py"]
+    assert source_sha256(scripts, root) == source_sha256(scripts)
+    metrics = root / "src" / "fetalplanes" / "evaluation" / "metrics.py"
+    metrics.write_text(metrics.read_text() + "\n# a change\n")
+    assert source_sha256(scripts, root) != source_sha256(scripts)
+
+
+def _bump(value: object) -> object:
+    """Every number in ``value`` changed (ints + 1, floats x 1.5); the provenance block kept."""
+    if isinstance(value, dict):
+        return {k: (v if k == "provenance" else _bump(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bump(v) for v in value]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return value + 1 if isinstance(value, int) else value * 1.5
+
+
+def test_a_changed_json_value_is_caught(results_copy: Path) -> None:
+    """Changing the JSON's values (and not the doc) fails (c); so does a hand edit inside the region."""
+    doc, name = _first_region()
+    path = results_copy / dn.REGIONS[name].json
+    path.write_text(json.dumps(_bump(json.loads(path.read_text()))))
+    assert render_problems({doc: _docs()[doc]}, results_copy)
+    start = next(s for n, s, _ in dn.regions_in(_docs()[doc]) if n == name)
+    edited = _docs()[doc][:start] + "| 0.990 |\n" + _docs()[doc][start:]
+    assert render_problems({doc: edited}, dn.RESULTS)
+
+
+def test_a_loose_number_is_caught() -> None:
+    docs = {"README.md": _docs()["README.md"] + "\nTop-1 was 0.990 on the demo.\n"}
+    problems = loose_problems(docs)
+    assert len(problems) == 1 and "'0.990'" in problems[0]
+
+
+def test_numbers_in_regions_code_and_the_allow_list_are_not_loose() -> None:
+    text = ("`--seeds 3` and\n```bash\nfetalplanes demo --max-epochs 15\n```\nOn 2026-12-01, issue 22.\n"
+            "<!-- facts -->\n15 epochs at 128 px.\n<!-- /facts -->\n"
+            "<!-- history:2026-12-01 -->\n*History (2026-12-01): earlier code.* top-1 0.900\n<!-- /history -->\n")
+    assert loose_problems({"x.md": text}) == []
+
+
+def test_an_unlabelled_history_region_is_caught() -> None:
+    text = "<!-- history:2026-12-01 -->\ntop-1 0.900\n<!-- /history -->\n"
+    assert any("does not start with a visible" in p for p in loose_problems({"x.md": text}))
+
+
+def test_the_band_is_median_and_min_max_with_seed_zero_apart() -> None:
+    """The renderer's arithmetic on three made-up runs (a formatting test, no measurement)."""
+    def run(seed: int, top1: float) -> dict:
+        keys = [k for _, k, _ in dn.BAND_ROWS]
+        return {**{k: 0.5 for k in keys}, "train_seed": seed, "test_top1": top1, "n_test": 120,
+                "test_top1_ci95": {"low": 0.8, "high": 0.95}, "explain_method": "gradcam @ stage:-2",
+                "explain_default_passes": True}
+    prov = {"commit": "abc", "dirty": False, "date": "2026-12-07", "cpu": "CPU", "cores": 2,
+            "torch_threads": {"intra_op": 2}, "versions": {"torch": "2"}}
+    text = dn.render_demo_band({"command": "c", "runs": [run(1, 0.883), run(0, 0.9), run(2, 0.858)],
+                                "provenance": prov})
+    assert "| test top-1 | **0.900** | 0.883 (0.858-0.900) | 0.900, 0.883, 0.858 |" in text
