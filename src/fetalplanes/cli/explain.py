@@ -9,7 +9,7 @@ import typer
 
 from fetalplanes.cli.common import console
 from fetalplanes.core.cam_methods import METHOD_NAMES
-from fetalplanes.explain.compare import DEFAULT_CONFIGS
+from fetalplanes.core.cam_methods import COMPARE_CONFIGS as DEFAULT_CONFIGS
 
 
 def explain(

@@ -32,6 +32,10 @@ ATTRIBUTION_METHOD_NAMES: tuple[str, ...] = tuple(n for n, f in METHOD_FAMILY.it
 CONTROL_METHODS: tuple[str, ...] = ("random",)  # shows what chance looks like; never chosen as a default
 INPUT_LAYER = "input"  # the 'layer' an attribution method explains
 
+# `explain --compare`'s default set: the CAMs measured in docs/explain.md plus the three captum
+# input attributions. Here, not in explain/, so the CLI's help text needs no numpy or Pillow.
+COMPARE_CONFIGS = "cam_layer:gradcam;stage:-2:gradcam;stage:-3:layercam;gradientshap;integratedgradients;occlusion"
+
 
 def check_method(name: str) -> str:
     """``name`` lower-cased if it is a known heat-map method, else UsageError (a ValueError) listing the valid ones."""

@@ -25,13 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fetalplanes.core import atomic
-from fetalplanes.core.cam_methods import ATTRIBUTION, INPUT_LAYER, check_method, method_family
+from fetalplanes.core.cam_methods import ATTRIBUTION, COMPARE_CONFIGS as DEFAULT_CONFIGS, INPUT_LAYER, check_method, method_family
 from fetalplanes.core.errors import UsageError
 
 log = logging.getLogger(__name__)
-
-# The CAMs measured in docs/explain.md plus the three captum input attributions.
-DEFAULT_CONFIGS = "cam_layer:gradcam;stage:-2:gradcam;stage:-3:layercam;gradientshap;integratedgradients;occlusion"
 
 
 def parse_configs(text: str) -> list[tuple[str, str | None]]:
