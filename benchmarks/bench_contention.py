@@ -17,8 +17,10 @@ and writes JSON (``--out``). Not a timed test: the goals (<= 1.5x beside a busy 
 beside a second training; predict <= 4 s with a checkpoint and <= 1 s with ONNX on a quiet box)
 are read from the table.
 
-    python benchmarks/bench_contention.py --checkpoint runs/demo/run/checkpoints/best.ckpt \\
-        --model runs/demo/model.onnx --image runs/demo/data/Images/<any>.png
+    python benchmarks/bench_contention.py --run runs/demo --model runs/demo/model.onnx
+
+(``--run``: a `fetalplanes demo` folder: its best checkpoint and its first test image;
+``make docs-numbers`` runs it on part demo's seed 0 and part formats' ONNX.)
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ BUSY_LOOP = "while True:\n    pass\n"
 
 def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", help="a demo checkpoint (predict rows)")
+    ap.add_argument("--run", help="a `fetalplanes demo` folder (default checkpoint and image)")
+    ap.add_argument("--checkpoint", help="a demo checkpoint (predict rows; default: RUN's best)")
     ap.add_argument("--model", help="the same model exported to ONNX (predict rows)")
-    ap.add_argument("--image", help="one image to classify (predict rows)")
+    ap.add_argument("--image", help="one image to classify (predict rows; default: RUN's first image)")
     ap.add_argument("--policies", default="spin,passive", help="comma list of WAIT[:THREADS] (WAIT: spin|passive)")
     ap.add_argument("--steps", type=int, default=20, help="timed training steps (after --warmup)")
     ap.add_argument("--warmup", type=int, default=3)
@@ -133,7 +136,15 @@ def _machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "load_before": load[0]}
 
 
+def _defaults(a: argparse.Namespace) -> None:
+    if a.run:
+        run = Path(a.run)
+        a.checkpoint = a.checkpoint or str(run / "run" / "checkpoints" / "best.ckpt")
+        a.image = a.image or str(sorted((run / "data" / "Images").glob("*.png"))[0])
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
+    _defaults(a)
     skip = set(filter(None, a.skip.split(",")))
     res: dict[str, Any] = {"machine": _machine(), "steps": a.steps, "repeats": a.repeats, "policies": {}}
     for policy in a.policies.split(","):
@@ -175,8 +186,14 @@ def main(argv: list[str] | None = None) -> None:
         train_child(a.steps, a.warmup)
         return
     res = run(a)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _provenance import stamp
+
+    res["command"] = "python benchmarks/bench_contention.py " + " ".join(
+        x for x in (argv if argv is not None else sys.argv[1:]))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+    Path(a.out).write_text(json.dumps(stamp(res, ["benchmarks/bench_contention.py", "benchmarks/bench_train_parts.py"]),
+                                      indent=2) + "\n")
     print(table(res))
     m = res["machine"]
     print(f"\n{m['cpu']}, {m['cores']} cores; load average {m['load_before']:.2f} before, {m['load_after']:.2f} after")

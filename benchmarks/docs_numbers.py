@@ -61,6 +61,11 @@ PARTS: dict[str, Part] = {
     "formats": Part(((PY, "benchmarks/demo_formats.py", "--run", str(WORK / "demo_seeds" / "seed-0"),
                       "--out", str(WORK / "formats"), "--json", "benchmarks/results/demo_formats.json"),),
                     "seed 0's model as .ckpt, ONNX fp32, ONNX int8 (docs/deploy.md); needs part demo"),
+    "contention": Part(((PY, "benchmarks/bench_contention.py", "--run", str(WORK / "demo_seeds" / "seed-0"),
+                         "--model", str(WORK / "formats" / "model.onnx"), "--out",
+                         "benchmarks/results/bench_contention.json"),),
+                       "training and `predict` alone and beside other CPU work, per thread policy "
+                       "(README, docs/deploy.md); needs parts demo and formats"),
 }
 
 
@@ -161,6 +166,18 @@ def render_formats(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_contention(r: dict[str, Any]) -> str:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_contention import table
+
+    m = r["provenance"]
+    return "\n".join([table(r), "", f"`spin` = the libraries' defaults (the product before issue 23, "
+                      f"`FETALPLANES_WAIT=spin`); `passive` = the product's default now. {r['steps']} training steps "
+                      f"of batch 16 per cell; `predict` median of {r['repeats']} runs (start-up included). Load "
+                      f"average {r['machine']['load_before']:.2f} before the run. Produced by `{r['command']}` "
+                      f"({_by(r)}; {m['cores']} cores)."])
+
+
 @dataclass(frozen=True)
 class Region:
     """A generated region: its results JSON (under benchmarks/results) and renderer."""
@@ -173,6 +190,7 @@ REGIONS: dict[str, Region] = {
     "demo-band": Region("demo_seeds.json", render_demo_band),
     "params": Region("params.json", render_params),
     "formats": Region("demo_formats.json", render_formats),
+    "contention": Region("bench_contention.json", render_contention),
 }
 
 
