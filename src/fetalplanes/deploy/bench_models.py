@@ -67,15 +67,15 @@ def select_models(
 
     ``only`` keeps just the named rows (names as in :data:`PEER_NOTES`, or ``checkpoint``).
     """
-    from fetalplanes.models import list_models
+    from fetalplanes.models import list_presets
 
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"{checkpoint}: checkpoint file not found")
         head = BenchModel("checkpoint", "paper", checkpoint=str(checkpoint), note=f"trained checkpoint {Path(checkpoint).name}")
     else:
-        if preset not in list_models():
-            raise UsageError(f"unknown --preset {preset!r}; choose one of {list_models()}")
+        if preset not in list_presets():
+            raise UsageError(f"unknown --preset {preset!r}; choose one of {list_presets()}")
         head = BenchModel(preset, "paper", preset=preset, note=PEER_NOTES.get(preset, "preset"))
     rows = [head]
     if peers:
@@ -103,9 +103,9 @@ def build(bm: BenchModel, image_size: int | None = None):
     from fetalplanes.models import create_model, default_preprocessing
 
     if bm.checkpoint:
-        from fetalplanes.models.checkpoint import load_checkpoint
+        from fetalplanes.models.checkpoint import load_model
 
-        model, spec = load_checkpoint(bm.checkpoint)
+        model, spec = load_model(bm.checkpoint)
         if image_size and image_size != spec.preprocessing.image_size:
             spec = spec.replace(preprocessing=_resized(spec.preprocessing, image_size))
         return model.eval(), spec

@@ -153,11 +153,6 @@ def _to_onnx(model: "torch.nn.Module", image_size: int, opset: int, exporter: st
             return onnx.load(str(path))
 
 
-def ort_session(model: bytes | str | Path, threads: int | None = None) -> Any:
-    """A CPU InferenceSession with full graph optimizations (``runtime.session``)."""
-    return load_session(model, threads)
-
-
 def _torch_outputs(model: "torch.nn.Module", x: np.ndarray) -> list[np.ndarray]:
     import torch
 
@@ -176,7 +171,7 @@ def check_parity(
 ) -> dict[str, Any]:
     """Compare PyTorch and ONNX Runtime logits (and penultimate features, relative to their
     largest magnitude) at batch 1 (each input) and at full batch."""
-    sess = ort_session(onnx_bytes)
+    sess = load_session(onnx_bytes)
     refs = _torch_outputs(model, inputs)
     ref = refs[0]
     per_image = [_ort_outputs(sess, inputs[i : i + 1]) for i in range(len(inputs))]

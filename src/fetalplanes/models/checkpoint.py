@@ -244,9 +244,6 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
     return model_from_checkpoint(ckpt, spec, str(path)), spec
 
 
-# The name every caller used before the model had one home.
-load_checkpoint = load_model
-
 
 def update_spec(path: str | Path, **changes: Any) -> ModelSpec:
     """Rewrite fields of the spec stored in a checkpoint atomically (e.g. the temperature)."""

@@ -112,11 +112,6 @@ class TrainConfig(BaseModel):
     explain: ExplainConfig = ExplainConfig()
 
 
-def list_presets() -> list[str]:
-    """Preset names (``configs/*.yaml``)."""
-    return presets.list_presets()
-
-
 def resolve_config_path(config: str | Path) -> Path:
     """A YAML path, or a preset name from ``configs/`` (e.g. ``paper_lite0``); an existing file wins.
 
@@ -127,7 +122,7 @@ def resolve_config_path(config: str | Path) -> Path:
         return path
     if presets.is_preset(config):
         return presets.preset_path(str(config))
-    raise FileNotFoundError(f"config {str(config)!r} not found; give a YAML path or one of the presets {list_presets()}")
+    raise FileNotFoundError(f"config {str(config)!r} not found; give a YAML path or one of the presets {presets.list_presets()}")
 
 
 def _read_config(config: str | Path) -> tuple[dict[str, Any], str]:
