@@ -87,7 +87,12 @@ def test_train_pipeline_calibrates_best_checkpoint(tiny_checkpoint: Path) -> Non
     saved = json.loads((run / "calibration.json").read_text())
     spec = read_checkpoint(tiny_checkpoint)["fetalplanes"]["spec"]
     assert spec["temperature"] == pytest.approx(saved["temperature"])
-    assert json.loads((run / "train_summary.json").read_text())["calibration"]["temperature"] == saved["temperature"]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["calibration"]["temperature"] == saved["temperature"]
+    # one calibration entry (calibrate_on_data) for the pipeline and `fetalplanes calibrate`: the
+    # run's file records which images (the training run's own validation split) and the OOD refit
+    assert saved["selection"]["val"] == {"split": "val", "rule": "training run", "n": saved["val"]["n"]}
+    assert saved["ood"]["refitted"] and summary["ood"] == saved["ood"] and "ood" not in summary["calibration"]
 
 
 def test_calibrate_cli_dry_run_keeps_checkpoint(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:

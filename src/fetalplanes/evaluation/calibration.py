@@ -267,10 +267,10 @@ def _logits_and_labels(predictor: Any, samples: Sequence[Any], batch_size: int) 
 def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out_dir: str | Path,
                          test_samples: Sequence[Any] | None = None, target_accuracy: float = 0.95,
                          coverage: float | None = None, min_coverage: float = 0.5, write: bool = True,
-                         batch_size: int = 64, num_workers: int = 0) -> dict[str, Any]:
+                         batch_size: int = 64) -> dict[str, Any]:
     """Fit T and the abstain threshold on ``val_samples``; write ``calibration.json`` and
     ``reliability.png`` into ``out_dir`` and (``write``) both numbers into the model file
-    (``.ckpt`` or ``.onnx``). ``num_workers`` is accepted for compatibility and unused."""
+    (``.ckpt`` or ``.onnx``). The samples are the caller's: :func:`calibrate_on_data` chooses them."""
     from fetalplanes.evaluation.predict import open_model
     from fetalplanes.runtime.artifact import update_spec
 
@@ -313,15 +313,40 @@ def _fit_ood(checkpoint: str | Path, index: Any, spec: Any, val: Sequence[Any], 
     return {"refitted": True, **fit_ood_checkpoint(checkpoint, train, val, out, write=write)}
 
 
-def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None,
-                      **kwargs: Any) -> dict[str, Any]:
-    """CLI entry: take the run's validation (and test) images from ``data`` and calibrate.
+def _test_split(index: Any, spec: Any, val: Sequence[Any]) -> tuple[list[Any] | None, dict[str, Any]]:
+    """(test samples or None, their selection summary) for the calibration report: never a
+    validation image; refused (``DataError``: e.g. only images the model saw) -> None and why."""
+    from fetalplanes.data.splits import choose_split
 
-    The images come from ``data.splits.choose_split`` (the model's record of its splits, else
-    the run's recipe re-applied); the test summary is left out when no test split can be taken
-    without images the model saw (``DataError``), and never holds a validation image.
-    calibration.json gains ``selection`` (which images, and whether the model saw them) and
-    ``ood`` (the out-of-distribution gate, refitted on the training split for a checkpoint).
+    try:
+        test = choose_split(index, spec, "test")
+    except DataError as err:
+        return None, {"refused": str(err)}
+    in_val = {s.path for s in val}
+    samples = [s for s in test.samples if s.path not in in_val]
+    summary = test.summary()
+    if samples and len(samples) < len(test.samples):
+        summary["notes"].append(f"{len(test.samples) - len(samples)} validation image(s) left out of the test summary")
+    return samples or None, summary
+
+
+def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None, *,
+                      val_samples: Sequence[Any] | None = None, report_test: bool = True, write: bool = True,
+                      **kwargs: Any) -> dict[str, Any]:
+    """Calibrate on validation: the one entry (``fetalplanes calibrate`` and the train pipeline,
+    ``workflow.calibrate``). Fits T and the abstain threshold on the run's validation images,
+    refits the OOD gate (training-split statistics, validation threshold) and writes
+    ``calibration.json``, ``reliability.png`` and ``ood.json`` into ``out_dir`` (default: the
+    run folder) and, with ``write``, the numbers into the model file.
+
+    Validation images: ``val_samples`` when the caller holds them (the training run's own),
+    else ``data.splits.choose_split`` (the model's record of its splits, else the run's recipe
+    re-applied to ``data``). With ``report_test`` the test split's summary is added (T is still
+    fit on validation only); it is left out when no test split can be taken without images the
+    model saw (``DataError``), and never holds a validation image. ``kwargs`` go to
+    :func:`calibrate_checkpoint` (``target_accuracy``, ``coverage``, ``min_coverage``,
+    ``batch_size``). calibration.json gains ``selection`` (which images, and whether the model
+    saw them) and ``ood``. Raises ``DataError`` when there are no validation images.
     """
     from fetalplanes.data.sources import load_source
     from fetalplanes.data.splits import choose_split
@@ -333,23 +358,18 @@ def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | P
     if trained_on and Path(trained_on).resolve() != Path(index.root).resolve():
         log.warning("%s: the model was trained on %s; the validation split is re-derived from the run's split "
                     "record and is only meaningful on the training data", data, trained_on)
-    val = choose_split(index, spec, "val")
-    selection: dict[str, Any] = {"val": val.summary()}
-    try:
-        test = choose_split(index, spec, "test")
-    except DataError as err:  # data that cannot give a test split (e.g. only images the model saw)
-        test, selection["test"] = None, {"refused": str(err)}
+    if val_samples:
+        val = list(val_samples)
+        selection: dict[str, Any] = {"val": {"split": "val", "rule": "training run", "n": len(val)}}
+    else:
+        chosen = choose_split(index, spec, "val")
+        val, selection = chosen.samples, {"val": chosen.summary()}
     test_samples = None
-    if test is not None:
-        in_val = {id(s) for s in val.samples}
-        test_samples = [s for s in test.samples if id(s) not in in_val] or None
-        selection["test"] = test.summary()
-        if test_samples is not None and len(test_samples) < len(test.samples):
-            selection["test"]["notes"].append(f"{len(test.samples) - len(test_samples)} validation image(s) "
-                                              "left out of the test summary")
+    if report_test:
+        test_samples, selection["test"] = _test_split(index, spec, val)
     out = Path(out_dir) if out_dir is not None else Path(checkpoint).resolve().parent.parent
-    result = calibrate_checkpoint(checkpoint, val.samples, out, test_samples, **kwargs)
+    result = calibrate_checkpoint(checkpoint, val, out, test_samples, write=write, **kwargs)
     result["selection"] = selection
-    result["ood"] = _fit_ood(checkpoint, index, spec, val.samples, out, kwargs.get("write", True))
+    result["ood"] = _fit_ood(checkpoint, index, spec, val, out, write)
     atomic.write_json(out / "calibration.json", result)  # calibrate_checkpoint's file, with the selection
     return result
