@@ -237,7 +237,7 @@ def test_bad_layer_names_are_explained(lite0) -> None:
 
 
 def test_config_method_names_match_the_library_table() -> None:
-    from fetalplanes.explain.settings import CAM_METHOD_NAMES
+    from fetalplanes.core.cam_methods import CAM_METHOD_NAMES
 
     assert set(CAM_METHOD_NAMES) == set(METHODS)
 

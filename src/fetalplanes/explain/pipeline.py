@@ -162,7 +162,7 @@ def explain(
     left out and named in explanations.json (``skipped``) and the page.
 
     ``method``, ``layer``, ``aug_smooth``: None takes the checkpoint's ``explain`` settings
-    (``explain.settings``); ``method`` is any name of ``core.cam_methods`` (CAMs and the captum
+    (``core.cam_methods.HeatMapSettings``); ``method`` is any name of ``core.cam_methods`` (CAMs and the captum
     input attributions). ``layer``: the feature map(s) a CAM explains ('cam_layer' is the
     model's declared layer; see ``explain.cam.cam_target_layer`` for 'stage:N', dotted names
     and 'a,b' lists; attribution methods explain the input and refuse it); ``aug_smooth``:
@@ -170,10 +170,9 @@ def explain(
     ``sanity``: also run the randomization sanity checks (``explain.sanity``, ~4x the map time).
     """
     from fetalplanes.core.io import ImageLoadError, bad_entry, load_image, screen_files
-    from fetalplanes.core.cam_methods import ATTRIBUTION, INPUT_LAYER, check_method, method_family
+    from fetalplanes.core.cam_methods import ATTRIBUTION, INPUT_LAYER, HeatMapSettings, check_method, method_family
     from fetalplanes.explain.cam import cam_target_layers, resolve_target
     from fetalplanes.explain.maps import check_options
-    from fetalplanes.explain.settings import cam_settings
     from fetalplanes.runtime import load_predictor
 
     if method is not None:
@@ -184,7 +183,7 @@ def explain(
         raise UsageError(f"{checkpoint}: heat maps need the PyTorch checkpoint (.ckpt): Grad-CAM reads the "
                          "model's gradients, which an ONNX model does not expose")
     model, spec = predictor.model, predictor.spec
-    defaults = cam_settings(spec)
+    defaults = HeatMapSettings.from_spec(spec)
     method = check_method(method or defaults.method)
     if method_family(method) == ATTRIBUTION:  # the input is explained: no layer, no CAM smoothing
         check_options(method, layer, aug_smooth)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from fetalplanes.explain.settings import cam_settings
+from fetalplanes.core.cam_methods import HeatMapSettings
 
 if TYPE_CHECKING:
     from fetalplanes.models.torch_backend import TorchPredictor
@@ -25,7 +25,7 @@ class CamExplainer:
 
     def __init__(self, predictor: "TorchPredictor") -> None:
         self.predictor = predictor
-        self.method = cam_settings(predictor.spec).method
+        self.method = HeatMapSettings.from_spec(predictor.spec).method
 
     def __call__(self, image: Image.Image) -> bytes:
         from fetalplanes.explain.maps import compute_map

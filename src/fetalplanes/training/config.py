@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from fetalplanes.core.cam_methods import check_method
+from fetalplanes.core.cam_methods import HeatMapSettings
 from fetalplanes.core.errors import UsageError
 from fetalplanes.core.validation import config_error, yaml_problem
 from fetalplanes.models import presets
@@ -82,25 +82,6 @@ class TrainerConfig(BaseModel):
     calibrate: bool = True
 
 
-class ExplainConfig(BaseModel):
-    """Default heat map for this model (``fetalplanes explain``, the web page); see docs/explain.md.
-
-    Pick it on the VALIDATION split: ``fetalplanes explain --compare --split val`` per training
-    seed, then ``explain.selection.select_default`` (>= 3 seeds, sanity margin); ``method`` may
-    be a CAM or a captum input attribution (``core.cam_methods``).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    method: str = "gradcam"
-    layer: str = "cam_layer"  # the model's declared CAM layer, 'stage:N', a module name or 'a,b'
-    aug_smooth: bool = False
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        return check_method(value)
-
-
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -109,7 +90,8 @@ class TrainConfig(BaseModel):
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
-    explain: ExplainConfig = ExplainConfig()
+    # Default heat map of the model (method, layer, aug_smooth): the one schema, core.cam_methods.
+    explain: HeatMapSettings = HeatMapSettings()
 
 
 def resolve_config_path(config: str | Path) -> Path:
