@@ -147,46 +147,22 @@ def run_config(s: ReproduceSettings, variant: Variant, key: RunKey, pretrained: 
 
 
 def measure_costs(model_cfg: Any, num_classes: int, image_size: int, runs: int = 7, threads: int = 1) -> dict[str, Any]:
-    """Parameters, GFLOPs (torch.utils.flop_counter: 2 FLOPs per multiply-add) and the median
-    CPU latency of one image (batch 1, eager, inference mode, after 2 warm-up runs).
+    """Parameters, GFLOPs and the median CPU latency of one image (batch 1, eager, inference
+    mode, after 2 warm-up runs), measured by ``models.cost`` on the untrained architecture.
 
     Latency uses ``threads`` intra-op threads (default 1): comparable across machines, and on a
     shared CPU multi-threaded timings of small models were dominated by thread synchronisation
     (a 64 px Lite0 took 1.9 s with 2 threads next to 42 ms for MobileNetV3)."""
-    import torch
-
+    from fetalplanes.models import cost
     from fetalplanes.models.registry import build_model
 
     model = build_model(model_cfg.model_copy(update={"pretrained": "none"}), num_classes).eval()
-    counts = model.param_counts()
-    x = torch.randn(1, 3, image_size, image_size)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        times, flops = _flops_and_latency(model, x, runs)
-    finally:
-        torch.set_num_threads(before)
+    counts = cost.param_counts(model)
+    flops = cost.flops_per_image(model, image_size)
+    times = cost.latency_ms(model, image_size, runs, threads=threads)
     return {"params_total": counts["total"], "params_trainable": counts["trainable"], "gflops": flops / 1e9,
             "image_size": image_size, "cpu_latency_ms": statistics.median(times), "latency_runs": len(times),
             "threads": threads}
-
-
-def _flops_and_latency(model: Any, x: Any, runs: int) -> tuple[list[float], int]:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.inference_mode():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model(x)
-        for _ in range(2):
-            model(x)
-        times = []
-        for _ in range(max(1, runs)):
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1000)
-    return times, counter.get_total_flops()
 
 
 def costs_for(s: ReproduceSettings, variant: Variant, cfg: Any, num_classes: int) -> dict[str, Any]:
