@@ -30,12 +30,13 @@ class DataConfig(BaseModel):
     fold: int = 0
     n_folds: int = 5
     balance: Literal["loss", "sampler", "none"] = "loss"
-    augment: float = 1.0
+    augment: float = 1.0  # strength of the training augmentation (data.augment.AUGMENT ranges)
     cache_images: bool = True
     num_workers: int = 2
-    # How training images reach the model: "workers" (PIL augmentation per image in loader
+    # How training images reach the model: "workers" (augmentation per image in loader
     # processes; the CPU path), "device" (decoded uint8 images held on the training device and
-    # augmented there in batches: training.device_data; not bit-identical to "workers"), or
+    # augmented there in batches: training.device_data), both by the one augmentation
+    # (data.augment: same parameters, same ops; "workers" rounds to uint8 in between), or
     # "auto" ("device" when training on a CUDA GPU, else "workers"). fit writes the resolved
     # choice into RUN/config.yaml.
     loader: Literal["auto", "workers", "device"] = "auto"
