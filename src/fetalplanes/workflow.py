@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fetalplanes.core import atomic
+from fetalplanes.evaluation.calibration import calibrate_on_data
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ def calibrate(result: Any, data: str | Path, cfg: Any, *, report_test: bool = Fa
     (T is still fit on validation only). ``cfg`` is the run's config (kept for the pipeline's
     signature; calibration needs nothing from it).
     """
-    from fetalplanes.evaluation.calibration import calibrate_on_data
-
     cal = calibrate_on_data(result.best_checkpoint, data, result.run_dir, val_samples=result.val_samples,
                             report_test=report_test, target_accuracy=target_accuracy)
     result.summary["calibration"] = {k: v for k, v in cal.items() if k != "ood"}

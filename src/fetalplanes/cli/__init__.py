@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import sys
 
 import typer
 
@@ -27,8 +28,6 @@ app = typer.Typer(
 
 @app.callback()
 def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-    import sys
-
     from rich.console import Console
     from rich.logging import RichHandler
 

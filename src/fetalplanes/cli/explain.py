@@ -9,7 +9,7 @@ import typer
 
 from fetalplanes.cli.common import console
 from fetalplanes.core.cam_methods import METHOD_NAMES
-from fetalplanes.explain.compare import DEFAULT_CONFIGS
+from fetalplanes.explain.compare import DEFAULT_CONFIGS, compare_methods, markdown
 
 
 def explain(
@@ -107,8 +107,6 @@ def explain(
 
 def _compare(checkpoint: Path, out: Path, inputs: List[Path], data: Optional[Path], split: str, masks: List[Path],
              configs: Optional[str], limit: Optional[int], skip_bad: bool) -> None:
-    from fetalplanes.explain.compare import compare_methods, markdown
-
     table = compare_methods(checkpoint, out, inputs, data, split, masks, configs, limit, skip_bad=skip_bad,
                             on_progress=lambda name: console.print(f"comparing: {name}", markup=False))
     console.print(markdown(table), markup=False)

@@ -14,12 +14,14 @@ of one image (conv and matmul only, 2 FLOPs per multiply-accumulate, counted by
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fetalplanes.core.classes import PLANES
 from fetalplanes.core.errors import UsageError
-from fetalplanes.models import cost
+from fetalplanes.core.spec import ModelSpec
+from fetalplanes.models import cost, create_model, default_preprocessing, list_presets
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,6 @@ def select_models(
 
     ``only`` keeps just the named rows (names as in :data:`PEER_NOTES`, or ``checkpoint``).
     """
-    from fetalplanes.models import list_presets
-
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"{checkpoint}: checkpoint file not found")
@@ -98,10 +98,6 @@ def build(bm: BenchModel, image_size: int | None = None):
     A checkpoint keeps its own spec (its image size unless ``image_size`` overrides it);
     a preset gets the 6-plane spec with the backbone's own normalization.
     """
-    from fetalplanes.core.classes import PLANES
-    from fetalplanes.core.spec import ModelSpec
-    from fetalplanes.models import create_model, default_preprocessing
-
     if bm.checkpoint:
         from fetalplanes.models.checkpoint import load_model
 
@@ -117,8 +113,6 @@ def build(bm: BenchModel, image_size: int | None = None):
 
 
 def _resized(pre, image_size: int):
-    from dataclasses import replace
-
     return replace(pre, image_size=int(image_size))
 
 

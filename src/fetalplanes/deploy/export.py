@@ -31,10 +31,20 @@ from PIL import Image
 
 from fetalplanes.core.atomic import atomic_path
 from fetalplanes.core.errors import DataError, UsageError, UserError
+from fetalplanes.core.io import load_image
 from fetalplanes.core.postprocess import top1
 from fetalplanes.core.preprocess import preprocess_batch
 from fetalplanes.core.spec import ModelSpec
-from fetalplanes.runtime.artifact import OOD_KEY, SPEC_KEY, onnx_metadata, set_onnx_metadata, spec_to_metadata
+from fetalplanes.data.sources import load_source
+from fetalplanes.data.synth import PLANE_CODES, render
+from fetalplanes.runtime.artifact import (
+    OOD_KEY,
+    SPEC_KEY,
+    detect_kind,
+    onnx_metadata,
+    set_onnx_metadata,
+    spec_to_metadata,
+)
 from fetalplanes.runtime.onnx_backend import INPUT_NAME, OUTPUT_NAME
 from fetalplanes.runtime.session import load_session
 
@@ -61,8 +71,6 @@ class ParityError(UserError, ValueError):
 
 def builtin_images(class_names: Sequence[str] | None = None, per_class: int = _BUILTIN_PER_CLASS) -> list[Image.Image]:
     """Synthetic phantom images of every plane (deterministic), used when no data is given."""
-    from fetalplanes.data.synth import PLANE_CODES, render
-
     rng = np.random.default_rng(0)
     planes = [c for c in (class_names or ()) if c in PLANE_CODES] or list(PLANE_CODES)
     images = []
@@ -75,9 +83,6 @@ def builtin_images(class_names: Sequence[str] | None = None, per_class: int = _B
 
 def images_from_dir(data: str | Path, task: str = "planes", limit: int = 12) -> list[Image.Image]:
     """Up to ``limit`` images from a dataset folder, spread over its classes (for parity)."""
-    from fetalplanes.core.io import load_image
-    from fetalplanes.data.sources import load_source
-
     # Labels are irrelevant for parity, so no class list is imposed on the source.
     index = load_source(data, task=task)
     if not index.samples:
@@ -281,7 +286,6 @@ def export_checkpoint(
     """Export a training checkpoint; parity is verified on images of ``calibration`` (a
     dataset folder or CSV) when given, else on built-in phantoms."""
     from fetalplanes.models.checkpoint import model_from_checkpoint, ood_blob, read_checkpoint, spec_of
-    from fetalplanes.runtime.artifact import detect_kind
 
     if detect_kind(ckpt_path) == "onnx":
         raise UsageError(f"{ckpt_path}: is already an ONNX model; export takes the training checkpoint (.ckpt)")

@@ -37,6 +37,11 @@ import numpy as np
 from fetalplanes.core import atomic
 from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core.postprocess import softmax, top1
+from fetalplanes.data.sources import load_source
+from fetalplanes.data.splits import choose_split
+from fetalplanes.evaluation.ood import fit_ood_checkpoint
+from fetalplanes.evaluation.predict import open_model, sample_logits
+from fetalplanes.runtime.artifact import detect_kind, read_spec, update_spec
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +264,6 @@ def reliability_png(logits: np.ndarray, labels: np.ndarray, temperature: float, 
 
 
 def _logits_and_labels(predictor: Any, samples: Sequence[Any], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    from fetalplanes.evaluation.predict import sample_logits
-
     return sample_logits(predictor, samples, batch_size), np.array([s.label for s in samples], dtype=int)
 
 
@@ -271,9 +274,6 @@ def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out
     """Fit T and the abstain threshold on ``val_samples``; write ``calibration.json`` and
     ``reliability.png`` into ``out_dir`` and (``write``) both numbers into the model file
     (``.ckpt`` or ``.onnx``). The samples are the caller's: :func:`calibrate_on_data` chooses them."""
-    from fetalplanes.evaluation.predict import open_model
-    from fetalplanes.runtime.artifact import update_spec
-
     if not val_samples:
         raise DataError(f"{checkpoint}: no validation images to calibrate on")
     predictor = open_model(checkpoint)
@@ -299,10 +299,6 @@ def _fit_ood(checkpoint: str | Path, index: Any, spec: Any, val: Sequence[Any], 
     """The OOD gate refitted with the calibration (``evaluation.ood``): statistics on the run's
     training split, threshold on ``val``. Only a checkpoint can be refitted (an ONNX file keeps the
     gate it was exported with); a split that cannot be taken leaves the gate as it is, and says why."""
-    from fetalplanes.data.splits import choose_split
-    from fetalplanes.evaluation.ood import fit_ood_checkpoint
-    from fetalplanes.runtime.artifact import detect_kind
-
     if detect_kind(checkpoint) != "checkpoint":
         return {"refitted": False, "note": "an ONNX file keeps the OOD gate it was exported with"}
     try:
@@ -316,8 +312,6 @@ def _fit_ood(checkpoint: str | Path, index: Any, spec: Any, val: Sequence[Any], 
 def _test_split(index: Any, spec: Any, val: Sequence[Any]) -> tuple[list[Any] | None, dict[str, Any]]:
     """(test samples or None, their selection summary) for the calibration report: never a
     validation image; refused (``DataError``: e.g. only images the model saw) -> None and why."""
-    from fetalplanes.data.splits import choose_split
-
     try:
         test = choose_split(index, spec, "test")
     except DataError as err:
@@ -348,10 +342,6 @@ def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | P
     ``batch_size``). calibration.json gains ``selection`` (which images, and whether the model
     saw them) and ``ood``. Raises ``DataError`` when there are no validation images.
     """
-    from fetalplanes.data.sources import load_source
-    from fetalplanes.data.splits import choose_split
-    from fetalplanes.runtime.artifact import read_spec
-
     spec = read_spec(checkpoint)
     index = load_source(data, spec.task, spec.class_names)
     trained_on = spec.training.get("data", {}).get("root")

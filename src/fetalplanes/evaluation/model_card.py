@@ -19,6 +19,7 @@ import yaml
 from fetalplanes.core import atomic
 from fetalplanes.core.hashing import file_sha256
 from fetalplanes.core.errors import DataError
+from fetalplanes.runtime.artifact import read_spec
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +302,6 @@ def write_model_card(checkpoint: str | Path, metrics: dict[str, Any] | str | Pat
     ``metrics`` / ``calibration`` may be dicts or JSON files; without ``calibration`` a
     ``calibration.json`` in the run directory (the checkpoint's grandparent) is used if present.
     """
-    from fetalplanes.runtime.artifact import read_spec
-
     checkpoint = Path(checkpoint)
     spec = read_spec(checkpoint)
     source = "metrics" if isinstance(metrics, dict) else str(metrics)

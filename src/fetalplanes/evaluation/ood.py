@@ -19,6 +19,9 @@ import numpy as np
 from fetalplanes.core import atomic
 from fetalplanes.core import ood as ood_math
 from fetalplanes.core.errors import DataError
+from fetalplanes.core.io import expand_inputs, load_image
+from fetalplanes.core.preprocess import preprocess_batch
+from fetalplanes.runtime.artifact import read_spec, write_ood
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +30,6 @@ def checkpoint_features(checkpoint: str | Path, images: Sequence[Any], batch_siz
     """(logits (N, C), penultimate features (N, F)) float32 of images or paths, preprocessed as in training."""
     import torch
 
-    from fetalplanes.core.io import load_image
-    from fetalplanes.core.preprocess import preprocess_batch
     from fetalplanes.models.checkpoint import load_model
 
     model, spec = load_model(checkpoint)
@@ -51,8 +52,6 @@ def fit_ood_checkpoint(checkpoint: str | Path, train_samples: Sequence[Any], val
                        score: str = ood_math.DEFAULT_SCORE, write: bool = True) -> dict[str, Any]:
     """Fit the OOD statistics on ``train_samples``, the threshold on ``val_samples``; store both in
     ``checkpoint`` (``write``) and ``ood.json`` in ``out_dir``. Returns the ``spec.ood`` summary."""
-    from fetalplanes.runtime.artifact import read_spec, write_ood
-
     if not train_samples or not val_samples:
         raise DataError(f"{checkpoint}: the OOD gate needs training and validation images")
     spec = read_spec(checkpoint)
@@ -93,8 +92,6 @@ def ood_report(predictor: Any, id_paths: Sequence[Any], ood_data: Sequence[str |
     product withholds (OOD or abstain), and how many inputs were refused before the network (e.g.
     a non-ultrasound DICOM). Raises ``DataError`` for a model without a gate or an empty folder.
     """
-    from fetalplanes.core.io import expand_inputs
-
     spec = predictor.spec
     if not predictor.has_ood_gate:
         raise DataError(f"{predictor.path}: this model file has no OOD gate to measure; calibrate the checkpoint "

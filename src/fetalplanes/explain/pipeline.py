@@ -27,10 +27,19 @@ import numpy as np
 
 from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core import atomic
+from fetalplanes.core.cam_methods import ATTRIBUTION, INPUT_LAYER, HeatMapSettings, check_method, method_family
+from fetalplanes.core.encode import png_bytes
+from fetalplanes.core.io import ImageLoadError, bad_entry, load_image, screen_files
 from fetalplanes.data.records import Sample
+from fetalplanes.data.sources import load_source
+from fetalplanes.data.splits import choose_split
 from fetalplanes.explain import localization as loc
 from fetalplanes.explain import priors
+from fetalplanes.explain.maps import check_options, compute_map
+from fetalplanes.explain.overlay import METHOD_TITLES, overlay
 from fetalplanes.explain.report import ReportItem, render_report, thumbnail
+from fetalplanes.explain.sanity import check_explanations
+from fetalplanes.runtime import load_predictor
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +75,6 @@ def gather_inputs(spec, inputs: Sequence[str | Path] = (), data: str | Path | No
         return Inputs(_drop_masks(samples_from_paths(inputs), mask_dirs), None, mask_dirs)
     if split not in SPLITS:
         raise UsageError(f"unknown --split {split!r}; choose one of {list(SPLITS)}")
-    from fetalplanes.data.sources import load_source
-    from fetalplanes.data.splits import choose_split
 
     index = load_source(data, spec.task)
     if (index.root / "Masks").is_dir() and index.root / "Masks" not in mask_dirs:
@@ -115,10 +122,7 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 def _explain_one(model, spec, image, name: str, out: Path, method: str, target, with_occlusion: bool,
                  layer: str | None = None, aug_smooth: bool = False) -> dict[str, Any]:
-    from fetalplanes.explain.maps import compute_map
     from fetalplanes.explain.occlusion import compute_occlusion
-    from fetalplanes.core.encode import png_bytes
-    from fetalplanes.explain.overlay import overlay
 
     t0 = time.perf_counter()
     res = compute_map(model, spec, image, method, target, layer=layer, aug_smooth=aug_smooth)
@@ -169,11 +173,7 @@ def explain(
     average over pytorch-grad-cam's test-time augmentations (CAMs only).
     ``sanity``: also run the randomization sanity checks (``explain.sanity``, ~4x the map time).
     """
-    from fetalplanes.core.io import ImageLoadError, bad_entry, load_image, screen_files
-    from fetalplanes.core.cam_methods import ATTRIBUTION, INPUT_LAYER, HeatMapSettings, check_method, method_family
     from fetalplanes.explain.cam import cam_target_layers, resolve_target
-    from fetalplanes.explain.maps import check_options
-    from fetalplanes.runtime import load_predictor
 
     if method is not None:
         check_options(method, layer, aug_smooth)  # fail on a bad name or option before loading anything
@@ -231,9 +231,6 @@ def explain(
 
 
 def _sanity(model, spec, records, ins: Inputs, method: str, layer: str, aug_smooth: bool) -> dict[str, Any]:
-    from fetalplanes.core.io import load_image
-    from fetalplanes.explain.sanity import check_explanations
-
     images = [load_image(r["sample"].path) for r in records]
     names = list(spec.class_names)
     labels = [names.index(t) if (t := _true_label(r, ins)) in names else None for r in records]
@@ -327,8 +324,6 @@ def _synthetic_notes(spec, ins: Inputs) -> list[str]:
 
 def _write_outputs(out: Path, records, skipped, ins: Inputs, spec, checkpoint, method, target, data, split,
                    settings: dict[str, Any], sanity: dict[str, Any] | None = None) -> dict[str, Any]:
-    from fetalplanes.explain.overlay import METHOD_TITLES
-
     class_names = spec.class_names
     loc_summary = localization_summary(records, ins, method)
     if loc_summary is not None:

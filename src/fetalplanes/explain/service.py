@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from fetalplanes.core.cam_methods import HeatMapSettings
+from fetalplanes.explain.maps import compute_map
+from fetalplanes.explain.overlay import overlay_png
 
 if TYPE_CHECKING:
     from fetalplanes.models.torch_backend import TorchPredictor
@@ -28,9 +30,6 @@ class CamExplainer:
         self.method = HeatMapSettings.from_spec(predictor.spec).method
 
     def __call__(self, image: Image.Image) -> bytes:
-        from fetalplanes.explain.maps import compute_map
-        from fetalplanes.explain.overlay import overlay_png
-
         spec = self.predictor.spec
         with self.predictor.lock:  # hooks on the shared model: one request at a time
             result = compute_map(self.predictor.model, spec, image)

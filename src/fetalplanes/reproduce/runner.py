@@ -41,8 +41,13 @@ from typing import Any
 from fetalplanes.core import atomic
 from fetalplanes.core.errors import UsageError
 from fetalplanes.data.splits import LEAKY_SCHEMES, SCHEMES
+from fetalplanes.evaluation.model_card import write_model_card
+from fetalplanes.models import cost
+from fetalplanes.models.registry import build_model
 from fetalplanes.reproduce.table import write_tables
 from fetalplanes.reproduce.variants import Variant
+from fetalplanes.training.config import load_config
+from fetalplanes.workflow import train_and_calibrate
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +141,6 @@ def resolve_pretrained(source: str, policy: str, backbone: str) -> tuple[str, st
 
 
 def run_config(s: ReproduceSettings, variant: Variant, key: RunKey, pretrained: str):
-    from fetalplanes.training.config import load_config
-
     overrides = {**s.overrides, **variant.overrides, "model.pretrained": pretrained, "data.split": key.split,
                  "data.task": key.task, "trainer.seed": key.seed, "trainer.progress": False}
     if key.split == "patient-kfold":
@@ -153,9 +156,6 @@ def measure_costs(model_cfg: Any, num_classes: int, image_size: int, runs: int =
     Latency uses ``threads`` intra-op threads (default 1): comparable across machines, and on a
     shared CPU multi-threaded timings of small models were dominated by thread synchronisation
     (a 64 px Lite0 took 1.9 s with 2 threads next to 42 ms for MobileNetV3)."""
-    from fetalplanes.models import cost
-    from fetalplanes.models.registry import build_model
-
     model = build_model(model_cfg.model_copy(update={"pretrained": "none"}), num_classes).eval()
     counts = cost.param_counts(model)
     flops = cost.flops_per_image(model, image_size)
@@ -176,8 +176,6 @@ def costs_for(s: ReproduceSettings, variant: Variant, cfg: Any, num_classes: int
 
 def _train(s: ReproduceSettings, variant: Variant, cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Train (unless finished) and calibrate one run; its train_summary.json record."""
-    from fetalplanes.workflow import train_and_calibrate
-
     resume = (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "train_summary.json").is_file()
     if resume:
         log.info("resuming %s from its last checkpoint", run_dir)
@@ -190,7 +188,6 @@ def _train(s: ReproduceSettings, variant: Variant, cfg: Any, run_dir: Path) -> d
 
 def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, Any]:
     """Train, calibrate, evaluate and document one run; returns its ``done.json`` record."""
-    from fetalplanes.evaluation.model_card import write_model_card
     from fetalplanes.evaluation.report import evaluate
     from fetalplanes.models.checkpoint import read_spec
 
