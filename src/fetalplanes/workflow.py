@@ -18,16 +18,20 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fetalplanes.core import atomic
 from fetalplanes.evaluation.calibration import calibrate_on_data
 
+if TYPE_CHECKING:
+    from fetalplanes.training.config import TrainConfig
+    from fetalplanes.training.fit import FitResult
+
 log = logging.getLogger(__name__)
 
 
-def train(data: str | Path, cfg: Any, out_dir: str | Path, *, resume: bool = False, fast_path: bool = False,
-          cache_dir: str | Path | None = None) -> Any:
+def train(data: str | Path, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, fast_path: bool = False,
+          cache_dir: str | Path | None = None) -> FitResult:
     """``training.fit`` on images, or on cached backbone features when ``fast_path`` is set and
     the config freezes the backbone (``cache_dir`` defaults to ``OUT_DIR/../feature_cache``).
     Returns the ``FitResult``."""
@@ -38,7 +42,7 @@ def train(data: str | Path, cfg: Any, out_dir: str | Path, *, resume: bool = Fal
     return fit(data, cfg, out_dir, resume)
 
 
-def calibrate(result: Any, data: str | Path, cfg: Any, *, report_test: bool = False,
+def calibrate(result: FitResult, data: str | Path, cfg: TrainConfig, *, report_test: bool = False,
               target_accuracy: float = 0.95) -> dict[str, Any]:
     """Calibrate ``result.best_checkpoint`` on the run's validation images through the one entry,
     ``evaluation.calibration.calibrate_on_data`` (the training run's own validation samples when
@@ -58,7 +62,7 @@ def calibrate(result: Any, data: str | Path, cfg: Any, *, report_test: bool = Fa
     return cal
 
 
-def _finished(run_dir: Path) -> Any | None:
+def _finished(run_dir: Path) -> FitResult | None:
     """A FitResult for a run folder whose training already finished (train_summary.json), else None."""
     from fetalplanes.training.fit import FitResult
 
@@ -69,9 +73,9 @@ def _finished(run_dir: Path) -> Any | None:
     return FitResult(run_dir, ckpts / "best.ckpt", ckpts / "last.ckpt", json.loads(summary.read_text()))
 
 
-def train_and_calibrate(data: str | Path, cfg: Any, out_dir: str | Path, *, resume: bool = False,
+def train_and_calibrate(data: str | Path, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                         fast_path: bool = False, cache_dir: str | Path | None = None, calibrate_after: bool | None = None,
-                        report_test: bool = False, target_accuracy: float = 0.95, reuse_finished: bool = False) -> Any:
+                        report_test: bool = False, target_accuracy: float = 0.95, reuse_finished: bool = False) -> FitResult:
     """Train (:func:`train`), then calibrate the best checkpoint (:func:`calibrate`).
 
     ``calibrate_after``: None follows the config (``trainer.calibrate``, on by default).

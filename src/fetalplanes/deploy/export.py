@@ -50,6 +50,7 @@ from fetalplanes.runtime.session import load_session
 
 if TYPE_CHECKING:  # torch / onnx are imported lazily: the CLI must start without them
     import onnx
+    import onnxruntime
     import torch
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def _torch_outputs(model: "torch.nn.Module", x: np.ndarray) -> list[np.ndarray]:
     return [t.float().numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
-def _ort_outputs(sess: Any, x: np.ndarray) -> list[np.ndarray]:
+def _ort_outputs(sess: onnxruntime.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
     names = [o.name for o in sess.get_outputs() if o.name in (OUTPUT_NAME, FEATURES_NAME)]
     return sess.run(names, {INPUT_NAME: x})
 

@@ -30,7 +30,7 @@ import io
 import logging
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -42,6 +42,11 @@ from fetalplanes.data.splits import choose_split
 from fetalplanes.evaluation.ood import fit_ood_checkpoint
 from fetalplanes.evaluation.predict import open_model, sample_logits
 from fetalplanes.runtime.artifact import detect_kind, read_spec, update_spec
+
+if TYPE_CHECKING:
+    from fetalplanes.core.spec import ModelSpec
+    from fetalplanes.data.records import DatasetIndex, Sample
+    from fetalplanes.runtime.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -263,12 +268,12 @@ def reliability_png(logits: np.ndarray, labels: np.ndarray, temperature: float, 
     return buf.getvalue()
 
 
-def _logits_and_labels(predictor: Any, samples: Sequence[Any], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _logits_and_labels(predictor: Predictor, samples: Sequence[Sample], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     return sample_logits(predictor, samples, batch_size), np.array([s.label for s in samples], dtype=int)
 
 
-def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out_dir: str | Path,
-                         test_samples: Sequence[Any] | None = None, target_accuracy: float = 0.95,
+def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Sample], out_dir: str | Path,
+                         test_samples: Sequence[Sample] | None = None, target_accuracy: float = 0.95,
                          coverage: float | None = None, min_coverage: float = 0.5, write: bool = True,
                          batch_size: int = 64) -> dict[str, Any]:
     """Fit T and the abstain threshold on ``val_samples``; write ``calibration.json`` and
@@ -295,7 +300,7 @@ def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out
     return result
 
 
-def _fit_ood(checkpoint: str | Path, index: Any, spec: Any, val: Sequence[Any], out: Path, write: bool) -> dict[str, Any]:
+def _fit_ood(checkpoint: str | Path, index: DatasetIndex, spec: ModelSpec, val: Sequence[Sample], out: Path, write: bool) -> dict[str, Any]:
     """The OOD gate refitted with the calibration (``evaluation.ood``): statistics on the run's
     training split, threshold on ``val``. Only a checkpoint can be refitted (an ONNX file keeps the
     gate it was exported with); a split that cannot be taken leaves the gate as it is, and says why."""
@@ -309,7 +314,7 @@ def _fit_ood(checkpoint: str | Path, index: Any, spec: Any, val: Sequence[Any], 
     return {"refitted": True, **fit_ood_checkpoint(checkpoint, train, val, out, write=write)}
 
 
-def _test_split(index: Any, spec: Any, val: Sequence[Any]) -> tuple[list[Any] | None, dict[str, Any]]:
+def _test_split(index: DatasetIndex, spec: ModelSpec, val: Sequence[Sample]) -> tuple[list[Sample] | None, dict[str, Any]]:
     """(test samples or None, their selection summary) for the calibration report: never a
     validation image; refused (``DataError``: e.g. only images the model saw) -> None and why."""
     try:
@@ -325,7 +330,7 @@ def _test_split(index: Any, spec: Any, val: Sequence[Any]) -> tuple[list[Any] | 
 
 
 def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None, *,
-                      val_samples: Sequence[Any] | None = None, report_test: bool = True, write: bool = True,
+                      val_samples: Sequence[Sample] | None = None, report_test: bool = True, write: bool = True,
                       **kwargs: Any) -> dict[str, Any]:
     """Calibrate on validation: the one entry (``fetalplanes calibrate`` and the train pipeline,
     ``workflow.calibrate``). Fits T and the abstain threshold on the run's validation images,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from fetalplanes.core.errors import DataError
 from fetalplanes.core.io import expand_inputs, load_image
 from fetalplanes.core.preprocess import preprocess_batch
 from fetalplanes.runtime.artifact import read_spec, write_ood
+
+if TYPE_CHECKING:
+    from fetalplanes.runtime.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ def fit_ood_checkpoint(checkpoint: str | Path, train_samples: Sequence[Any], val
     return summary
 
 
-def _scored(predictor: Any, inputs: Sequence[Any], batch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _scored(predictor: Predictor, inputs: Sequence[Any], batch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(gate scores, withheld flags (OOD or abstain), inputs refused before the network) of every
     answered still or frame of ``inputs``."""
     results = predictor.predict(list(inputs), batch_size=batch_size)
@@ -84,7 +87,7 @@ def _scored(predictor: Any, inputs: Sequence[Any], batch_size: int) -> tuple[np.
     return scores, withheld, refused
 
 
-def ood_report(predictor: Any, id_paths: Sequence[Any], ood_data: Sequence[str | Path], n_boot: int = 1000,
+def ood_report(predictor: Predictor, id_paths: Sequence[Any], ood_data: Sequence[str | Path], n_boot: int = 1000,
                batch_size: int = 32) -> dict[str, Any]:
     """The gate measured on in-distribution images against folders of out-of-distribution ones
     (``evaluate --ood-data``): per OOD folder AUROC, FPR@95 and the rejection rates at the shipped

@@ -43,10 +43,10 @@ from fetalplanes.core.errors import UsageError
 from fetalplanes.data.splits import LEAKY_SCHEMES, SCHEMES
 from fetalplanes.evaluation.model_card import write_model_card
 from fetalplanes.models import cost
-from fetalplanes.models.registry import build_model
+from fetalplanes.models.registry import ModelConfig, build_model
 from fetalplanes.reproduce.table import write_tables
 from fetalplanes.reproduce.variants import Variant
-from fetalplanes.training.config import load_config
+from fetalplanes.training.config import TrainConfig, load_config
 from fetalplanes.workflow import train_and_calibrate
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def run_config(s: ReproduceSettings, variant: Variant, key: RunKey, pretrained: 
     return cfg.model_copy(update={"name": f"{variant.name}-{key.task}-{key.split}-seed{key.seed}"})
 
 
-def measure_costs(model_cfg: Any, num_classes: int, image_size: int, runs: int = 7, threads: int = 1) -> dict[str, Any]:
+def measure_costs(model_cfg: ModelConfig, num_classes: int, image_size: int, runs: int = 7, threads: int = 1) -> dict[str, Any]:
     """Parameters, GFLOPs and the median CPU latency of one image (batch 1, eager, inference
     mode, after 2 warm-up runs), measured by ``models.cost`` on the untrained architecture.
 
@@ -165,7 +165,7 @@ def measure_costs(model_cfg: Any, num_classes: int, image_size: int, runs: int =
             "threads": threads}
 
 
-def costs_for(s: ReproduceSettings, variant: Variant, cfg: Any, num_classes: int) -> dict[str, Any]:
+def costs_for(s: ReproduceSettings, variant: Variant, cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     path = s.out / "costs" / f"{variant.name}-{cfg.data.image_size}px-{num_classes}c.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -174,7 +174,7 @@ def costs_for(s: ReproduceSettings, variant: Variant, cfg: Any, num_classes: int
     return costs
 
 
-def _train(s: ReproduceSettings, variant: Variant, cfg: Any, run_dir: Path) -> dict[str, Any]:
+def _train(s: ReproduceSettings, variant: Variant, cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Train (unless finished) and calibrate one run; its train_summary.json record."""
     resume = (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "train_summary.json").is_file()
     if resume:

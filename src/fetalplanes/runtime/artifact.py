@@ -21,7 +21,7 @@ from typing import Any
 
 from fetalplanes.core.atomic import write_bytes
 from fetalplanes.core.errors import ModelFileError, ModelFileNotFound
-from fetalplanes.core.ood import OODStatsError, decode_stats
+from fetalplanes.core.ood import OODStats, OODStatsError, decode_stats
 from fetalplanes.core.spec import ModelSpec, SpecError
 from fetalplanes.runtime.session import load_session, session_options
 
@@ -124,7 +124,7 @@ def update_spec(path: str | os.PathLike[str], **changes: Any) -> ModelSpec:
     return spec
 
 
-def ood_stats(spec: ModelSpec, blob: str | None, source: str = "model") -> Any:
+def ood_stats(spec: ModelSpec, blob: str | None, source: str = "model") -> OODStats | None:
     """The ``core.ood.OODStats`` of a model file, or None when its spec has no OOD gate.
 
     Raises ``ModelFileError`` when the spec names a gate but the statistics are missing, do not
