@@ -40,9 +40,9 @@ def load_model(checkpoint: str | None, image_size: int):
     from fetalplanes.models import create_model, default_preprocessing
 
     if checkpoint:
-        from fetalplanes.models.checkpoint import load_checkpoint
+        from fetalplanes.models.checkpoint import load_model
 
-        return load_checkpoint(checkpoint)
+        return load_model(checkpoint)
     model = create_model("paper_lite0", len(PLANES), pretrained=False).eval()
     spec = ModelSpec(name="paper_lite0 (untrained)", task="planes", class_names=tuple(PLANES),
                      architecture=dict(model.config), preprocessing=default_preprocessing(model, image_size))

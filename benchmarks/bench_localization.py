@@ -60,9 +60,9 @@ def main() -> None:
     from fetalplanes.explain import localization as loc
     from fetalplanes.explain import priors
     from fetalplanes.explain.pipeline import gather_inputs, mask_for
-    from fetalplanes.models.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_model
 
-    model, spec = load_checkpoint(args.checkpoint)
+    model, spec = load_model(args.checkpoint)
     ins = gather_inputs(spec, args.inputs, args.data, args.split, args.masks)
     pairs = [(s, m) for s in ins.samples if (m := mask_for(s, ins)) is not None][: args.limit]
     if not pairs:

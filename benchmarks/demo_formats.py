@@ -54,7 +54,7 @@ def write_stamped(args: argparse.Namespace, rows: list[dict]) -> None:
     gate = int8_gate(json.loads((args.out / "export.json").read_text()))
     command = "python benchmarks/demo_formats.py " + " ".join(sys.argv[1:])
     result = {"command": command, "synthetic": True, "max_drop": args.max_drop, "rows": rows, "int8_gate": gate}
-    from fetalplanes.runtime.session import available_cores
+    from fetalplanes.runtime.threads import available_cores
 
     # `evaluate --model x.onnx` runs ORT with its default: one intra-op thread per available core.
     write_json(args.json, stamp(result, ["benchmarks/demo_formats.py"], ort_threads=available_cores()))

@@ -18,14 +18,14 @@ def main() -> None:
     from _provenance import stamp
 
     from fetalplanes.core.atomic import write_json
-    from fetalplanes.models import create_model, list_models
+    from fetalplanes.models import create_model, list_presets
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="params.json")
     ap.add_argument("--num-classes", type=int, default=6)
     args = ap.parse_args()
     rows = []
-    for name in list_models():
+    for name in list_presets():
         full = create_model(name, args.num_classes, pretrained=False).param_counts()
         frozen = create_model(name, args.num_classes, pretrained=False, finetune="frozen").param_counts()
         rows.append({"preset": name, "total": full["total"], "trainable_full": full["trainable"],

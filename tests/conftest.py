@@ -77,9 +77,9 @@ def onnx_model(tiny_checkpoint: Path, synth_data: Path, tmp_path_factory: pytest
     export = pytest.importorskip("fetalplanes.deploy.export")
     pytest.importorskip("fetalplanes.runtime")
     from fetalplanes.core.io import load_image
-    from fetalplanes.models.checkpoint import load_checkpoint, ood_blob, read_checkpoint
+    from fetalplanes.models.checkpoint import load_model, ood_blob, read_checkpoint
 
-    model, spec = load_checkpoint(tiny_checkpoint)
+    model, spec = load_model(tiny_checkpoint)
     # Two phantoms are enough for the parity check here; the export tests cover it in depth.
     images = [load_image(p) for p in sorted((synth_data / "Images").glob("*.png"))[:2]]
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"

@@ -12,6 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from fetalplanes.core import atomic
+from fetalplanes.data.synth import synthesize
+from fetalplanes.deploy.profile import _cpuinfo
+from fetalplanes.explain.pipeline import explain
+from fetalplanes.explain.priors import lines
+from fetalplanes.explain.selection import check_shipped
+from fetalplanes.runtime.threads import available_cores
+from fetalplanes.training.config import load_config
+from fetalplanes.workflow import train_and_calibrate
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +33,7 @@ def run_demo(out_dir: str | Path, per_class: int = 50, seed: int = 0, max_epochs
     varying it alone measures the spread of training on one fixed test set
     (``benchmarks/demo_seeds.py``).
     """
-    from fetalplanes.data.synth import synthesize
     from fetalplanes.evaluation.report import evaluate
-    from fetalplanes.training.config import load_config
-    from fetalplanes.workflow import train_and_calibrate
 
     out = Path(out_dir)
     data = out / "data"
@@ -72,9 +77,6 @@ def machine_fields() -> dict[str, Any]:
     """The CPU model, the cores this process may use and torch's intra-op thread count."""
     import torch
 
-    from fetalplanes.deploy.profile import _cpuinfo
-    from fetalplanes.runtime.threads import available_cores
-
     return {"cpu": _cpuinfo()[0], "cores": available_cores(), "torch_threads": torch.get_num_threads(),
             "torch_interop_threads": torch.get_num_interop_threads(), "torch": torch.__version__}
 
@@ -85,10 +87,6 @@ def explanation_fields(checkpoint: str | Path, data: str | Path, out: str | Path
     intervals, plain verdict), the randomization sanity checks, and ``explain_default_check``:
     whether the shipped default passes its own sanity check (with the selection rule's margin),
     said plainly (``explain.selection.check_shipped``)."""
-    from fetalplanes.explain.pipeline import explain
-    from fetalplanes.explain.priors import lines
-    from fetalplanes.explain.selection import check_shipped
-
     res = explain(checkpoint, out, data=data, split="test", sanity=True)
     cmp, sanity = (res["localization"] or {}).get("priors") or {}, res["sanity"] or {}
     fields: dict[str, Any] = {"explain_report": str(Path(out) / "index.html"),

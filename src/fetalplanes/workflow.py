@@ -6,9 +6,10 @@ step after training, so ``training`` never imports ``evaluation``. This module s
 the CLI, the demo and ``reproduce`` import it; nothing in the library below imports it.
 
 After :func:`train_and_calibrate` the run folder holds what ``fit`` writes plus
-``calibration.json``, ``reliability.png`` and ``ood.json``; the temperature, the abstain threshold
-and the out-of-distribution gate (statistics of the training split's penultimate features,
-threshold at 95 % validation acceptance) are stored in ``checkpoints/best.ckpt`` and in
+``calibration.json``, ``reliability.png`` and ``ood.json`` (written by the one calibration entry,
+``evaluation.calibration.calibrate_on_data``); the temperature, the abstain threshold and the
+out-of-distribution gate (statistics of the training split's penultimate features, threshold at
+95 % validation acceptance) are stored in ``checkpoints/best.ckpt`` and in
 ``train_summary.json``'s ``calibration`` and ``ood`` blocks.
 """
 
@@ -17,15 +18,20 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fetalplanes.core import atomic
+from fetalplanes.evaluation.calibration import calibrate_on_data
+
+if TYPE_CHECKING:
+    from fetalplanes.training.config import TrainConfig
+    from fetalplanes.training.fit import FitResult
 
 log = logging.getLogger(__name__)
 
 
-def train(data: str | Path, cfg: Any, out_dir: str | Path, *, resume: bool = False, fast_path: bool = False,
-          cache_dir: str | Path | None = None) -> Any:
+def train(data: str | Path, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, fast_path: bool = False,
+          cache_dir: str | Path | None = None) -> FitResult:
     """``training.fit`` on images, or on cached backbone features when ``fast_path`` is set and
     the config freezes the backbone (``cache_dir`` defaults to ``OUT_DIR/../feature_cache``).
     Returns the ``FitResult``."""
@@ -36,46 +42,27 @@ def train(data: str | Path, cfg: Any, out_dir: str | Path, *, resume: bool = Fal
     return fit(data, cfg, out_dir, resume)
 
 
-def _split(data: str | Path, checkpoint: Path, name: str) -> list[Any]:
-    """The samples of split ``name`` of the run that wrote ``checkpoint``, re-derived from ``data``."""
-    from fetalplanes.data.sources import load_source
-    from fetalplanes.data.splits import select_split
-    from fetalplanes.models.checkpoint import read_checkpoint, spec_of
-
-    spec = spec_of(read_checkpoint(checkpoint), str(checkpoint))
-    return select_split(load_source(data, spec.task, spec.class_names), spec, name)
-
-
-def calibrate(result: Any, data: str | Path, cfg: Any, *, report_test: bool = False,
+def calibrate(result: FitResult, data: str | Path, cfg: TrainConfig, *, report_test: bool = False,
               target_accuracy: float = 0.95) -> dict[str, Any]:
-    """Calibrate ``result.best_checkpoint`` on the run's validation images.
+    """Calibrate ``result.best_checkpoint`` on the run's validation images through the one entry,
+    ``evaluation.calibration.calibrate_on_data`` (the training run's own validation samples when
+    it holds them, else the split re-derived from ``data``).
 
-    Writes T and the abstain threshold into the checkpoint, ``calibration.json`` and
-    ``reliability.png`` into the run folder, and the record into ``train_summary.json``.
-    ``report_test`` adds the test split's ECE before/after (T is still fit on validation only).
+    Writes T, the abstain threshold and the OOD gate into the checkpoint, ``calibration.json``,
+    ``reliability.png`` and ``ood.json`` into the run folder, and the ``calibration`` and ``ood``
+    records into ``train_summary.json``. ``report_test`` adds the test split's ECE before/after
+    (T is still fit on validation only). ``cfg`` is the run's config (kept for the pipeline's
+    signature; calibration needs nothing from it).
     """
-    from fetalplanes.evaluation.calibration import calibrate_checkpoint
-
-    best = Path(result.best_checkpoint)
-    val = result.val_samples or _split(data, best, "val")
-    test = _split(data, best, "test") if report_test else None
-    cal = calibrate_checkpoint(best, val, result.run_dir, test, target_accuracy=target_accuracy,
-                               num_workers=cfg.data.num_workers)
-    result.summary["calibration"] = cal
-    result.summary["ood"] = fit_ood(best, data, val, result.run_dir)
+    cal = calibrate_on_data(result.best_checkpoint, data, result.run_dir, val_samples=result.val_samples,
+                            report_test=report_test, target_accuracy=target_accuracy)
+    result.summary["calibration"] = {k: v for k, v in cal.items() if k != "ood"}
+    result.summary["ood"] = cal["ood"]
     atomic.write_json(Path(result.run_dir) / "train_summary.json", result.summary)
     return cal
 
 
-def fit_ood(checkpoint: Path, data: str | Path, val: list[Any], run_dir: str | Path) -> dict[str, Any]:
-    """The out-of-distribution gate (``evaluation.ood``): statistics on the run's training split,
-    threshold on its validation split; stored in the checkpoint beside T and the abstain threshold."""
-    from fetalplanes.evaluation.ood import fit_ood_checkpoint
-
-    return fit_ood_checkpoint(checkpoint, _split(data, checkpoint, "train"), val, run_dir)
-
-
-def _finished(run_dir: Path) -> Any | None:
+def _finished(run_dir: Path) -> FitResult | None:
     """A FitResult for a run folder whose training already finished (train_summary.json), else None."""
     from fetalplanes.training.fit import FitResult
 
@@ -86,9 +73,9 @@ def _finished(run_dir: Path) -> Any | None:
     return FitResult(run_dir, ckpts / "best.ckpt", ckpts / "last.ckpt", json.loads(summary.read_text()))
 
 
-def train_and_calibrate(data: str | Path, cfg: Any, out_dir: str | Path, *, resume: bool = False,
+def train_and_calibrate(data: str | Path, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                         fast_path: bool = False, cache_dir: str | Path | None = None, calibrate_after: bool | None = None,
-                        report_test: bool = False, target_accuracy: float = 0.95, reuse_finished: bool = False) -> Any:
+                        report_test: bool = False, target_accuracy: float = 0.95, reuse_finished: bool = False) -> FitResult:
     """Train (:func:`train`), then calibrate the best checkpoint (:func:`calibrate`).
 
     ``calibrate_after``: None follows the config (``trainer.calibrate``, on by default).

@@ -62,15 +62,15 @@ def test_abstain_threshold_reaches_target_and_respects_coverage() -> None:
 def test_calibrate_checkpoint_stores_t_and_threshold(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
     from fetalplanes.data.sources import load_source
     from fetalplanes.data.splits import select_split
-    from fetalplanes.models.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_model
 
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(tiny_checkpoint, ckpt)
-    _, spec = load_checkpoint(ckpt)
+    _, spec = load_model(ckpt)
     index = load_source(synth_data, spec.task)
     val, test = select_split(index, spec, "val"), select_split(index, spec, "test")
     r = cal.calibrate_checkpoint(ckpt, val, tmp_path / "cal", test, coverage=0.8)
-    _, spec2 = load_checkpoint(ckpt)
+    _, spec2 = load_model(ckpt)
     assert spec2.temperature == pytest.approx(r["temperature"])
     assert spec2.abstain_threshold == pytest.approx(r["abstain_threshold"])
     saved = json.loads((tmp_path / "cal" / "calibration.json").read_text())
@@ -87,7 +87,12 @@ def test_train_pipeline_calibrates_best_checkpoint(tiny_checkpoint: Path) -> Non
     saved = json.loads((run / "calibration.json").read_text())
     spec = read_checkpoint(tiny_checkpoint)["fetalplanes"]["spec"]
     assert spec["temperature"] == pytest.approx(saved["temperature"])
-    assert json.loads((run / "train_summary.json").read_text())["calibration"]["temperature"] == saved["temperature"]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["calibration"]["temperature"] == saved["temperature"]
+    # one calibration entry (calibrate_on_data) for the pipeline and `fetalplanes calibrate`: the
+    # run's file records which images (the training run's own validation split) and the OOD refit
+    assert saved["selection"]["val"] == {"split": "val", "rule": "training run", "n": saved["val"]["n"]}
+    assert saved["ood"]["refitted"] and summary["ood"] == saved["ood"] and "ood" not in summary["calibration"]
 
 
 def test_calibrate_cli_dry_run_keeps_checkpoint(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:

@@ -52,10 +52,10 @@ def test_card_written_next_to_checkpoint(evaluated: tuple[Path, dict]) -> None:
 
 
 def test_leaky_split_is_flagged(evaluated: tuple[Path, dict]) -> None:
-    from fetalplanes.models.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_model
 
     ckpt, metrics = evaluated
-    _, spec = load_checkpoint(ckpt)
+    _, spec = load_model(ckpt)
     training = {**spec.training, "splits": {**spec.training["splits"], "scheme": "image-8020", "leaky": True}}
     text = render_card(spec.replace(training=training), metrics)
     assert "LEAKY split (image-8020)" in text
@@ -70,10 +70,10 @@ def test_card_rejects_metrics_without_fields(evaluated: tuple[Path, dict], tmp_p
 
 def test_card_names_the_attention_options(evaluated: tuple[Path, dict]) -> None:
     """Two CBAM models with different spatial gates (the 1.3 BatchNorm or not) must not read alike."""
-    from fetalplanes.models.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_model
 
     ckpt, metrics = evaluated
-    _, spec = load_checkpoint(ckpt)
+    _, spec = load_model(ckpt)
     assert "`cbam` attention (spatial_padding `replicate`, spatial_norm `batch`)" in render_card(spec, metrics)
     old = spec.replace(architecture={**spec.architecture, "attention_kwargs": {"spatial_padding": "zeros",
                                                                                "spatial_norm": "none"}})

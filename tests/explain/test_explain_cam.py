@@ -16,7 +16,7 @@ from PIL import Image
 from fetalplanes.core.classes import PLANES
 from fetalplanes.core.spec import ModelSpec, Preprocessing
 from fetalplanes.explain import METHODS, CamResult, compute_cam
-from fetalplanes.models import create_model, list_models
+from fetalplanes.models import create_model, list_presets
 from fetalplanes.models.attention import ATTENTIONS
 
 SIZE = 64
@@ -54,7 +54,7 @@ def check(result: CamResult, image: Image.Image, spec: ModelSpec) -> None:
     assert result.confidence == pytest.approx(float(result.probs.max()))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_presets())
 def test_every_registry_preset_gives_a_cam_at_the_original_size(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, len(PLANES), pretrained=False).eval()
@@ -237,7 +237,7 @@ def test_bad_layer_names_are_explained(lite0) -> None:
 
 
 def test_config_method_names_match_the_library_table() -> None:
-    from fetalplanes.explain.settings import CAM_METHOD_NAMES
+    from fetalplanes.core.cam_methods import CAM_METHOD_NAMES
 
     assert set(CAM_METHOD_NAMES) == set(METHODS)
 

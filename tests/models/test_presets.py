@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fetalplanes.models import create_model, list_models
+from fetalplanes.models import create_model
 from fetalplanes.models.presets import (
     UnknownPresetError,
     list_presets,
@@ -31,7 +31,7 @@ HEAVY = {"densenet169"}  # > 10 s for one step on 2 shared CPU cores
 
 def test_table_holds_every_preset_and_nothing_else():
     assert REQUIRED <= set(PRESETS)
-    assert list_models() == PRESETS
+    assert list_presets() == PRESETS
     assert all(preset_path(n).parent == preset_dir() for n in PRESETS)
     # sub-folders (the reproduce variant table) are not presets
     assert "paper_table" not in PRESETS and (preset_dir() / "variants" / "paper_table.yaml").is_file()
@@ -79,7 +79,7 @@ def test_preset_reader_is_torch_free():
 
 
 def _one_step(name: str, data: Path, out: Path) -> None:
-    from fetalplanes.models.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_model
     from fetalplanes.training.fit import fit
 
     overrides = {"model.pretrained": "none", "data.image_size": 32, "data.num_workers": 0, "data.augment": 0.0,
@@ -88,7 +88,7 @@ def _one_step(name: str, data: Path, out: Path) -> None:
     result = fit(data, load_config(name, overrides), out)
     last = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
     assert last["global_step"] == 1  # exactly one optimizer step ran
-    model, spec = load_checkpoint(result.best_checkpoint)
+    model, spec = load_model(result.best_checkpoint)
     assert spec.architecture["backbone"] == preset_model(name)["backbone"]
     assert result.summary["params"]["total"] == create_model(name, spec.num_classes).param_counts()["total"]
     with torch.no_grad():

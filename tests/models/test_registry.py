@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fetalplanes.models import create_model, default_preprocessing, list_models, load_preset
+from fetalplanes.models import create_model, default_preprocessing, list_presets, load_preset
 from fetalplanes.models.attention import ATTENTIONS
 
 SMALL = 64
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_presets())
 def test_every_preset_builds_and_answers_the_interface(name):
     model = create_model(name, 6, pretrained=False).eval()
     x = torch.randn(2, 3, SMALL, SMALL)
@@ -115,7 +115,7 @@ def test_errors_list_valid_options(kwargs, match):
 
 
 def test_presets_are_config_rows():
-    assert {"paper_b0", "paper_v2b0", "paper_lite0", "baseline_b0_linear", "densenet169", "mobilenetv3"} <= set(list_models())
+    assert {"paper_b0", "paper_v2b0", "paper_lite0", "baseline_b0_linear", "densenet169", "mobilenetv3"} <= set(list_presets())
     assert load_preset("paper_v2b0")["model"]["backbone"] == "tf_efficientnetv2_b0"
     # the preset's model section is what create_model builds; overrides still win
     config = create_model("mobilenetv3", 6, attention="se").config

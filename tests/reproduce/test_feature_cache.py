@@ -71,10 +71,10 @@ def test_frozen_run_checkpoint_loads_and_matches_cached_head(frozen_run, synth_d
     from fetalplanes.evaluation.predict import sample_logits
     from fetalplanes.models.torch_backend import TorchPredictor
     from fetalplanes.models.weights import LITE0_BACKBONE, lite0_state_dict, map_lite0_keys
-    from fetalplanes.models.checkpoint import load_checkpoint, read_checkpoint
+    from fetalplanes.models.checkpoint import load_model, read_checkpoint
 
     result, out = frozen_run
-    model, spec = load_checkpoint(result.best_checkpoint)
+    model, spec = load_model(result.best_checkpoint)
     assert spec.architecture["finetune"] == "frozen"
     import timm
 

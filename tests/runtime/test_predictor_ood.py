@@ -63,9 +63,9 @@ def test_checkpoint_and_onnx_give_the_same_ood_verdicts(tiny_checkpoint: Path, o
 def test_a_model_without_statistics_answers_and_says_it_has_no_gate(tiny_checkpoint: Path, synth_data: Path,
                                                                     tmp_path: Path) -> None:
     export = pytest.importorskip("fetalplanes.deploy.export")
-    from fetalplanes.models.checkpoint import load_checkpoint
+    from fetalplanes.models.checkpoint import load_model
 
-    model, spec = load_checkpoint(tiny_checkpoint)
+    model, spec = load_model(tiny_checkpoint)
     out = tmp_path / "nogate.onnx"
     export.export_onnx(model, spec, out)  # no statistics given: exported without the gate
     p = load_predictor(out)

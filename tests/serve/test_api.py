@@ -185,9 +185,9 @@ def test_explain_checkpoint_gives_overlay_of_upload_size(client, backend, phanto
     response = post_one(client, "a.png", phantom.read_bytes(), "?explain=true")
     assert response.status_code == 200, response.text
     explanation = response.json()["explanation"]
-    from fetalplanes.explain.settings import cam_settings
+    from fetalplanes.core.cam_methods import HeatMapSettings
 
-    assert explanation["available"] and explanation["method"] == cam_settings(backend.spec).method
+    assert explanation["available"] and explanation["method"] == HeatMapSettings.from_spec(backend.spec).method
     overlay = Image.open(BytesIO(base64.b64decode(explanation["overlay_png_base64"])))
     assert overlay.format == "PNG" and overlay.size == Image.open(phantom).size
 

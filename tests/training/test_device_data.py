@@ -14,7 +14,8 @@ import yaml
 from fetalplanes.core.preprocess import normalize
 from fetalplanes.core.spec import Preprocessing
 from fetalplanes.training.config import load_config
-from fetalplanes.training.device_data import N_PARAMS, augment_batch, augment_params, normalize_batch
+from fetalplanes.data.augment import N_PARAMS, augment_params
+from fetalplanes.training.device_data import augment_batch, normalize_batch
 
 IDENTITY = [0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0]  # angle, tx, ty, scale, flip, brightness, contrast, sigma
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fetalplanes.core.classes import PLANES
-from fetalplanes.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, update_spec
+from fetalplanes.models.checkpoint import CheckpointError, load_model, read_checkpoint, update_spec
 
 CLI = [sys.executable, "-m", "fetalplanes.cli"]
 FAST = ["--config", "demo", "--image-size", "64", "--batch-size", "16", "--workers", "0", "--no-progress"]
@@ -36,7 +36,7 @@ def test_checkpoint_is_self_describing(tiny_checkpoint: Path):
     assert record["spec"]["preprocessing"]["image_size"] == 64
     assert record["config"]["model"]["backbone"] == "tf_efficientnet_lite0"
     assert {"torch", "timm", "lightning", "fetalplanes"} <= set(record["versions"])
-    model, spec = load_checkpoint(tiny_checkpoint)
+    model, spec = load_model(tiny_checkpoint)
     assert spec.training["splits"]["scheme"] == "official"
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 6)
@@ -46,7 +46,7 @@ def test_update_spec_rewrites_atomically(tiny_checkpoint: Path, tmp_path: Path):
     copy = tmp_path / "c.ckpt"
     copy.write_bytes(tiny_checkpoint.read_bytes())
     spec = update_spec(copy, temperature=1.5, abstain_threshold=0.4)
-    assert load_checkpoint(copy)[1].temperature == 1.5 == spec.temperature
+    assert load_model(copy)[1].temperature == 1.5 == spec.temperature
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -54,10 +54,10 @@ def test_bad_checkpoint_errors_name_the_file(tmp_path: Path):
     bad = tmp_path / "junk.ckpt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.ckpt"):
-        load_checkpoint(bad)
+        load_model(bad)
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="not a fetalplanes checkpoint"):
-        load_checkpoint(tmp_path / "other.ckpt")
+        load_model(tmp_path / "other.ckpt")
 
 
 @pytest.mark.slow

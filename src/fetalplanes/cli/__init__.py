@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import sys
 
 from typing import Optional
 
@@ -40,8 +41,6 @@ def _setup(
         None, "--threads", help="Intra-op threads for torch and ONNX Runtime (default: $FETALPLANES_THREADS, "
         "$OMP_NUM_THREADS, else one per usable core). FETALPLANES_WAIT=spin lets idle workers spin."),
 ) -> None:
-    import sys
-
     from rich.console import Console
     from rich.logging import RichHandler
 

@@ -8,6 +8,7 @@ dressed as bad input.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -49,8 +50,6 @@ def run_app(app: typer.Typer) -> None:
 
 def _is_click(exc: BaseException, name: str) -> bool:
     """True when ``exc`` is click's ``name`` exception, from click itself or typer's vendored copy."""
-    import importlib
-
     for module in ("click.exceptions", "typer._click.exceptions"):
         try:
             cls = getattr(importlib.import_module(module), name)

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from fetalplanes.cli.common import console
+from fetalplanes.core.atomic import write_json
 from fetalplanes.core.errors import UsageError
 
 
@@ -47,7 +48,6 @@ def export(
     report: Optional[Path] = typer.Option(None, "--report", help="Write the parity / int8 numbers as JSON here."),
 ) -> None:
     """Export a checkpoint to ONNX, verified against PyTorch before the file is written."""
-    from fetalplanes.core.atomic import write_json
     from fetalplanes.deploy.export import export_checkpoint
 
     if int8 and calibration is None:

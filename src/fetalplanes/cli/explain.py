@@ -112,7 +112,7 @@ def explain(
 
 def _compare(checkpoint: Path, out: Path, inputs: List[Path], data: Optional[Path], split: str, masks: List[Path],
              configs: Optional[str], limit: Optional[int], skip_bad: bool) -> None:
-    from fetalplanes.explain.compare import compare_methods, markdown
+    from fetalplanes.explain.compare import compare_methods, markdown  # numpy, Pillow: not at --help
 
     table = compare_methods(checkpoint, out, inputs, data, split, masks, configs, limit, skip_bad=skip_bad,
                             on_progress=lambda name: console.print(f"comparing: {name}", markup=False))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from fetalplanes.cli.common import console, err_console
 from fetalplanes.core.errors import DataError, UsageError
@@ -156,7 +159,6 @@ def _print_json(results: list[FileResult], spec: ModelSpec, top_k: int) -> None:
 
 def _print_csv(results: list[FileResult], spec: ModelSpec, top_k: int) -> None:
     import csv
-    import sys
 
     writer = csv.writer(sys.stdout, lineterminator="\n")
     tops = [f"{c}{i + 1}" for i in range(top_k) for c in ("top", "p")]
@@ -176,9 +178,6 @@ def _print_csv(results: list[FileResult], spec: ModelSpec, top_k: int) -> None:
 
 
 def _print_table(results: list[FileResult], spec: ModelSpec, top_k: int) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
     gate = "" if spec.has_ood_gate else "; no OOD gate in this model file"
     table = Table(title=f"{spec.name} ({spec.task}{gate})")
     table.add_column("image")

@@ -1,7 +1,8 @@
-"""THE table of heat-map method names, torch-free: CAMs and input attributions.
+"""THE table of heat-map method names, torch-free: CAMs and input attributions; and THE
+schema of a model's heat-map settings (:class:`HeatMapSettings`).
 
 Two families, one table, so that the CLI, a training config (``training.config``), a model's
-stored explain settings (``explain.settings``), the web service and every error message list
+stored explain settings (``spec.explain``), the web service and every error message list
 the same valid options:
 
 - ``cam``: class activation maps of a feature map (pytorch-grad-cam; ``explain.cam``);
@@ -15,7 +16,13 @@ The implementations live in ``explain`` (torch); a test keeps this table equal t
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
 from fetalplanes.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from fetalplanes.core.spec import ModelSpec
 
 CAM = "cam"
 ATTRIBUTION = "attribution"
@@ -47,3 +54,44 @@ def check_method(name: str) -> str:
 def method_family(name: str) -> str:
     """'cam' or 'attribution' for a known method (UsageError listing the valid ones otherwise)."""
     return METHOD_FAMILY[check_method(name)]
+
+
+@dataclass(frozen=True)
+class HeatMapSettings:
+    """Which heat map a model is explained with by default: the ``explain`` section of a training
+    config (``training.config.TrainConfig.explain``, validated by pydantic), stored in every
+    checkpoint and ONNX file as ``spec.explain`` and read back by ``fetalplanes explain`` and
+    the web service (:meth:`from_spec`).
+
+    ``method``: a name of :data:`METHOD_NAMES` (lower-cased; UsageError listing the valid ones
+    otherwise). ``layer``: 'cam_layer' (the model's declared CAM layer), 'stage:N', a dotted
+    module name or 'a,b' (CAMs only). ``aug_smooth``: average over pytorch-grad-cam's test-time
+    augmentations (CAMs only). Pick them on the VALIDATION split: ``fetalplanes explain
+    --compare --split val`` per training seed, then ``explain.selection.select_default``
+    (docs/explain.md).
+    """
+
+    # Read by pydantic when the class is a field of a training config: unknown keys are refused.
+    __pydantic_config__ = {"extra": "forbid"}
+
+    method: str = "gradcam"
+    layer: str = "cam_layer"
+    aug_smooth: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", check_method(self.method))
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec | Any) -> HeatMapSettings:
+        """A model's settings (``spec.explain``); defaults (Grad-CAM at ``cam_layer``) for a file
+        written before the section existed."""
+        # Spec format 1.0 kept the section in the training summary; ModelSpec.from_dict migrates it.
+        section = getattr(spec, "explain", None) or ((getattr(spec, "training", None) or {}).get("explain")) or {}
+        default = cls()
+        return cls(method=str(section.get("method") or default.method),
+                   layer=str(section.get("layer") or default.layer),
+                   aug_smooth=bool(section.get("aug_smooth", default.aug_smooth)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored as ``spec.explain``."""
+        return asdict(self)

@@ -36,6 +36,7 @@ from typing import Any
 
 from PIL import Image
 
+from fetalplanes.core.dicom import DicomFrames
 from fetalplanes.core.errors import ImageLoadError, UsageError
 from fetalplanes.core.formats import DEFAULT_MAX_PIXELS, VIDEO_SUFFIXES, check_size, format_named, sniff_format, sniff_video
 from fetalplanes.core.io import IMAGE_SUFFIXES, PilFrames, Source, _read_source, list_images, load_image
@@ -230,8 +231,6 @@ def is_video_file(path: str | os.PathLike[str]) -> bool:
 
 # ------------------------------------------------------------------------------ DICOM and pages
 def _dicom(data: bytes, label: str, fps: float | None, max_pixels: int, budget: PixelBudget | None = None) -> FrameReader:
-    from fetalplanes.core.dicom import DicomFrames
-
     frames = DicomFrames(data, label, max_pixels, budget)
     rate, source, problems = (fps, "user", []) if fps else dicom_frame_rate(frames.ds, label)
     info = {"kind": "dicom", "fps": rate, "fps_source": source, "frames_declared": frames.declared}

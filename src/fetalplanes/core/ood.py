@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fetalplanes.core.errors import DataError, UsageError
+from fetalplanes.core.postprocess import softmax
 
 SCORES = ("msp", "energy", "mahalanobis", "knn", "combined")
 FEATURE_SCORES = ("mahalanobis", "knn", "combined")
@@ -215,8 +216,6 @@ def knn_score(features: np.ndarray, bank: np.ndarray, k: int = DEFAULT_KNN_K) ->
 
 def msp_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """(N,) 1 - max softmax(logits / T)."""
-    from fetalplanes.core.postprocess import softmax
-
     return 1.0 - softmax(logits, temperature).max(axis=1)
 
 

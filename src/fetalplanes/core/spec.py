@@ -85,7 +85,7 @@ class ModelSpec:
     version: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    # Default heat map (method, layer, aug_smooth): ``fetalplanes.explain.settings``.
+    # Default heat map (method, layer, aug_smooth): ``core.cam_methods.HeatMapSettings``.
     explain: dict[str, Any] = field(default_factory=dict)
     # The OOD gate (``core.ood.fit_stats`` summary: score, threshold, acceptance, stats_sha256 ...);
     # empty = no gate. The arrays themselves are stored next to the spec (``runtime.artifact``).

@@ -40,12 +40,17 @@ def yaml_problem(err: Exception) -> str:
 def _problem(e: dict[str, Any], model: type) -> str:
     loc = ".".join(str(part) for part in e.get("loc", ())) or "(top level)"
     kind, msg = e.get("type", ""), str(e.get("msg", "")).replace("\n", " ")
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):  # a model's / a dataclass's unknown key
         valid = _fields_at(model, e.get("loc", ())[:-1])
         return f"{loc}: unknown field" + (f"; valid fields are {valid}" if valid else "")
     if kind == "value_error":  # our own validators: the message already says what was given
         return f"{loc}: {msg.removeprefix(_VALUE_ERROR_PREFIX)}"
     return f"{loc}: {msg}, got {_short(e.get('input'))}"
+
+
+def _field_names(model: type) -> list[str]:
+    """A pydantic model's or a dataclass's field names (a config section may be either)."""
+    return list(getattr(model, "model_fields", None) or getattr(model, "__dataclass_fields__", {}))
 
 
 def _fields_at(model: type, path: tuple[Any, ...]) -> list[str]:
@@ -55,7 +60,7 @@ def _fields_at(model: type, path: tuple[Any, ...]) -> list[str]:
         model = getattr(field, "annotation", None)
         if not isinstance(model, type):
             return []
-    return list(getattr(model, "model_fields", {}))
+    return _field_names(model)
 
 
 def _short(value: Any, limit: int = 60) -> str:

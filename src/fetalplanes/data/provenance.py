@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
 from fetalplanes.core.errors import ImageLoadError
 from fetalplanes.core.io import load_image
@@ -114,8 +115,6 @@ def _pixel_hashed(path: str, mtime_ns: int, size: int, inode: int) -> tuple[str,
 
 def near_hash(gray: "Image.Image") -> bytes:
     """The 256-bit difference hash (32 bytes) of an 8-bit grey PIL image."""
-    from PIL import Image
-
     small = np.asarray(gray.resize(NEAR_SIZE, Image.Resampling.BILINEAR), dtype=np.int16)
     return np.packbits(small[:, 1:] > small[:, :-1]).tobytes()
 

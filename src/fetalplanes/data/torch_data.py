@@ -1,8 +1,8 @@
 """Torch datasets and samplers over Samples, with resume-exact randomness.
 
 The sampler yields ``epoch * N + index`` keys so the dataset knows the epoch inside worker
-processes; both the shuffle order and each image's augmentation are seeded from
-``(seed, epoch, index)``. A run resumed from an epoch-end checkpoint therefore sees exactly
+processes; both the shuffle order and each image's augmentation (``data.augment``) are seeded
+from ``(seed, epoch, index)``. A run resumed from an epoch-end checkpoint therefore sees exactly
 the batches and augmentations an unbroken run would have seen.
 """
 
@@ -10,54 +10,37 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from fetalplanes.core.io import load_image
 from fetalplanes.core.preprocess import normalize, resize_gray
 from fetalplanes.core.spec import Preprocessing
+from fetalplanes.data.augment import augment_image, augment_params
 from fetalplanes.data.records import Sample
 
 log = logging.getLogger(__name__)
-
-Augment = Callable[[Image.Image], Image.Image]
-
-
-def default_augment(strength: float = 1.0) -> Augment:
-    """Ultrasound-appropriate augmentation on the model-size grayscale image.
-
-    Small rotations/shifts/zoom (probe angle and depth vary), horizontal flips (left/right
-    orientation is operator-dependent), brightness/contrast (gain, TGC), and mild blur. No
-    vertical flip: depth runs top to bottom in every B-mode image.
-    """
-    from torchvision.transforms import v2
-
-    return v2.Compose(
-        [
-            v2.RandomAffine(degrees=10 * strength, translate=(0.06 * strength,) * 2, scale=(1 - 0.1 * strength, 1 + 0.1 * strength)),
-            v2.RandomHorizontalFlip(0.5),
-            v2.ColorJitter(brightness=0.25 * strength, contrast=0.25 * strength),
-            v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.2),
-        ]
-    )
-
 
 def _seed_for(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 class ImageDataset(Dataset):
-    """Samples -> (float32 tensor (3, S, S), label) through the shared core preprocessing."""
+    """Samples -> (float32 tensor (3, S, S), label) through the shared core preprocessing.
+
+    ``augment``: the strength of the one training augmentation (``data.augment``; None or 0:
+    none). Item ``epoch * N + index`` gets the parameters hashed from (seed, epoch, index),
+    applied to the uint8 image and rounded back to uint8 before normalising.
+    """
 
     def __init__(
         self,
         samples: Sequence[Sample],
         pre: Preprocessing,
-        augment: Augment | None = None,
+        augment: float | None = None,
         seed: int = 0,
         cache: bool = False,
     ) -> None:
@@ -83,10 +66,10 @@ class ImageDataset(Dataset):
         n = len(self.samples)
         epoch, index = divmod(int(key), n)
         gray = self.gray(index)
-        if self.augment is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_seed_for(self.seed, epoch, index))
-                gray = np.asarray(self.augment(Image.fromarray(gray)), dtype=np.uint8)
+        if self.augment:
+            params = augment_params(self.seed, np.array([key]), n, self.augment, gray.shape[-1])[0]
+            x = augment_image(torch.tensor(gray, dtype=torch.float32)[None] / 255.0, params)
+            gray = (x[0] * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
         x = torch.from_numpy(np.ascontiguousarray(normalize(gray, self.pre)))
         return x, self.samples[index].label
 

@@ -26,11 +26,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy
+
 from fetalplanes.core.atomic import write_json, write_text
 from fetalplanes.core.errors import UsageError
+from fetalplanes.data.synth import synthesize
 from fetalplanes.deploy.bench_models import BenchModel, build, model_facts, select_models
+from fetalplanes.deploy.bench_report import to_markdown
 from fetalplanes.deploy.bench_worker import BACKEND_LABELS, BACKENDS, OrtOptions, Timing, measure
+from fetalplanes.deploy.export import export_onnx
 from fetalplanes.deploy.profile import cpu_peak, profile_ort, profile_torch, roofline_share, tune_ort
+from fetalplanes.deploy.quantize import quantize_onnx
 from fetalplanes.runtime.threads import available_cores
 
 log = logging.getLogger(__name__)
@@ -88,8 +94,6 @@ class BenchConfig:
 
 
 def machine_info(threads: int, cpus: tuple[int, ...] | None = None) -> dict[str, Any]:
-    import numpy
-
     info = {"python": platform.python_version(), "platform": platform.platform(), "numpy": numpy.__version__}
     for mod in ("torch", "onnxruntime", "onnx", "timm"):
         try:
@@ -119,16 +123,12 @@ def pinned(cpus: tuple[int, ...] | None, threads: int) -> Iterator[None]:
 # ------------------------------------------------------------------------------ model prep
 def export_model(model, spec, path: Path, exporter: str = "dynamo") -> dict[str, Any]:
     """ONNX export through :mod:`fetalplanes.deploy.export` (the project's one exporter)."""
-    from fetalplanes.deploy.export import export_onnx
-
     info = export_onnx(model, spec, path, exporter=exporter)
     return dict(info) if isinstance(info, dict) else {}
 
 
 def calibration_set(out_dir: Path, per_class: int) -> Path:
     """A tiny synthetic FETAL_PLANES_DB-format set to calibrate int8 on (speed only, not accuracy)."""
-    from fetalplanes.data.synth import synthesize
-
     root = out_dir / "calibration_phantoms"
     if not (root / "FETAL_PLANES_DB_data.csv").exists():
         synthesize(root, per_class=per_class, seed=0, image_size=(320, 256))
@@ -141,8 +141,6 @@ def quantize_model(fp32: Path, out: Path, calib_dir: Path, n_calib: int) -> dict
     Forced past the accuracy gate: presets have random weights, so only speed is meaningful
     here; the gate's numbers are still recorded.
     """
-    from fetalplanes.deploy.quantize import quantize_onnx
-
     return quantize_onnx(fp32, out, calib_dir, force=True, n_calib=n_calib, n_holdout=max(2, n_calib // 2), latency_runs=2)
 
 
@@ -318,8 +316,6 @@ def _extra_size_rows(head: BenchModel, cfg: BenchConfig, model_dir: Path, machin
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run the whole benchmark; writes OUT/bench.json and OUT/bench.md and returns the results."""
-    from fetalplanes.deploy.bench_report import to_markdown
-
     cfg = cfg.resolved()
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     model_dir = cfg.out_dir / "models"

@@ -6,20 +6,22 @@ FETAL_PLANES_DB paper), MobileNetV3-Large and a plain Lite0. Weights do not chan
 so every preset is built with ``pretrained=False`` except the Lite0 rows, whose ImageNet
 weights ship offline (the paper model is then exactly what a user would fine-tune).
 
-Static facts per model: parameters (total / trainable), FLOPs of one image (conv and
-matmul only, 2 FLOPs per multiply-accumulate, counted by ``torch.utils.flop_counter``) and
-the size of the serialized torch weights.
+Static facts per model (measured by ``models.cost``): parameters (total / trainable), FLOPs
+of one image (conv and matmul only, 2 FLOPs per multiply-accumulate, counted by
+``torch.utils.flop_counter``) and the size of the serialized torch weights.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fetalplanes.core.classes import PLANES
 from fetalplanes.core.errors import UsageError
+from fetalplanes.core.spec import ModelSpec
+from fetalplanes.models import cost, create_model, default_preprocessing, list_presets
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +69,13 @@ def select_models(
 
     ``only`` keeps just the named rows (names as in :data:`PEER_NOTES`, or ``checkpoint``).
     """
-    from fetalplanes.models import list_models
-
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"{checkpoint}: checkpoint file not found")
         head = BenchModel("checkpoint", "paper", checkpoint=str(checkpoint), note=f"trained checkpoint {Path(checkpoint).name}")
     else:
-        if preset not in list_models():
-            raise UsageError(f"unknown --preset {preset!r}; choose one of {list_models()}")
+        if preset not in list_presets():
+            raise UsageError(f"unknown --preset {preset!r}; choose one of {list_presets()}")
         head = BenchModel(preset, "paper", preset=preset, note=PEER_NOTES.get(preset, "preset"))
     rows = [head]
     if peers:
@@ -98,14 +98,10 @@ def build(bm: BenchModel, image_size: int | None = None):
     A checkpoint keeps its own spec (its image size unless ``image_size`` overrides it);
     a preset gets the 6-plane spec with the backbone's own normalization.
     """
-    from fetalplanes.core.classes import PLANES
-    from fetalplanes.core.spec import ModelSpec
-    from fetalplanes.models import create_model, default_preprocessing
-
     if bm.checkpoint:
-        from fetalplanes.models.checkpoint import load_checkpoint
+        from fetalplanes.models.checkpoint import load_model
 
-        model, spec = load_checkpoint(bm.checkpoint)
+        model, spec = load_model(bm.checkpoint)
         if image_size and image_size != spec.preprocessing.image_size:
             spec = spec.replace(preprocessing=_resized(spec.preprocessing, image_size))
         return model.eval(), spec
@@ -117,43 +113,15 @@ def build(bm: BenchModel, image_size: int | None = None):
 
 
 def _resized(pre, image_size: int):
-    from dataclasses import replace
-
     return replace(pre, image_size=int(image_size))
 
 
-def count_flops(model, image_size: int) -> int:
-    """FLOPs of one forward pass at batch 1 (conv + matmul; 2 FLOPs per MAC)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, image_size, image_size))
-    return int(counter.get_total_flops())
-
-
-def param_counts(model) -> dict[str, int]:
-    if hasattr(model, "param_counts"):
-        return dict(model.param_counts())
-    params = list(model.parameters())
-    return {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad)}
-
-
-def state_dict_bytes(model) -> int:
-    """Size of the model's weights as ``torch.save`` writes them (what a .pt file holds)."""
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getbuffer().nbytes
-
-
 def model_facts(model, image_size: int) -> dict[str, Any]:
-    """Parameters, FLOPs per image and weight-file size of one model."""
-    flops = count_flops(model, image_size)
+    """Parameters, FLOPs per image and weight-file size of one model (``models.cost``)."""
+    flops = cost.flops_per_image(model, image_size)
     return {
-        "params": param_counts(model),
+        "params": cost.param_counts(model),
         "flops_per_image": flops,
         "gflops_per_image": round(flops / 1e9, 4),
-        "torch_weights_bytes": state_dict_bytes(model),
+        "torch_weights_bytes": cost.weights_bytes(model),
     }

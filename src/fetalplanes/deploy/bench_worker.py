@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fetalplanes.deploy.bench_models import BenchModel, build
+from fetalplanes.runtime.onnx_backend import OnnxPredictor
 from fetalplanes.runtime.session import load_session, session_options
 
 log = logging.getLogger(__name__)
@@ -141,7 +143,6 @@ def _input(batch: int, image_size: int) -> np.ndarray:
 def _torch_cells(job: dict[str, Any], timing: Timing) -> tuple[list[dict[str, Any]], float]:
     import torch
 
-    from fetalplanes.deploy.bench_models import BenchModel, build
     from fetalplanes.models.torch_backend import TorchPredictor
 
     torch.set_num_threads(int(job["threads"]))
@@ -159,8 +160,6 @@ def _torch_cells(job: dict[str, Any], timing: Timing) -> tuple[list[dict[str, An
 
 
 def _ort_cells(job: dict[str, Any], timing: Timing) -> tuple[list[dict[str, Any]], float]:
-    from fetalplanes.runtime.onnx_backend import OnnxPredictor
-
     base = peak_rss_mb()
     predictor = OnnxPredictor(job["onnx_path"], options=ort_options(OrtOptions(**job.get("ort", {}))))
     size = int(job["image_size"])

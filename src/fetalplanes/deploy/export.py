@@ -31,15 +31,26 @@ from PIL import Image
 
 from fetalplanes.core.atomic import atomic_path
 from fetalplanes.core.errors import DataError, UsageError, UserError
+from fetalplanes.core.io import load_image
 from fetalplanes.core.postprocess import top1
 from fetalplanes.core.preprocess import preprocess_batch
 from fetalplanes.core.spec import ModelSpec
-from fetalplanes.runtime.artifact import OOD_KEY, SPEC_KEY, onnx_metadata, set_onnx_metadata, spec_to_metadata
+from fetalplanes.data.sources import load_source
+from fetalplanes.data.synth import PLANE_CODES, render
+from fetalplanes.runtime.artifact import (
+    OOD_KEY,
+    SPEC_KEY,
+    detect_kind,
+    onnx_metadata,
+    set_onnx_metadata,
+    spec_to_metadata,
+)
 from fetalplanes.runtime.onnx_backend import INPUT_NAME, OUTPUT_NAME
 from fetalplanes.runtime.session import load_session
 
 if TYPE_CHECKING:  # torch / onnx are imported lazily: the CLI must start without them
     import onnx
+    import onnxruntime
     import torch
 
 log = logging.getLogger(__name__)
@@ -61,8 +72,6 @@ class ParityError(UserError, ValueError):
 
 def builtin_images(class_names: Sequence[str] | None = None, per_class: int = _BUILTIN_PER_CLASS) -> list[Image.Image]:
     """Synthetic phantom images of every plane (deterministic), used when no data is given."""
-    from fetalplanes.data.synth import PLANE_CODES, render
-
     rng = np.random.default_rng(0)
     planes = [c for c in (class_names or ()) if c in PLANE_CODES] or list(PLANE_CODES)
     images = []
@@ -75,9 +84,6 @@ def builtin_images(class_names: Sequence[str] | None = None, per_class: int = _B
 
 def images_from_dir(data: str | Path, task: str = "planes", limit: int = 12) -> list[Image.Image]:
     """Up to ``limit`` images from a dataset folder, spread over its classes (for parity)."""
-    from fetalplanes.core.io import load_image
-    from fetalplanes.data.sources import load_source
-
     # Labels are irrelevant for parity, so no class list is imposed on the source.
     index = load_source(data, task=task)
     if not index.samples:
@@ -153,11 +159,6 @@ def _to_onnx(model: "torch.nn.Module", image_size: int, opset: int, exporter: st
             return onnx.load(str(path))
 
 
-def ort_session(model: bytes | str | Path, threads: int | None = None) -> Any:
-    """A CPU InferenceSession with full graph optimizations (``runtime.session``)."""
-    return load_session(model, threads)
-
-
 def _torch_outputs(model: "torch.nn.Module", x: np.ndarray) -> list[np.ndarray]:
     import torch
 
@@ -166,7 +167,7 @@ def _torch_outputs(model: "torch.nn.Module", x: np.ndarray) -> list[np.ndarray]:
     return [t.float().numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
-def _ort_outputs(sess: Any, x: np.ndarray) -> list[np.ndarray]:
+def _ort_outputs(sess: onnxruntime.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
     names = [o.name for o in sess.get_outputs() if o.name in (OUTPUT_NAME, FEATURES_NAME)]
     return sess.run(names, {INPUT_NAME: x})
 
@@ -176,7 +177,7 @@ def check_parity(
 ) -> dict[str, Any]:
     """Compare PyTorch and ONNX Runtime logits (and penultimate features, relative to their
     largest magnitude) at batch 1 (each input) and at full batch."""
-    sess = ort_session(onnx_bytes)
+    sess = load_session(onnx_bytes)
     refs = _torch_outputs(model, inputs)
     ref = refs[0]
     per_image = [_ort_outputs(sess, inputs[i : i + 1]) for i in range(len(inputs))]
@@ -286,7 +287,6 @@ def export_checkpoint(
     """Export a training checkpoint; parity is verified on images of ``calibration`` (a
     dataset folder or CSV) when given, else on built-in phantoms."""
     from fetalplanes.models.checkpoint import model_from_checkpoint, ood_blob, read_checkpoint, spec_of
-    from fetalplanes.runtime.artifact import detect_kind
 
     if detect_kind(ckpt_path) == "onnx":
         raise UsageError(f"{ckpt_path}: is already an ONNX model; export takes the training checkpoint (.ckpt)")

@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from fetalplanes.deploy.bench_worker import OrtOptions, Timing, _input, ort_session, time_calls
 from fetalplanes.runtime.threads import available_cores
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,6 @@ def _top(totals: dict[str, dict[str, float]], runs: int, k: int) -> list[dict[st
 
 def profile_ort(onnx_path: str | Path, image_size: int, batch: int = 1, runs: int = 30, top: int = 10, **ort_kwargs: Any) -> dict[str, Any]:
     """Top op types by kernel time for ``runs`` calls of an ORT session (after warm-up)."""
-    from fetalplanes.deploy.bench_worker import OrtOptions, _input, ort_session
-
     with tempfile.TemporaryDirectory() as tmp:
         sess = ort_session(onnx_path, OrtOptions(**ort_kwargs), profile_prefix=str(Path(tmp) / "ort"))
         name, x = sess.get_inputs()[0].name, _input(batch, image_size)
@@ -143,8 +142,6 @@ def profile_torch(model, image_size: int, batch: int = 1, runs: int = 10, top: i
 
 def tune_ort(onnx_path: str | Path, image_size: int, threads: int, budget_s: float = 1.0) -> list[dict[str, Any]]:
     """Batch-1 images/s of the ONNX model under a few session settings."""
-    from fetalplanes.deploy.bench_worker import OrtOptions, Timing, _input, ort_session, time_calls
-
     grid = [OrtOptions(threads, level, True) for level in ("basic", "extended", "all")]
     grid += [OrtOptions(threads, "all", False)]
     if threads > 1:

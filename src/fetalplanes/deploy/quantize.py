@@ -30,6 +30,9 @@ from fetalplanes.core.io import load_image
 from fetalplanes.core.postprocess import top1
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.core.spec import ModelSpec
+from fetalplanes.data.sources import load_source
+from fetalplanes.deploy.export import quiet_loggers
+from fetalplanes.runtime.artifact import OOD_KEY, set_onnx_metadata
 from fetalplanes.runtime.onnx_backend import INPUT_NAME, OnnxPredictor
 
 log = logging.getLogger(__name__)
@@ -85,8 +88,6 @@ def calibration_samples(
     images never tune the model; a source without one (class folders, a CSV list) is taken
     to be the training images the user chose.
     """
-    from fetalplanes.data.sources import load_source
-
     index = load_source(data, task=spec.task)
     if any("official_split" in s.meta for s in index.samples):
         train = [s for s in index.samples if s.meta.get("official_split") == "train"]
@@ -156,8 +157,6 @@ def _prepare(fp32_path: Path, work: Path) -> Path:
 def _quantize(source: Path, out: Path, calib: np.ndarray, per_channel: bool) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from fetalplanes.deploy.export import quiet_loggers
-
     with quiet_loggers(""):  # one INFO line per adjusted weight scale otherwise
         quantize_static(
             str(source), str(out), _reader(calib),
@@ -172,8 +171,6 @@ def _with_metadata(model_path: Path, spec: ModelSpec, info: dict[str, Any], ood_
     file has one, its OOD gate's statistics (fitted on fp32 features: the int8 gate is
     approximate, as the int8 logits are)."""
     import onnx
-
-    from fetalplanes.runtime.artifact import OOD_KEY, set_onnx_metadata
 
     proto = onnx.load(str(model_path))
     extra = {"quantization": json.dumps(info, sort_keys=True)}

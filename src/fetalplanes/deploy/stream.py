@@ -31,11 +31,14 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from fetalplanes.core.atomic import write_json, write_text
+from fetalplanes.core.atomic import atomic_path, write_json, write_text
 from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core.frames import Frame
 from fetalplanes.core.frames import open_frames as open_frames_core
 from fetalplanes.core.postprocess import softmax, top1
+from fetalplanes.core.preprocess import preprocess
+from fetalplanes.data.synth import PLANE_CODES, render
+from fetalplanes.runtime import load_predictor
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,6 @@ def write_phantom_video(
     FFmpeg cannot encode H.264 here.
     """
     import av
-
-    from fetalplanes.data.synth import PLANE_CODES, render
 
     planes, rng, path = list(PLANE_CODES), np.random.default_rng(seed), Path(path)
     run = max(1, n_frames // len(planes))
@@ -170,8 +171,6 @@ def _prefetch(items: Iterable[Any], depth: int) -> Iterator[Any]:
 
 
 def _prepared(frames: Iterator[Frame], pre, max_frames: int | None) -> Iterator[tuple[Frame, np.ndarray, float]]:
-    from fetalplanes.core.preprocess import preprocess
-
     for frame in frames:
         if max_frames is not None and frame.index >= max_frames:
             return
@@ -234,8 +233,6 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 
 def _save_best(best: dict[str, tuple[float, Frame]], out_dir: Path) -> dict[str, Any]:
-    from fetalplanes.core.atomic import atomic_path
-
     saved = {}
     for label, (conf, frame) in sorted(best.items()):
         path = out_dir / "best" / f"{slug(label)}.png"
@@ -251,8 +248,6 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def run_stream(cfg: StreamConfig) -> dict[str, Any]:
     """Classify every frame; write frames.csv, best/<plane>.png and stream.json to ``cfg.out_dir``."""
-    from fetalplanes.runtime import load_predictor
-
     if cfg.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {cfg.batch}")
     smoother = Smoother(cfg.smooth)

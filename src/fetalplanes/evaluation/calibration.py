@@ -30,13 +30,23 @@ import io
 import logging
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from fetalplanes.core import atomic
 from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core.postprocess import softmax, top1
+from fetalplanes.data.sources import load_source
+from fetalplanes.data.splits import choose_split
+from fetalplanes.evaluation.ood import fit_ood_checkpoint
+from fetalplanes.evaluation.predict import open_model, sample_logits
+from fetalplanes.runtime.artifact import detect_kind, read_spec, update_spec
+
+if TYPE_CHECKING:
+    from fetalplanes.core.spec import ModelSpec
+    from fetalplanes.data.records import DatasetIndex, Sample
+    from fetalplanes.runtime.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -258,22 +268,17 @@ def reliability_png(logits: np.ndarray, labels: np.ndarray, temperature: float, 
     return buf.getvalue()
 
 
-def _logits_and_labels(predictor: Any, samples: Sequence[Any], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    from fetalplanes.evaluation.predict import sample_logits
-
+def _logits_and_labels(predictor: Predictor, samples: Sequence[Sample], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     return sample_logits(predictor, samples, batch_size), np.array([s.label for s in samples], dtype=int)
 
 
-def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out_dir: str | Path,
-                         test_samples: Sequence[Any] | None = None, target_accuracy: float = 0.95,
+def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Sample], out_dir: str | Path,
+                         test_samples: Sequence[Sample] | None = None, target_accuracy: float = 0.95,
                          coverage: float | None = None, min_coverage: float = 0.5, write: bool = True,
-                         batch_size: int = 64, num_workers: int = 0) -> dict[str, Any]:
+                         batch_size: int = 64) -> dict[str, Any]:
     """Fit T and the abstain threshold on ``val_samples``; write ``calibration.json`` and
     ``reliability.png`` into ``out_dir`` and (``write``) both numbers into the model file
-    (``.ckpt`` or ``.onnx``). ``num_workers`` is accepted for compatibility and unused."""
-    from fetalplanes.evaluation.predict import open_model
-    from fetalplanes.runtime.artifact import update_spec
-
+    (``.ckpt`` or ``.onnx``). The samples are the caller's: :func:`calibrate_on_data` chooses them."""
     if not val_samples:
         raise DataError(f"{checkpoint}: no validation images to calibrate on")
     predictor = open_model(checkpoint)
@@ -295,14 +300,10 @@ def calibrate_checkpoint(checkpoint: str | Path, val_samples: Sequence[Any], out
     return result
 
 
-def _fit_ood(checkpoint: str | Path, index: Any, spec: Any, val: Sequence[Any], out: Path, write: bool) -> dict[str, Any]:
+def _fit_ood(checkpoint: str | Path, index: DatasetIndex, spec: ModelSpec, val: Sequence[Sample], out: Path, write: bool) -> dict[str, Any]:
     """The OOD gate refitted with the calibration (``evaluation.ood``): statistics on the run's
     training split, threshold on ``val``. Only a checkpoint can be refitted (an ONNX file keeps the
     gate it was exported with); a split that cannot be taken leaves the gate as it is, and says why."""
-    from fetalplanes.data.splits import choose_split
-    from fetalplanes.evaluation.ood import fit_ood_checkpoint
-    from fetalplanes.runtime.artifact import detect_kind
-
     if detect_kind(checkpoint) != "checkpoint":
         return {"refitted": False, "note": "an ONNX file keeps the OOD gate it was exported with"}
     try:
@@ -313,43 +314,57 @@ def _fit_ood(checkpoint: str | Path, index: Any, spec: Any, val: Sequence[Any], 
     return {"refitted": True, **fit_ood_checkpoint(checkpoint, train, val, out, write=write)}
 
 
-def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None,
+def _test_split(index: DatasetIndex, spec: ModelSpec, val: Sequence[Sample]) -> tuple[list[Sample] | None, dict[str, Any]]:
+    """(test samples or None, their selection summary) for the calibration report: never a
+    validation image; refused (``DataError``: e.g. only images the model saw) -> None and why."""
+    try:
+        test = choose_split(index, spec, "test")
+    except DataError as err:
+        return None, {"refused": str(err)}
+    in_val = {s.path for s in val}
+    samples = [s for s in test.samples if s.path not in in_val]
+    summary = test.summary()
+    if samples and len(samples) < len(test.samples):
+        summary["notes"].append(f"{len(test.samples) - len(samples)} validation image(s) left out of the test summary")
+    return samples or None, summary
+
+
+def calibrate_on_data(checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None, *,
+                      val_samples: Sequence[Sample] | None = None, report_test: bool = True, write: bool = True,
                       **kwargs: Any) -> dict[str, Any]:
-    """CLI entry: take the run's validation (and test) images from ``data`` and calibrate.
+    """Calibrate on validation: the one entry (``fetalplanes calibrate`` and the train pipeline,
+    ``workflow.calibrate``). Fits T and the abstain threshold on the run's validation images,
+    refits the OOD gate (training-split statistics, validation threshold) and writes
+    ``calibration.json``, ``reliability.png`` and ``ood.json`` into ``out_dir`` (default: the
+    run folder) and, with ``write``, the numbers into the model file.
 
-    The images come from ``data.splits.choose_split`` (the model's record of its splits, else
-    the run's recipe re-applied); the test summary is left out when no test split can be taken
-    without images the model saw (``DataError``), and never holds a validation image.
-    calibration.json gains ``selection`` (which images, and whether the model saw them) and
-    ``ood`` (the out-of-distribution gate, refitted on the training split for a checkpoint).
+    Validation images: ``val_samples`` when the caller holds them (the training run's own),
+    else ``data.splits.choose_split`` (the model's record of its splits, else the run's recipe
+    re-applied to ``data``). With ``report_test`` the test split's summary is added (T is still
+    fit on validation only); it is left out when no test split can be taken without images the
+    model saw (``DataError``), and never holds a validation image. ``kwargs`` go to
+    :func:`calibrate_checkpoint` (``target_accuracy``, ``coverage``, ``min_coverage``,
+    ``batch_size``). calibration.json gains ``selection`` (which images, and whether the model
+    saw them) and ``ood``. Raises ``DataError`` when there are no validation images.
     """
-    from fetalplanes.data.sources import load_source
-    from fetalplanes.data.splits import choose_split
-    from fetalplanes.runtime.artifact import read_spec
-
     spec = read_spec(checkpoint)
     index = load_source(data, spec.task, spec.class_names)
     trained_on = spec.training.get("data", {}).get("root")
     if trained_on and Path(trained_on).resolve() != Path(index.root).resolve():
         log.warning("%s: the model was trained on %s; the validation split is re-derived from the run's split "
                     "record and is only meaningful on the training data", data, trained_on)
-    val = choose_split(index, spec, "val")
-    selection: dict[str, Any] = {"val": val.summary()}
-    try:
-        test = choose_split(index, spec, "test")
-    except DataError as err:  # data that cannot give a test split (e.g. only images the model saw)
-        test, selection["test"] = None, {"refused": str(err)}
+    if val_samples:
+        val = list(val_samples)
+        selection: dict[str, Any] = {"val": {"split": "val", "rule": "training run", "n": len(val)}}
+    else:
+        chosen = choose_split(index, spec, "val")
+        val, selection = chosen.samples, {"val": chosen.summary()}
     test_samples = None
-    if test is not None:
-        in_val = {id(s) for s in val.samples}
-        test_samples = [s for s in test.samples if id(s) not in in_val] or None
-        selection["test"] = test.summary()
-        if test_samples is not None and len(test_samples) < len(test.samples):
-            selection["test"]["notes"].append(f"{len(test.samples) - len(test_samples)} validation image(s) "
-                                              "left out of the test summary")
+    if report_test:
+        test_samples, selection["test"] = _test_split(index, spec, val)
     out = Path(out_dir) if out_dir is not None else Path(checkpoint).resolve().parent.parent
-    result = calibrate_checkpoint(checkpoint, val.samples, out, test_samples, **kwargs)
+    result = calibrate_checkpoint(checkpoint, val, out, test_samples, write=write, **kwargs)
     result["selection"] = selection
-    result["ood"] = _fit_ood(checkpoint, index, spec, val.samples, out, kwargs.get("write", True))
+    result["ood"] = _fit_ood(checkpoint, index, spec, val, out, write)
     atomic.write_json(out / "calibration.json", result)  # calibrate_checkpoint's file, with the selection
     return result

@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fetalplanes.core import atomic
 from fetalplanes.core.hashing import file_sha256
 from fetalplanes.core.errors import DataError
+from fetalplanes.runtime.artifact import read_spec
+
+if TYPE_CHECKING:
+    from fetalplanes.core.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ def check_metrics(metrics: dict[str, Any], source: str, model_sha256: str | None
                         "`fetalplanes evaluate` with this model")
 
 
-def _front_matter(spec: Any, metrics: dict[str, Any], synthetic: bool, split: dict[str, Any]) -> str:
+def _front_matter(spec: ModelSpec, metrics: dict[str, Any], synthetic: bool, split: dict[str, Any]) -> str:
     dataset = "synthetic FETAL_PLANES_DB-format phantoms" if synthetic else "FETAL_PLANES_DB"
     arch = spec.architecture
     results = [
@@ -140,7 +144,7 @@ def _breakdowns(m: dict[str, Any]) -> list[str]:
     return lines or ["", "No per-machine / per-operator columns in this data source."]
 
 
-def _calibration(spec: Any, cal: dict[str, Any] | None) -> list[str]:
+def _calibration(spec: ModelSpec, cal: dict[str, Any] | None) -> list[str]:
     lines = [f"- Temperature stored in the model: **{spec.temperature:.4f}**; abstain threshold on calibrated "
              f"confidence: **{spec.abstain_threshold:.4f}** (predictions below it are flagged, not hidden)."]
     if not cal:
@@ -160,7 +164,7 @@ def _calibration(spec: Any, cal: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _ood(spec: Any, metrics: dict[str, Any]) -> list[str]:
+def _ood(spec: ModelSpec, metrics: dict[str, Any]) -> list[str]:
     """The out-of-distribution gate: what it is, where its threshold came from, and which OOD sets it
     was measured on (``metrics["ood"]`` from ``evaluate --ood-data``)."""
     if not spec.has_ood_gate:
@@ -195,7 +199,7 @@ def _options(arch: dict[str, Any]) -> str:
     return f" ({', '.join(f'{k} `{v}`' for k, v in kwargs.items())})" if kwargs else ""
 
 
-def render_card(spec: Any, metrics: dict[str, Any], calibration: dict[str, Any] | None = None,
+def render_card(spec: ModelSpec, metrics: dict[str, Any], calibration: dict[str, Any] | None = None,
                 costs: dict[str, Any] | None = None, notes: list[str] | None = None) -> str:
     """The Markdown text of a model card (front matter + sections)."""
     data = spec.training.get("data", {})
@@ -301,8 +305,6 @@ def write_model_card(checkpoint: str | Path, metrics: dict[str, Any] | str | Pat
     ``metrics`` / ``calibration`` may be dicts or JSON files; without ``calibration`` a
     ``calibration.json`` in the run directory (the checkpoint's grandparent) is used if present.
     """
-    from fetalplanes.runtime.artifact import read_spec
-
     checkpoint = Path(checkpoint)
     spec = read_spec(checkpoint)
     source = "metrics" if isinstance(metrics, dict) else str(metrics)

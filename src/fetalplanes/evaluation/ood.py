@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from fetalplanes.core import atomic
 from fetalplanes.core import ood as ood_math
 from fetalplanes.core.errors import DataError
+from fetalplanes.core.io import expand_inputs, load_image
+from fetalplanes.core.preprocess import preprocess_batch
+from fetalplanes.runtime.artifact import read_spec, write_ood
+
+if TYPE_CHECKING:
+    from fetalplanes.runtime.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +33,6 @@ def checkpoint_features(checkpoint: str | Path, images: Sequence[Any], batch_siz
     """(logits (N, C), penultimate features (N, F)) float32 of images or paths, preprocessed as in training."""
     import torch
 
-    from fetalplanes.core.io import load_image
-    from fetalplanes.core.preprocess import preprocess_batch
     from fetalplanes.models.checkpoint import load_model
 
     model, spec = load_model(checkpoint)
@@ -51,8 +55,6 @@ def fit_ood_checkpoint(checkpoint: str | Path, train_samples: Sequence[Any], val
                        score: str = ood_math.DEFAULT_SCORE, write: bool = True) -> dict[str, Any]:
     """Fit the OOD statistics on ``train_samples``, the threshold on ``val_samples``; store both in
     ``checkpoint`` (``write``) and ``ood.json`` in ``out_dir``. Returns the ``spec.ood`` summary."""
-    from fetalplanes.runtime.artifact import read_spec, write_ood
-
     if not train_samples or not val_samples:
         raise DataError(f"{checkpoint}: the OOD gate needs training and validation images")
     spec = read_spec(checkpoint)
@@ -74,7 +76,7 @@ def fit_ood_checkpoint(checkpoint: str | Path, train_samples: Sequence[Any], val
     return summary
 
 
-def _scored(predictor: Any, inputs: Sequence[Any], batch_size: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+def _scored(predictor: Predictor, inputs: Sequence[Any], batch_size: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """(gate scores, withheld flags (OOD or abstain)) of every answered still or frame of
     ``inputs``, and the counts ``{"scored", "refused_by_gate", "unreadable"}``: answered, refused
     by the DICOM metadata gate (a readable file that is not ultrasound), and unreadable (a file or
@@ -89,7 +91,7 @@ def _scored(predictor: Any, inputs: Sequence[Any], batch_size: int) -> tuple[np.
     return scores, withheld, counts
 
 
-def ood_report(predictor: Any, id_paths: Sequence[Any], ood_data: Sequence[str | Path], n_boot: int = 1000,
+def ood_report(predictor: Predictor, id_paths: Sequence[Any], ood_data: Sequence[str | Path], n_boot: int = 1000,
                batch_size: int = 32) -> dict[str, Any]:
     """The gate measured on in-distribution images against folders of out-of-distribution ones
     (``evaluate --ood-data``): per OOD folder AUROC, FPR@95 and the rejection rates at the shipped
@@ -98,8 +100,6 @@ def ood_report(predictor: Any, id_paths: Sequence[Any], ood_data: Sequence[str |
     the metadata gate (``refused_by_gate``: a non-ultrasound DICOM) and how many could not be read
     (``unreadable``: files or frames). Raises ``DataError`` for a model without a gate or an empty folder.
     """
-    from fetalplanes.core.io import expand_inputs
-
     spec = predictor.spec
     if not predictor.has_ood_gate:
         raise DataError(f"{predictor.path}: this model file has no OOD gate to measure; calibrate the checkpoint "

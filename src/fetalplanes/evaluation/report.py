@@ -16,8 +16,10 @@ from fetalplanes.core.postprocess import softmax, top1
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.data.records import Sample
 from fetalplanes.core.hashing import file_sha256
+from fetalplanes.data.sources import load_source
 from fetalplanes.data.splits import choose_split, selection_lines
 from fetalplanes.evaluation.metrics import evaluate_arrays, fmt, missing_ids
+from fetalplanes.evaluation.predict import open_model, score_samples
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +183,6 @@ def evaluate(model: str | Path | Any, data: str | Path, out_dir: str | Path, spl
     against this split (``evaluation.ood.ood_report``: AUROC, FPR@95, rejection rates with
     intervals) into metrics.json ``ood`` and report.md (the model card reads it).
     """
-    from fetalplanes.data.sources import load_source
-    from fetalplanes.evaluation.predict import open_model, score_samples
-
     predictor = open_model(model)
     spec = predictor.spec
     index = load_source(data, spec.task, spec.class_names)

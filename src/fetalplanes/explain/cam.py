@@ -33,8 +33,7 @@ from fetalplanes.core.errors import UsageError
 from fetalplanes.core.postprocess import softmax, top1
 from fetalplanes.core.preprocess import preprocess
 from fetalplanes.explain.result import CamResult
-from fetalplanes.core.cam_methods import CAM_METHOD_NAMES, method_family
-from fetalplanes.explain.settings import cam_settings, check_method
+from fetalplanes.core.cam_methods import CAM_METHOD_NAMES, HeatMapSettings, check_method, method_family
 
 # AblationCAM is left out on purpose: it swaps the target layer inside the model (unsafe when
 # the web service shares one model between requests) and shares one ablation layer globally.
@@ -198,14 +197,14 @@ def compute_cam(
     """Explain one image: a CAM in [0, 1] at the image's own size plus the prediction.
 
     ``method``, ``layer``, ``aug_smooth``: None takes the checkpoint's ``explain`` settings
-    (``explain.settings.cam_settings``; Grad-CAM at the declared ``cam_layer`` when it has none).
+    (``core.cam_methods.HeatMapSettings.from_spec``; Grad-CAM at the declared ``cam_layer`` when it has none).
     ``target``: None / 'predicted' (top-1 class), a class name, or a class index.
     ``layer``: which feature map(s) to explain (see ``cam_target_layer``: 'cam_layer' is the
     model's declared layer; 'a,b' or a list averages several). ``aug_smooth``: average over
     pytorch-grad-cam's test-time augmentations (flip x 3 intensity scales, 6 passes). The
     model's train/eval mode is restored afterwards and its parameters are never modified.
     """
-    defaults = cam_settings(spec)
+    defaults = HeatMapSettings.from_spec(spec)
     method = defaults.method if method is None else method
     layer = defaults.layer if layer is None else layer
     aug_smooth = defaults.aug_smooth if aug_smooth is None else aug_smooth

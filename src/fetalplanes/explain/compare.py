@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fetalplanes.core import atomic
-from fetalplanes.core.cam_methods import ATTRIBUTION, COMPARE_CONFIGS as DEFAULT_CONFIGS, INPUT_LAYER, check_method, method_family
+from fetalplanes.core.cam_methods import (ATTRIBUTION, COMPARE_CONFIGS as DEFAULT_CONFIGS, INPUT_LAYER, HeatMapSettings,
+                                          check_method, method_family)
 from fetalplanes.core.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -131,9 +132,7 @@ def compare_methods(checkpoint: str | Path, out_dir: str | Path, inputs: Sequenc
 
 
 def _shipped(spec) -> str:
-    from fetalplanes.explain.settings import cam_settings
-
-    s = cam_settings(spec)
+    s = HeatMapSettings.from_spec(spec)
     return label(s.method, None if method_family(s.method) == ATTRIBUTION else s.layer)
 
 

@@ -10,10 +10,9 @@ from typing import Sequence
 
 from PIL import Image
 
-from fetalplanes.core.cam_methods import ATTRIBUTION, INPUT_LAYER, method_family
+from fetalplanes.core.cam_methods import ATTRIBUTION, INPUT_LAYER, HeatMapSettings, method_family
 from fetalplanes.core.errors import UsageError
 from fetalplanes.explain.result import CamResult
-from fetalplanes.explain.settings import cam_settings
 
 
 def check_options(method: str, layer: str | None, aug_smooth: bool | None) -> None:
@@ -39,7 +38,7 @@ def compute_map(model, spec, image: Image.Image, method: str | None = None, targ
     (``layer``/``aug_smooth`` from the checkpoint are ignored; explicit ones are refused by
     :func:`check_options`). Raises UsageError listing the valid methods for an unknown name.
     """
-    method = (method or cam_settings(spec).method).lower()
+    method = (method or HeatMapSettings.from_spec(spec).method).lower()
     if method_family(method) == ATTRIBUTION:
         from fetalplanes.explain.attribution import compute_attribution
 

@@ -27,10 +27,19 @@ import numpy as np
 
 from fetalplanes.core.errors import DataError, UsageError
 from fetalplanes.core import atomic
+from fetalplanes.core.cam_methods import ATTRIBUTION, INPUT_LAYER, HeatMapSettings, check_method, method_family
+from fetalplanes.core.encode import png_bytes
+from fetalplanes.core.io import ImageLoadError, bad_entry, load_image, screen_files
 from fetalplanes.data.records import Sample
+from fetalplanes.data.sources import load_source
+from fetalplanes.data.splits import choose_split
 from fetalplanes.explain import localization as loc
 from fetalplanes.explain import priors
+from fetalplanes.explain.maps import check_options, compute_map
+from fetalplanes.explain.overlay import METHOD_TITLES, overlay
 from fetalplanes.explain.report import ReportItem, render_report, thumbnail
+from fetalplanes.explain.sanity import check_explanations
+from fetalplanes.runtime import load_predictor
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +75,6 @@ def gather_inputs(spec, inputs: Sequence[str | Path] = (), data: str | Path | No
         return Inputs(_drop_masks(samples_from_paths(inputs), mask_dirs), None, mask_dirs)
     if split not in SPLITS:
         raise UsageError(f"unknown --split {split!r}; choose one of {list(SPLITS)}")
-    from fetalplanes.data.sources import load_source
-    from fetalplanes.data.splits import choose_split
 
     index = load_source(data, spec.task)
     if (index.root / "Masks").is_dir() and index.root / "Masks" not in mask_dirs:
@@ -115,10 +122,7 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 def _explain_one(model, spec, image, name: str, out: Path, method: str, target, with_occlusion: bool,
                  layer: str | None = None, aug_smooth: bool = False) -> dict[str, Any]:
-    from fetalplanes.explain.maps import compute_map
     from fetalplanes.explain.occlusion import compute_occlusion
-    from fetalplanes.core.encode import png_bytes
-    from fetalplanes.explain.overlay import overlay
 
     t0 = time.perf_counter()
     res = compute_map(model, spec, image, method, target, layer=layer, aug_smooth=aug_smooth)
@@ -168,19 +172,14 @@ def explain(
     left out and named in explanations.json (``skipped``) and the page.
 
     ``method``, ``layer``, ``aug_smooth``: None takes the checkpoint's ``explain`` settings
-    (``explain.settings``); ``method`` is any name of ``core.cam_methods`` (CAMs and the captum
+    (``core.cam_methods.HeatMapSettings``); ``method`` is any name of ``core.cam_methods`` (CAMs and the captum
     input attributions). ``layer``: the feature map(s) a CAM explains ('cam_layer' is the
     model's declared layer; see ``explain.cam.cam_target_layer`` for 'stage:N', dotted names
     and 'a,b' lists; attribution methods explain the input and refuse it); ``aug_smooth``:
     average over pytorch-grad-cam's test-time augmentations (CAMs only).
     ``sanity``: also run the randomization sanity checks (``explain.sanity``, ~4x the map time).
     """
-    from fetalplanes.core.io import ImageLoadError, bad_entry
-    from fetalplanes.core.cam_methods import ATTRIBUTION, INPUT_LAYER, check_method, method_family
     from fetalplanes.explain.cam import cam_target_layers, resolve_target
-    from fetalplanes.explain.maps import check_options
-    from fetalplanes.explain.settings import cam_settings
-    from fetalplanes.runtime import load_predictor
 
     if method is not None:
         check_options(method, layer, aug_smooth)  # fail on a bad name or option before loading anything
@@ -190,7 +189,7 @@ def explain(
         raise UsageError(f"{checkpoint}: heat maps need the PyTorch checkpoint (.ckpt): Grad-CAM reads the "
                          "model's gradients, which an ONNX model does not expose")
     model, spec = predictor.model, predictor.spec
-    defaults = cam_settings(spec)
+    defaults = HeatMapSettings.from_spec(spec)
     method = check_method(method or defaults.method)
     if method_family(method) == ATTRIBUTION:  # the input is explained: no layer, no CAM smoothing
         check_options(method, layer, aug_smooth)
@@ -241,7 +240,7 @@ def explain(
 def _screen(samples: Sequence[Sample], frame: int, skip_bad: bool) -> tuple[list[Path], list[tuple[str, str]]]:
     """``core.io.screen_files``'s rule (all bad inputs listed at once, or skipped with ``skip_bad``)
     applied to the frame that will be explained, so a missing frame is caught before any map."""
-    from fetalplanes.core.io import ImageLoadError, bad_entry, report_bad_files
+    from fetalplanes.core.io import report_bad_files
 
     good: list[Path] = []
     bad: list[tuple[str, str]] = []
@@ -264,8 +263,6 @@ def _frame_image(path: Path, frame: int):  # noqa: ANN202 - (PIL image, the file
 
 
 def _sanity(model, spec, records, ins: Inputs, method: str, layer: str, aug_smooth: bool) -> dict[str, Any]:
-    from fetalplanes.explain.sanity import check_explanations
-
     images = [_frame_image(r["sample"].path, r["frame"] or 0)[0] for r in records]
     names = list(spec.class_names)
     labels = [names.index(t) if (t := _true_label(r, ins)) in names else None for r in records]
@@ -360,8 +357,6 @@ def _synthetic_notes(spec, ins: Inputs) -> list[str]:
 
 def _write_outputs(out: Path, records, skipped, ins: Inputs, spec, checkpoint, method, target, data, split,
                    settings: dict[str, Any], sanity: dict[str, Any] | None = None) -> dict[str, Any]:
-    from fetalplanes.explain.overlay import METHOD_TITLES
-
     class_names = spec.class_names
     loc_summary = localization_summary(records, ins, method)
     if loc_summary is not None:

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from fetalplanes.core import atomic
+
 THUMB_WIDTH = 260
 
 CSS = """
@@ -223,6 +225,4 @@ def render_report(
 
 
 def write_report(path: str | Path, html_text: str) -> Path:
-    from fetalplanes.core import atomic
-
     return atomic.write_text(path, html_text)

@@ -31,6 +31,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from fetalplanes.core.preprocess import preprocess
+
+from fetalplanes.explain.maps import compute_map
+
 log = logging.getLogger(__name__)
 
 SURVIVAL_RHO = 0.5
@@ -201,9 +205,6 @@ def check_explanations(model, spec, images: Sequence[Any], results: Sequence[Any
     (None entries, or None: the trained model's predictions are used instead).
     """
     import torch
-
-    from fetalplanes.core.preprocess import preprocess
-    from fetalplanes.explain.maps import compute_map
 
     def map_fn(m, image, target: str) -> np.ndarray:
         return compute_map(m, spec, image, method, target, layer=layer, aug_smooth=aug_smooth).cam

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from fetalplanes.explain.settings import cam_settings
+from fetalplanes.core.cam_methods import HeatMapSettings
+from fetalplanes.explain.maps import compute_map
+from fetalplanes.explain.overlay import overlay_png
 
 if TYPE_CHECKING:
     from fetalplanes.models.torch_backend import TorchPredictor
@@ -25,12 +27,9 @@ class CamExplainer:
 
     def __init__(self, predictor: "TorchPredictor") -> None:
         self.predictor = predictor
-        self.method = cam_settings(predictor.spec).method
+        self.method = HeatMapSettings.from_spec(predictor.spec).method
 
     def __call__(self, image: Image.Image) -> bytes:
-        from fetalplanes.explain.maps import compute_map
-        from fetalplanes.explain.overlay import overlay_png
-
         spec = self.predictor.spec
         with self.predictor.lock:  # hooks on the shared model: one request at a time
             result = compute_map(self.predictor.model, spec, image)

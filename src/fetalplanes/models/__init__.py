@@ -7,7 +7,6 @@ from fetalplanes.models.registry import (
     build_model,
     create_model,
     default_preprocessing,
-    list_models,
     resolve_config,
 )
 
@@ -17,7 +16,6 @@ __all__ = [
     "build_model",
     "create_model",
     "default_preprocessing",
-    "list_models",
     "list_presets",
     "load_preset",
     "resolve_config",

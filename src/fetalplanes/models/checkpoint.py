@@ -37,9 +37,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 
+import fetalplanes
 from fetalplanes.core.atomic import atomic_path
 from fetalplanes.core.errors import UserError
 from fetalplanes.core.spec import ModelSpec
@@ -61,8 +63,6 @@ class CheckpointError(UserError, ValueError):
 def versions() -> dict[str, str]:
     """Library versions recorded in every checkpoint: plain strings, so the record reads with
     ``weights_only=True`` (:func:`safe_load`) and needs no allow-listed type."""
-    import fetalplanes
-
     out = {"fetalplanes": fetalplanes.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
     for name in ("timm", "lightning"):
         try:
@@ -95,8 +95,6 @@ def write_checkpoint(
 def safe_globals() -> list[Any]:
     """The allow-list beyond torch's own (tensors, dicts, lists, numbers, strings): plain values
     a checkpoint record may hold (paths, numpy scalars and arrays). Nothing callable."""
-    import numpy as np
-
     multiarray = getattr(np, "_core", None) or np.core  # numpy 2 moved the module
     dtypes = [type(np.dtype(t)) for t in ("bool", "int32", "int64", "float32", "float64")]
     return [pathlib.PosixPath, pathlib.PurePosixPath, multiarray.multiarray.scalar,
@@ -247,9 +245,6 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
     spec = spec_of(ckpt, str(path))
     return model_from_checkpoint(ckpt, spec, str(path)), spec
 
-
-# The name every caller used before the model had one home.
-load_checkpoint = load_model
 
 
 def update_spec(path: str | Path, **changes: Any) -> ModelSpec:

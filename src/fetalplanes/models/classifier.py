@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fetalplanes.core.errors import UsageError
+from fetalplanes.models import cost
 from fetalplanes.models.backbones import backbone_stages
 
 FINETUNE_MODES = ("full", "frozen", "last_k")
@@ -87,6 +88,5 @@ class PlaneClassifier(nn.Module):
         return self
 
     def param_counts(self) -> dict[str, int]:
-        total = sum(p.numel() for p in self.parameters())
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return {"total": total, "trainable": trainable}
+        """``{"total": n, "trainable": n}`` (``models.cost.param_counts``)."""
+        return cost.param_counts(self)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 
 from fetalplanes.core.spec import Preprocessing
 from fetalplanes.core.validation import config_error
-from fetalplanes.models.presets import is_preset, list_presets, preset_model
+from fetalplanes.models.presets import is_preset, preset_model
 
 
 class ModelConfig(BaseModel):
@@ -67,11 +67,6 @@ class ModelConfig(BaseModel):
         if not 0.0 <= v < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {v}")
         return v
-
-
-def list_models() -> list[str]:
-    """Preset names (``configs/*.yaml``, read by :mod:`fetalplanes.models.presets`)."""
-    return list_presets()
 
 
 def resolve_config(name: str, pretrained: bool | str | os.PathLike[str] | None = None, **overrides: Any) -> ModelConfig:

@@ -41,8 +41,13 @@ from typing import Any
 from fetalplanes.core import atomic
 from fetalplanes.core.errors import UsageError
 from fetalplanes.data.splits import LEAKY_SCHEMES, SCHEMES
+from fetalplanes.evaluation.model_card import write_model_card
+from fetalplanes.models import cost
+from fetalplanes.models.registry import ModelConfig, build_model
 from fetalplanes.reproduce.table import write_tables
 from fetalplanes.reproduce.variants import Variant
+from fetalplanes.training.config import TrainConfig, load_config
+from fetalplanes.workflow import train_and_calibrate
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +141,6 @@ def resolve_pretrained(source: str, policy: str, backbone: str) -> tuple[str, st
 
 
 def run_config(s: ReproduceSettings, variant: Variant, key: RunKey, pretrained: str):
-    from fetalplanes.training.config import load_config
-
     overrides = {**s.overrides, **variant.overrides, "model.pretrained": pretrained, "data.split": key.split,
                  "data.task": key.task, "trainer.seed": key.seed, "trainer.progress": False}
     if key.split == "patient-kfold":
@@ -146,50 +149,23 @@ def run_config(s: ReproduceSettings, variant: Variant, key: RunKey, pretrained: 
     return cfg.model_copy(update={"name": f"{variant.name}-{key.task}-{key.split}-seed{key.seed}"})
 
 
-def measure_costs(model_cfg: Any, num_classes: int, image_size: int, runs: int = 7, threads: int = 1) -> dict[str, Any]:
-    """Parameters, GFLOPs (torch.utils.flop_counter: 2 FLOPs per multiply-add) and the median
-    CPU latency of one image (batch 1, eager, inference mode, after 2 warm-up runs).
+def measure_costs(model_cfg: ModelConfig, num_classes: int, image_size: int, runs: int = 7, threads: int = 1) -> dict[str, Any]:
+    """Parameters, GFLOPs and the median CPU latency of one image (batch 1, eager, inference
+    mode, after 2 warm-up runs), measured by ``models.cost`` on the untrained architecture.
 
     Latency uses ``threads`` intra-op threads (default 1): comparable across machines, and on a
     shared CPU multi-threaded timings of small models were dominated by thread synchronisation
     (a 64 px Lite0 took 1.9 s with 2 threads next to 42 ms for MobileNetV3)."""
-    import torch
-
-    from fetalplanes.models.registry import build_model
-
     model = build_model(model_cfg.model_copy(update={"pretrained": "none"}), num_classes).eval()
-    counts = model.param_counts()
-    x = torch.randn(1, 3, image_size, image_size)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        times, flops = _flops_and_latency(model, x, runs)
-    finally:
-        torch.set_num_threads(before)
+    counts = cost.param_counts(model)
+    flops = cost.flops_per_image(model, image_size)
+    times = cost.latency_ms(model, image_size, runs, threads=threads)
     return {"params_total": counts["total"], "params_trainable": counts["trainable"], "gflops": flops / 1e9,
             "image_size": image_size, "cpu_latency_ms": statistics.median(times), "latency_runs": len(times),
             "threads": threads}
 
 
-def _flops_and_latency(model: Any, x: Any, runs: int) -> tuple[list[float], int]:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.inference_mode():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model(x)
-        for _ in range(2):
-            model(x)
-        times = []
-        for _ in range(max(1, runs)):
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1000)
-    return times, counter.get_total_flops()
-
-
-def costs_for(s: ReproduceSettings, variant: Variant, cfg: Any, num_classes: int) -> dict[str, Any]:
+def costs_for(s: ReproduceSettings, variant: Variant, cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     path = s.out / "costs" / f"{variant.name}-{cfg.data.image_size}px-{num_classes}c.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -198,10 +174,8 @@ def costs_for(s: ReproduceSettings, variant: Variant, cfg: Any, num_classes: int
     return costs
 
 
-def _train(s: ReproduceSettings, variant: Variant, cfg: Any, run_dir: Path) -> dict[str, Any]:
+def _train(s: ReproduceSettings, variant: Variant, cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Train (unless finished) and calibrate one run; its train_summary.json record."""
-    from fetalplanes.workflow import train_and_calibrate
-
     resume = (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "train_summary.json").is_file()
     if resume:
         log.info("resuming %s from its last checkpoint", run_dir)
@@ -214,7 +188,6 @@ def _train(s: ReproduceSettings, variant: Variant, cfg: Any, run_dir: Path) -> d
 
 def run_one(s: ReproduceSettings, variant: Variant, key: RunKey) -> dict[str, Any]:
     """Train, calibrate, evaluate and document one run; returns its ``done.json`` record."""
-    from fetalplanes.evaluation.model_card import write_model_card
     from fetalplanes.evaluation.report import evaluate
     from fetalplanes.models.checkpoint import read_spec
 

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 from fetalplanes.core import atomic
 from fetalplanes.data.splits import SCHEMES
+from fetalplanes.evaluation.model_card import is_synthetic
 
 METRICS = ("top1", "top2", "f1_macro", "f1_weighted")
 BOOTSTRAPPED = ("top1", "f1_macro")
@@ -208,8 +209,6 @@ def load_records(out: Path) -> list[dict[str, Any]]:
 
 def write_tables(out: Path) -> dict[str, Path]:
     """Aggregate every finished run under ``out`` and write ``results.csv`` / ``results.md``."""
-    from fetalplanes.evaluation.model_card import is_synthetic
-
     records = load_records(out)  # every finished run in the folder (settings are shared: grid.json)
     rows = aggregate(out, records)
     grid = json.loads((out / "grid.json").read_text()).get("fingerprint", {}) if (out / "grid.json").is_file() else {}

@@ -23,6 +23,8 @@ import yaml
 
 from fetalplanes.core.errors import UsageError, UserError
 from fetalplanes.core.validation import yaml_problem
+from fetalplanes.models.presets import is_preset, list_presets, preset_model, variants_table
+from fetalplanes.training.config import load_config
 
 # The base of a --variants-file row that names none (the paper's B0 model at 224 px, 30 epochs).
 BASE_CONFIG = "paper_b0"
@@ -59,8 +61,6 @@ def make_variant(name: str, base: str, changes: dict[str, Any], group: str, desc
 
 
 def _base_model(base: str) -> dict[str, Any]:
-    from fetalplanes.models.presets import is_preset, list_presets, preset_model
-
     if is_preset(base):
         return preset_model(base)
     path = Path(base)
@@ -82,8 +82,6 @@ def _yaml(path: Path) -> Any:
 
 def default_variants() -> dict[str, Variant]:
     """The built-in rows (paper variants, ablations, baselines) from ``configs/variants/paper_table.yaml``."""
-    from fetalplanes.models.presets import variants_table
-
     return _read_rows(variants_table(), {}, validate=False)
 
 
@@ -140,8 +138,6 @@ def _tags(value: Any) -> tuple[str, ...]:
 
 
 def _check(variant: Variant) -> None:
-    from fetalplanes.training.config import load_config
-
     load_config(variant.base, variant.overrides)
 
 

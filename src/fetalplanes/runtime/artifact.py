@@ -19,7 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fetalplanes.core.atomic import write_bytes
 from fetalplanes.core.errors import ModelFileError, ModelFileNotFound
+from fetalplanes.core.ood import OODStats, OODStatsError, decode_stats
 from fetalplanes.core.spec import ModelSpec, SpecError
 from fetalplanes.runtime.session import load_session, session_options
 
@@ -114,8 +116,6 @@ def update_spec(path: str | os.PathLike[str], **changes: Any) -> ModelSpec:
         return _torch_checkpoint_module().update_spec(path, **changes)
     import onnx
 
-    from fetalplanes.core.atomic import write_bytes
-
     proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
     spec = spec_from_metadata(meta, str(path)).replace(**changes)
@@ -124,14 +124,12 @@ def update_spec(path: str | os.PathLike[str], **changes: Any) -> ModelSpec:
     return spec
 
 
-def ood_stats(spec: ModelSpec, blob: str | None, source: str = "model") -> Any:
+def ood_stats(spec: ModelSpec, blob: str | None, source: str = "model") -> OODStats | None:
     """The ``core.ood.OODStats`` of a model file, or None when its spec has no OOD gate.
 
     Raises ``ModelFileError`` when the spec names a gate but the statistics are missing, do not
     match the spec's digest, or are malformed (an untrusted file: bounded before decoding).
     """
-    from fetalplanes.core.ood import OODStatsError, decode_stats
-
     if not spec.has_ood_gate:
         return None
     if blob is None:
@@ -148,8 +146,6 @@ def write_ood(path: str | os.PathLike[str], summary: dict[str, Any], blob: str) 
     if detect_kind(path) == "checkpoint":
         return _torch_checkpoint_module().write_ood(path, summary, blob)
     import onnx
-
-    from fetalplanes.core.atomic import write_bytes
 
     proto = onnx.load(str(path))
     if "features" not in [o.name for o in proto.graph.output]:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from fetalplanes.core.cam_methods import check_method
+from fetalplanes.core.cam_methods import HeatMapSettings
 from fetalplanes.core.errors import UsageError
 from fetalplanes.core.validation import config_error, yaml_problem
 from fetalplanes.models import presets
@@ -30,12 +30,13 @@ class DataConfig(BaseModel):
     fold: int = 0
     n_folds: int = 5
     balance: Literal["loss", "sampler", "none"] = "loss"
-    augment: float = 1.0
+    augment: float = 1.0  # strength of the training augmentation (data.augment.AUGMENT ranges)
     cache_images: bool = True
     num_workers: int = 2
-    # How training images reach the model: "workers" (PIL augmentation per image in loader
+    # How training images reach the model: "workers" (augmentation per image in loader
     # processes; the CPU path), "device" (decoded uint8 images held on the training device and
-    # augmented there in batches: training.device_data; not bit-identical to "workers"), or
+    # augmented there in batches: training.device_data), both by the one augmentation
+    # (data.augment: same parameters, same ops; "workers" rounds to uint8 in between), or
     # "auto" ("device" when training on a CUDA GPU, else "workers"). fit writes the resolved
     # choice into RUN/config.yaml.
     loader: Literal["auto", "workers", "device"] = "auto"
@@ -82,25 +83,6 @@ class TrainerConfig(BaseModel):
     calibrate: bool = True
 
 
-class ExplainConfig(BaseModel):
-    """Default heat map for this model (``fetalplanes explain``, the web page); see docs/explain.md.
-
-    Pick it on the VALIDATION split: ``fetalplanes explain --compare --split val`` per training
-    seed, then ``explain.selection.select_default`` (>= 3 seeds, sanity margin); ``method`` may
-    be a CAM or a captum input attribution (``core.cam_methods``).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    method: str = "gradcam"
-    layer: str = "cam_layer"  # the model's declared CAM layer, 'stage:N', a module name or 'a,b'
-    aug_smooth: bool = False
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        return check_method(value)
-
-
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -109,12 +91,8 @@ class TrainConfig(BaseModel):
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
-    explain: ExplainConfig = ExplainConfig()
-
-
-def list_presets() -> list[str]:
-    """Preset names (``configs/*.yaml``)."""
-    return presets.list_presets()
+    # Default heat map of the model (method, layer, aug_smooth): the one schema, core.cam_methods.
+    explain: HeatMapSettings = HeatMapSettings()
 
 
 def resolve_config_path(config: str | Path) -> Path:
@@ -127,7 +105,7 @@ def resolve_config_path(config: str | Path) -> Path:
         return path
     if presets.is_preset(config):
         return presets.preset_path(str(config))
-    raise FileNotFoundError(f"config {str(config)!r} not found; give a YAML path or one of the presets {list_presets()}")
+    raise FileNotFoundError(f"config {str(config)!r} not found; give a YAML path or one of the presets {presets.list_presets()}")
 
 
 def _read_config(config: str | Path) -> tuple[dict[str, Any], str]:

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from fetalplanes.core.io import BadFilesError, ImageLoadError
 from fetalplanes.core.spec import Preprocessing
 from fetalplanes.data.records import Sample
-from fetalplanes.data.torch_data import EpochSampler, ImageDataset, balanced_weights, default_augment
+from fetalplanes.data.torch_data import EpochSampler, ImageDataset, balanced_weights
 from fetalplanes.runtime.threads import available_cores
 from fetalplanes.training.config import TrainConfig
 
@@ -57,7 +57,7 @@ class PlaneDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg, self.pre, self.num_classes = cfg, pre, num_classes
         d = cfg.data
-        augment = default_augment(d.augment) if d.augment > 0 else None
+        augment = d.augment if d.augment > 0 else None  # strength of the one augmentation (data.augment)
         seed = cfg.trainer.seed
         self.train_ds = ImageDataset(train, pre, augment, seed=seed, cache=d.cache_images)
         self.val_ds = ImageDataset(val, pre, None, seed=seed, cache=d.cache_images)

@@ -12,13 +12,12 @@ on the device.
 
 Randomness stays resume-exact: the batch order comes from the same ``EpochSampler`` as the
 image path, and each image's augmentation parameters are a hash of (seed, epoch, index)
-(:func:`augment_params`), so a resumed run replays the same data order and augmentations.
+(``data.augment.augment_params``), so a resumed run replays the same data order and augmentations.
 
-The augmentation draws the same families and ranges as ``data.torch_data.default_augment``
-(rotation, shift, zoom, horizontal flip, brightness, contrast, 3x3 Gaussian blur with p = 0.2),
-but it is computed differently (bilinear resampling in float, fixed brightness -> contrast
-order, no uint8 rounding between steps), so its results are NOT bit-identical to the image
-path's: that is why it is a config choice (``data.loader``) recorded in ``RUN/config.yaml``.
+The augmentation is the image path's (``data.augment``: the same ranges, the same per-image
+parameters for the same seed, the same torchvision v2 ops); the only difference is that the
+image path rounds the augmented image to uint8 before normalising (at most half a grey level).
+``data.loader`` is recorded in ``RUN/config.yaml``.
 """
 
 from __future__ import annotations
@@ -29,10 +28,10 @@ from typing import Any, Sequence
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from fetalplanes.core.spec import Preprocessing
+from fetalplanes.data.augment import augment_images, augment_params
 from fetalplanes.data.records import Sample
 from fetalplanes.data.torch_data import EpochSampler, ImageDataset, balanced_weights
 from fetalplanes.training.config import TrainConfig
@@ -40,94 +39,10 @@ from fetalplanes.training.datamodule import warm_dataset
 
 log = logging.getLogger(__name__)
 
-N_PARAMS = 8  # angle, tx, ty, scale, flip, brightness, contrast, blur sigma (0: no blur)
-N_UNIFORMS = 9  # the eight above, plus one deciding whether to blur
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic): a well-mixed hash."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def uniforms(seed: int, epoch: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
-    """(B, k) float64 uniforms in [0, 1) that depend only on (seed, epoch, index, column).
-
-    Vectorised counter-based draws: no generator state, so any batch composition, rank or
-    resume point gives each image the same numbers.
-    """
-    epoch = np.asarray(epoch, dtype=np.uint64)[:, None]
-    index = np.asarray(index, dtype=np.uint64)[:, None]
-    cols = np.arange(k, dtype=np.uint64)[None, :]
-    with np.errstate(over="ignore"):
-        h = _mix(np.full_like(epoch, seed & 0xFFFFFFFFFFFFFFFF) + _GOLDEN)
-        h = _mix(h ^ (epoch + _GOLDEN))
-        h = _mix(h ^ (index + _GOLDEN))
-        h = _mix(h ^ (cols + _GOLDEN))
-    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
-def augment_params(seed: int, keys: np.ndarray, n: int, strength: float, image_size: int) -> np.ndarray:
-    """Per-image augmentation parameters (B, 8) float32 for sampler keys ``epoch * n + index``.
-
-    Ranges as ``default_augment(strength)``: rotation +-10*s degrees, shift +-6*s % of the side
-    (whole pixels), zoom 1 +- 0.1*s, horizontal flip p 0.5, brightness and contrast factors
-    1 +- 0.25*s, Gaussian blur 3x3 with sigma in [0.1, 1] with p 0.2 (sigma 0 = no blur).
-    """
-    epoch, index = np.divmod(np.asarray(keys, dtype=np.int64), n)
-    u = uniforms(seed, epoch, index, N_UNIFORMS)
-    s = strength
-    shift = 0.06 * s * image_size
-    p = np.empty((len(u), N_PARAMS))
-    p[:, 0] = (2 * u[:, 0] - 1) * 10 * s
-    p[:, 1] = np.round((2 * u[:, 1] - 1) * shift)
-    p[:, 2] = np.round((2 * u[:, 2] - 1) * shift)
-    p[:, 3] = 1 - 0.1 * s + u[:, 3] * 0.2 * s
-    p[:, 4] = u[:, 4] < 0.5
-    p[:, 5] = max(0.0, 1 - 0.25 * s) + u[:, 5] * (1 + 0.25 * s - max(0.0, 1 - 0.25 * s))
-    p[:, 6] = max(0.0, 1 - 0.25 * s) + u[:, 6] * (1 + 0.25 * s - max(0.0, 1 - 0.25 * s))
-    p[:, 7] = np.where(u[:, 8] < 0.2, 0.1 + 0.9 * u[:, 7], 0.0)
-    return p.astype(np.float32)
-
-
-def _affine_grid(p: torch.Tensor, size: int) -> torch.Tensor:
-    """Sampling grid (B, S, S, 2) of rotation/shift/zoom/flip, about the image centre, output to
-    input in ``grid_sample``'s normalised coordinates (the inverse of the forward transform)."""
-    angle = torch.deg2rad(p[:, 0])
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    scale, flip = p[:, 3], torch.where(p[:, 4] > 0.5, -1.0, 1.0)
-    t = p[:, 1:3] * (2.0 / size)  # pixels -> normalised units
-    # in = R(-a) (out - t) / s, with the output's x mirrored first when flipped.
-    a = torch.stack([torch.stack([cos * flip, sin], 1), torch.stack([-sin * flip, cos], 1)], 1) / scale[:, None, None]
-    b = -(a @ (t * torch.stack([flip, torch.ones_like(flip)], 1))[:, :, None])[:, :, 0]
-    theta = torch.cat([a, b[:, :, None]], 2)
-    return F.affine_grid(theta, [p.shape[0], 1, size, size], align_corners=False)
-
-
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-image 3x3 Gaussian blur (reflect padding, as torchvision); sigma 0 leaves the image."""
-    b = x.shape[0]
-    r = torch.tensor([-1.0, 0.0, 1.0], device=x.device)
-    safe = sigma.clamp_min(1e-6)[:, None]
-    k1 = torch.exp(-0.5 * (r[None, :] / safe) ** 2)
-    k1 = torch.where(sigma[:, None] > 0, k1 / k1.sum(1, keepdim=True), torch.tensor([0.0, 1.0, 0.0], device=x.device))
-    kernel = (k1[:, :, None] * k1[:, None, :])[:, None]  # (B, 1, 3, 3)
-    padded = F.pad(x.reshape(1, b, *x.shape[2:]), (1, 1, 1, 1), mode="reflect")
-    return F.conv2d(padded, kernel, groups=b).reshape_as(x)
-
-
 def augment_batch(gray: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, S, S) images + (B, 8) parameters -> augmented float (B, 1, S, S) in [0, 255]."""
-    x = gray[:, None].float()
-    size = x.shape[-1]
-    x = F.grid_sample(x, _affine_grid(params, size), mode="bilinear", padding_mode="zeros", align_corners=False)
-    x = (x * params[:, 5, None, None, None]).clamp(0, 255)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    c = params[:, 6, None, None, None]
-    x = (c * x + (1 - c) * mean).clamp(0, 255)
-    return _blur(x, params[:, 7])
+    """uint8 (B, S, S) images + (B, 8) parameters (``data.augment.augment_params``) -> augmented
+    float (B, 1, S, S) in [0, 255], by the one augmentation (``data.augment.augment_images``)."""
+    return augment_images(gray[:, None].float() / 255.0, params) * 255.0
 
 
 def normalize_batch(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:

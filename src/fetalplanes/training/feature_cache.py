@@ -44,6 +44,7 @@ from fetalplanes.core import atomic
 from fetalplanes.core.spec import Preprocessing
 from fetalplanes.data.records import Sample
 from fetalplanes.data.torch_data import EpochSampler, balanced_weights
+from fetalplanes.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class FeatureDataModule(L.LightningDataModule):
     """
 
     def __init__(self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                 cfg: Any, num_classes: int, pooled: bool = False, val_batch_size: int = 256) -> None:
+                 cfg: TrainConfig, num_classes: int, pooled: bool = False, val_batch_size: int = 256) -> None:
         super().__init__()
         if pooled and train_x.shape[-1] * train_x.shape[-2] > 1:
             train_x, val_x = pool_features(train_x), pool_features(val_x)
@@ -248,7 +249,7 @@ def cpu_tuning(pooled: bool, threads: int | None = None) -> Iterator[None]:
 
 
 def feature_data(model: nn.Module, pre: Preprocessing, every: Sequence[Sample], train: Sequence[Sample],
-                 val: Sequence[Sample], cfg: Any, num_classes: int, cache_dir: str | Path,
+                 val: Sequence[Sample], cfg: TrainConfig, num_classes: int, cache_dir: str | Path,
                  device: str | torch.device = "cpu") -> tuple[FeatureDataModule, dict[str, Any]]:
     """The fast path's data module for ``train``/``val`` (features of ``every`` image are cached,
     so one cache entry serves every split and seed), and its description for the run record."""

@@ -79,8 +79,8 @@ def build_run_model(cfg: TrainConfig, class_names: tuple[str, ...],
         version=fetalplanes.__version__,
         training=data_summary,
         # The explain section rides along so `fetalplanes explain` and the web page use the
-        # heat-map settings chosen for this model (fetalplanes.explain.settings).
-        explain=cfg.explain.model_dump(mode="json"),
+        # heat-map settings chosen for this model (core.cam_methods.HeatMapSettings).
+        explain=cfg.explain.to_dict(),
     )
 
 
