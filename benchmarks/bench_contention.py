@@ -46,7 +46,7 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", help="the same model exported to ONNX (predict rows)")
     ap.add_argument("--image", help="one image to classify (predict rows; default: RUN's first image)")
     ap.add_argument("--policies", default="spin,passive", help="comma list of WAIT[:THREADS] (WAIT: spin|passive)")
-    ap.add_argument("--steps", type=int, default=20, help="timed training steps (after --warmup)")
+    ap.add_argument("--steps", type=int, default=30, help="timed training steps (after --warmup)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5, help="predict runs per cell (median)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: train, predict")

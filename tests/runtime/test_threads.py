@@ -16,10 +16,33 @@ from fetalplanes.runtime import threads as policy_mod
 from fetalplanes.runtime.threads import ThreadPolicy, apply_process_policy, available_cores, choose_policy
 
 
-def test_default_is_one_thread_per_usable_core_and_passive() -> None:
-    p = choose_policy(None, {})
+def test_default_is_one_thread_per_idle_core_and_passive() -> None:
+    p = choose_policy(None, {}, busy=lambda: 0.0)
     assert (p.threads, p.wait, p.cores) == (available_cores(), "passive", available_cores())
     assert p.environment()["OMP_WAIT_POLICY"] == "PASSIVE" and not p.spinning
+    assert choose_policy(None, {}, busy=lambda: None).threads == available_cores()  # no /proc/stat
+
+
+@pytest.mark.parametrize("others, want", [(0.3, 4), (0.6, 3), (1.0, 3), (2.4, 2), (9.0, 1)])
+def test_cores_other_processes_keep_busy_are_left_to_them(monkeypatch, others, want) -> None:
+    monkeypatch.setattr(policy_mod, "available_cores", lambda: 4)
+    p = choose_policy(None, {}, busy=lambda: others)
+    assert (p.threads, p.cores) == (want, 4) and "busy" in p.source
+
+
+def test_busy_cores_sees_a_busy_loop() -> None:
+    if not Path("/proc/stat").is_file():
+        pytest.skip("no /proc/stat")
+    cores = available_cores()
+    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+        time.sleep(0.5)
+        busy = policy_mod.busy_cores(0.3)
+    finally:
+        loop.kill()
+        loop.wait()
+    assert busy is not None and 0.6 <= busy <= cores
 
 
 @pytest.mark.parametrize("arg, env, want, source", [
