@@ -210,13 +210,33 @@ def model_from_checkpoint(ckpt: dict[str, Any], spec: ModelSpec, source: str = "
     except Exception as err:  # noqa: BLE001 - a spec the model registry cannot build
         raise CheckpointError(f"{source}: the spec's architecture cannot be built ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    _check_state(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, source)
+    expected = model.state_dict()
+    _check_state(state, {k: tuple(v.shape) for k, v in expected.items()}, source)
+    state = _as_weights(state, expected, source)
     model.load_state_dict(state, strict=True, assign=True)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         # A non-persistent buffer (not in any state dict) has no value yet: build it for real.
         model = build_model(cfg, spec.num_classes)
         model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def _as_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors as the model's own weights: the dtype the architecture builds
+    (a float64/float16 copy is cast, as ``copy_`` into a built model did), in a fresh row-major
+    copy: a tensor saved from a channels-last model keeps its strides (even on size-1 dims, where
+    ``is_contiguous()`` says True), takes another conv kernel when assigned as-is and changes the
+    logits in the 8th digit; the copy also means no weight keeps a crafted file's larger storage
+    alive or is tied to another. ``CheckpointError`` naming the tensor
+    when its kind (floating point vs integer/bool) is not the one the architecture needs."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        want = expected[name].dtype
+        if tensor.is_floating_point() != want.is_floating_point:
+            raise CheckpointError(f"{source}: '{STATE_PREFIX}{name}' is {str(tensor.dtype).removeprefix('torch.')}, "
+                                  f"expected {str(want).removeprefix('torch.')} (a checkpoint from `fetalplanes train`)")
+        out[name] = tensor.detach().to(dtype=want).clone(memory_format=torch.contiguous_format)
+    return out
 
 
 def _check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], source: str) -> None:
