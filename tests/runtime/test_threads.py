@@ -127,3 +127,47 @@ def test_the_cli_runs_with_the_threads_it_logs(tiny_checkpoint: Path, synth_data
     assert len(logged) == 1, logged  # logged once
     assert f"{want} intra-op thread " in logged[0] and "passive waiting" in logged[0]
     assert probe == {"torch": want, "wait": "PASSIVE"}
+
+
+# Bounds: ORT and torch take a C int and ORT starts one OS thread each, so a huge count is refused
+# in one line naming the setting (it was a pybind TypeError blamed on the model file, a traceback
+# from torch.set_num_threads, or a session start that never returned).
+@pytest.mark.parametrize("arg, env, named", [
+    (2**31, {}, "--threads 2147483648"),
+    (policy_mod.MAX_THREADS + 1, {}, f"--threads {policy_mod.MAX_THREADS + 1}"),
+    (None, {"FETALPLANES_THREADS": "100000"}, "FETALPLANES_THREADS='100000'"),
+    (None, {"OMP_NUM_THREADS": "99999999999999999999"}, "OMP_NUM_THREADS='99999999999999999999'"),
+])
+def test_a_thread_count_beyond_the_bound_is_one_line_naming_it(arg, env, named) -> None:
+    with pytest.raises(UserError, match=f"expected an integer from 1 to {policy_mod.MAX_THREADS}") as err:
+        choose_policy(arg, env)
+    assert named in str(err.value) and "\n" not in str(err.value)
+    assert choose_policy(policy_mod.MAX_THREADS, env).threads == policy_mod.MAX_THREADS
+
+
+def test_an_onnx_session_refuses_a_huge_count_as_the_setting_not_the_file(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from fetalplanes.runtime.session import load_session
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert load_session(path, threads=2) is not None
+    with pytest.raises(UserError, match="threads 2147483648: expected an integer from 1 to") as err:
+        load_session(path, threads=2**31)
+    assert str(path) not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_torch_predictor_refuses_a_huge_count_in_one_line() -> None:
+    torch = pytest.importorskip("torch")
+    from fetalplanes.core.spec import ModelSpec
+    from fetalplanes.models.torch_backend import TorchPredictor
+
+    spec = ModelSpec(name="t", task="planes", class_names=("a", "b"), architecture={})
+    with pytest.raises(UserError, match="threads 2147483648: expected an integer from 1 to"):
+        TorchPredictor.from_model(torch.nn.Linear(2, 2), spec, threads=2**31)

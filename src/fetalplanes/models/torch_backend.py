@@ -29,6 +29,7 @@ import torch
 from fetalplanes.core.spec import ModelSpec
 from fetalplanes.models.checkpoint import model_from_checkpoint, ood_blob, read_checkpoint, spec_of
 from fetalplanes.runtime.predictor import Predictor
+from fetalplanes.runtime.threads import check_threads
 
 __all__ = ["TorchPredictor"]
 
@@ -80,7 +81,7 @@ class TorchPredictor(Predictor):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.eval().to(self.device, memory_format=self.memory_format)
         self.lock = threading.RLock()
-        self.threads = int(threads) if threads else None
+        self.threads = check_threads(int(threads)) if threads else None  # torch takes a C int
         if self.threads:
             log.info("%s: %d torch intra-op thread(s) during its own calls (the process keeps %d)",
                      self.path, self.threads, torch.get_num_threads())

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from fetalplanes.core.errors import MissingExtraError, ModelFileError, ModelFileNotFound
 from fetalplanes.runtime.onnx_bounds import onnx_problem
-from fetalplanes.runtime.threads import process_policy
+from fetalplanes.runtime.threads import check_threads, process_policy
 
 __all__ = ["OPT_LEVELS", "check_onnx", "load_session", "session_options"]
 
@@ -44,7 +44,8 @@ def session_options(threads: int | None = None, *, opt_level: str = "all", spinn
 
     ``spinning``: whether idle worker threads spin (default: the thread policy's wait, passive
     unless ``FETALPLANES_WAIT=spin``). ``profile_prefix`` turns on op profiling.
-    Raises ``ValueError`` naming the valid levels for an unknown ``opt_level``.
+    Raises ``ValueError`` naming the valid levels for an unknown ``opt_level``, ``UserError`` for
+    ``threads`` outside 1..``runtime.threads.MAX_THREADS``.
     """
     ort = _onnxruntime()
     levels = {
@@ -59,7 +60,7 @@ def session_options(threads: int | None = None, *, opt_level: str = "all", spinn
     opts.graph_optimization_level = levels[opt_level]
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     policy = process_policy()
-    opts.intra_op_num_threads = int(threads) if threads else policy.threads
+    opts.intra_op_num_threads = check_threads(int(threads)) if threads else policy.threads
     opts.inter_op_num_threads = 1
     if log_severity is not None:
         opts.log_severity_level = int(log_severity)
@@ -92,8 +93,9 @@ def load_session(model: str | os.PathLike[str] | bytes, threads: int | None = No
         raise ModelFileNotFound(f"{name}: ONNX model file not found")
     if not isinstance(model, bytes):
         check_onnx(model)  # declared sizes and external data bounded before ORT allocates anything
+    # Built before the try: a bad thread count is the caller's setting, not a fault of the file.
+    opts = options if options is not None else session_options(threads, log_severity=SESSION_LOG_SEVERITY)
     try:
-        opts = options if options is not None else session_options(threads, log_severity=SESSION_LOG_SEVERITY)
         return ort.InferenceSession(model if isinstance(model, bytes) else name, opts,
                                     providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as err:  # ORT raises its own exception types for bad files

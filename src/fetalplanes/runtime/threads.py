@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 from fetalplanes.core.errors import UserError
 
-__all__ = ["ENV_THREADS", "ENV_WAIT", "WAIT_POLICIES", "ThreadPolicy", "apply_process_policy", "available_cores",
-           "busy_cores", "choose_policy", "process_policy"]
+__all__ = ["ENV_THREADS", "ENV_WAIT", "MAX_THREADS", "WAIT_POLICIES", "ThreadPolicy", "apply_process_policy",
+           "available_cores", "busy_cores", "check_threads", "choose_policy", "process_policy"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,11 @@ ENV_THREADS = "FETALPLANES_THREADS"
 ENV_WAIT = "FETALPLANES_WAIT"
 """Environment variable: how idle workers wait, one of :data:`WAIT_POLICIES`."""
 WAIT_POLICIES = ("passive", "spin")
+MAX_THREADS = 1024
+"""The most intra-op threads any setting accepts. ONNX Runtime and ``torch.set_num_threads`` take a
+C int (2**31 failed with a multi-line pybind TypeError blamed on the model file, and a traceback),
+and ORT starts one OS thread each (100000 hung a session start on a 2-core box; 1024 starts in
+under 2 s). More threads than cores only oversubscribe them (see above)."""
 
 _applied: "ThreadPolicy | None" = None
 
@@ -132,13 +137,22 @@ class ThreadPolicy:
         return {"threads": self.threads, "wait": self.wait, "source": self.source, "cores": self.cores}
 
 
+def check_threads(threads: int, name: str = "threads") -> int:
+    """``threads`` when it is an integer in 1..:data:`MAX_THREADS`; ``UserError`` naming ``name``
+    (the option or variable) and the valid range otherwise."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise UserError(f"{name} {threads}: expected an integer from 1 to {MAX_THREADS} (intra-op threads; "
+                        f"{available_cores()} usable cores here)")
+    return threads
+
+
 def _positive_int(value: str, name: str) -> int:
     try:
         n = int(value.strip())
     except ValueError:
         n = 0
-    if n < 1:
-        raise UserError(f"{name}={value!r}: expected a positive integer (intra-op threads)")
+    if not 1 <= n <= MAX_THREADS:
+        raise UserError(f"{name}={value!r}: expected an integer from 1 to {MAX_THREADS} (intra-op threads)")
     return n
 
 
@@ -154,9 +168,7 @@ def choose_policy(threads: int | None = None, environ: Mapping[str, str] | None 
     if wait not in WAIT_POLICIES:
         raise UserError(f"{ENV_WAIT}={env.get(ENV_WAIT)!r}: expected one of {list(WAIT_POLICIES)}")
     if threads is not None:
-        if int(threads) < 1:
-            raise UserError(f"--threads {threads}: expected a positive integer (intra-op threads)")
-        return ThreadPolicy(int(threads), wait, "--threads", cores)
+        return ThreadPolicy(check_threads(int(threads), "--threads"), wait, "--threads", cores)
     for name in (ENV_THREADS, "OMP_NUM_THREADS"):
         if env.get(name, "").strip():
             return ThreadPolicy(_positive_int(env[name], name), wait, name, cores)
