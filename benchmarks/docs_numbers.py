@@ -40,6 +40,7 @@ WORK = Path("runs/docs_numbers")  # scratch folder of the parts (relative to the
 PY = sys.executable
 
 BEGIN = re.compile(r"<!-- numbers:([\w-]+) -->\n")
+END = re.compile(r"^<!-- /numbers:([\w-]+) -->", re.M)  # a closer at the start of a line (not one quoted in prose)
 
 
 # ----------------------------------------------------------------------------- parts (commands)
@@ -197,13 +198,24 @@ REGIONS: dict[str, Region] = {
 # ----------------------------------------------------------------------------- doc rewriting
 
 def regions_in(text: str) -> list[tuple[str, int, int]]:
-    """(name, start, end) of each generated region's body in ``text``; raises on unbalanced markers."""
-    out = []
-    for m in BEGIN.finditer(text):
+    """(name, start, end) of each generated region's body in ``text``; ``ValueError`` on unbalanced
+    markers: an opener without its closer, a region opened inside another (rewriting the inner one
+    would delete the outer one's closer), or a closer without its opener (e.g. an opener not alone
+    on its line)."""
+    out: list[tuple[str, int, int]] = []
+    openers = list(BEGIN.finditer(text))
+    for i, m in enumerate(openers):
         end = text.find(f"<!-- /numbers:{m.group(1)} -->", m.end())
         if end < 0:
             raise ValueError(f"<!-- numbers:{m.group(1)} --> has no closing marker")
+        if i + 1 < len(openers) and openers[i + 1].start() < end:
+            raise ValueError(f"<!-- numbers:{m.group(1)} --> is not closed before <!-- numbers:{openers[i + 1].group(1)} --> "
+                             "opens; regions cannot nest or overlap")
         out.append((m.group(1), m.end(), end))
+    closers = {end for _, _, end in out}
+    for c in END.finditer(text):
+        if c.start() not in closers:
+            raise ValueError(f"<!-- /numbers:{c.group(1)} --> has no opening marker (an opener stands alone on its line)")
     return out
 
 

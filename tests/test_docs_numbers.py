@@ -18,6 +18,7 @@ can show each one failing on a doctored copy.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -203,6 +204,24 @@ def test_numbers_in_regions_code_and_the_allow_list_are_not_loose() -> None:
 def test_an_unlabelled_history_region_is_caught() -> None:
     text = "<!-- history:2026-12-01 -->\ntop-1 0.900\n<!-- /history -->\n"
     assert any("does not start with a visible" in p for p in loose_problems({"x.md": text}))
+
+
+@pytest.mark.parametrize("text, says", [
+    # overlapping: rewriting `params` deleted the outer region's closer (a corrupted doc)
+    ("<!-- numbers:demo-band -->\nA 1\n<!-- numbers:params -->\nB\n<!-- /numbers:demo-band -->\nC\n"
+     "<!-- /numbers:params -->\n", "is not closed before <!-- numbers:params -->"),
+    # an opener without its closer, before a complete region of the same name
+    ("<!-- numbers:params -->\nA 1\n<!-- numbers:params -->\nB\n<!-- /numbers:params -->\n", "is not closed before"),
+    ("text\n<!-- /numbers:params -->\n", "<!-- /numbers:params --> has no opening marker"),
+    ("text `<!-- /numbers:params -->` quoted\n", None),  # quoted in prose: not a marker
+    ("<!-- numbers:params --> 7\n<!-- /numbers:params -->\n", "has no opening marker"),  # opener not alone on its line
+])
+def test_unbalanced_region_markers_are_refused_before_a_doc_is_rewritten(text: str, says: str | None) -> None:
+    if says is None:
+        assert dn.render_text(text) == text
+        return
+    with pytest.raises(ValueError, match=re.escape(says)):
+        dn.render_text(text)
 
 
 def test_the_band_is_median_and_min_max_with_seed_zero_apart() -> None:
