@@ -316,7 +316,12 @@ def check_demo(summary_path: Path) -> bool:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from demo_seeds import run_fields
 
-    one = run_fields(json.loads(summary_path.read_text()), wall_s=None)
+    try:
+        one = run_fields(json.loads(summary_path.read_text()), wall_s=None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        # Run before the demo finished, or on another file: one line, not a traceback.
+        raise ValueError(f"{summary_path}: not a demo_summary.json ({type(err).__name__}: {err}); "
+                         "expected the file `make demo` writes (runs/demo/demo_summary.json)") from None
     runs = _load("demo_seeds.json")["runs"]
     inside = True
     for label, key, fmt in BAND_ROWS[:-2]:  # speed and wall time are the machine's, not the model's
@@ -337,7 +342,11 @@ def main() -> int:
     chk.add_argument("summary", type=Path)
     args = ap.parse_args()
     if args.cmd == "check-demo":
-        return 0 if check_demo(args.summary) else 1
+        try:
+            return 0 if check_demo(args.summary) else 1
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.cmd == "run":
         parts = [p for s in args.parts for p in s.replace(",", " ").split()] or list(PARTS)
         unknown = [p for p in parts if p not in PARTS]

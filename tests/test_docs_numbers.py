@@ -224,6 +224,20 @@ def test_unbalanced_region_markers_are_refused_before_a_doc_is_rewritten(text: s
         dn.render_text(text)
 
 
+@pytest.mark.parametrize("content", [None, "{}", "not json"])
+def test_check_demo_on_a_missing_or_foreign_summary_is_one_line(tmp_path: Path, monkeypatch, capsys,
+                                                                content: str | None) -> None:
+    """README tells a new user to run `check-demo runs/demo/demo_summary.json`; before the demo
+    has written it (or on another file) that was a FileNotFoundError / KeyError traceback."""
+    summary = tmp_path / "demo_summary.json"
+    if content is not None:
+        summary.write_text(content)
+    monkeypatch.setattr(sys, "argv", ["docs_numbers.py", "check-demo", str(summary)])
+    assert dn.main() == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {summary}: not a demo_summary.json") and "\n" not in err
+
+
 def test_the_band_is_median_and_min_max_with_seed_zero_apart() -> None:
     """The renderer's arithmetic on three made-up runs (a formatting test, no measurement)."""
     def run(seed: int, top1: float) -> dict:
