@@ -150,6 +150,9 @@ def test_each_explanation_carries_the_products_answer(tiny_checkpoint: Path, sha
     expected = [predictor.predict(p)[0].prediction for p in images]
     assert [r["state"] for r in records] == [p.state for p in expected]
     assert [r["ood"] for r in records] == [p.to_dict()["ood"] for p in expected]
+    # As `predict`: a rejected input carries no plane, only the class its map explains, named as such.
+    assert [r["label"] for r in records] == [p.to_dict()["label"] for p in expected]
+    assert all(r["nearest_plane"] for r in records if r["state"] == "out_of_distribution")
     page = (out / "index.html").read_text()
     for p in expected:
         if p.state != "plane":

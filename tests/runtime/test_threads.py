@@ -123,10 +123,20 @@ def _cli(args: list[str], env_extra: dict[str, str]) -> tuple[dict, list[str]]:
 ])
 def test_the_cli_runs_with_the_threads_it_logs(tiny_checkpoint: Path, synth_data: Path, args, env, want) -> None:
     image = next((synth_data / "Images").glob("*.png"))
-    probe, logged = _cli([*args, "predict", "--checkpoint", str(tiny_checkpoint), str(image)], env)
+    probe, logged = _cli(["-v", *args, "predict", "--checkpoint", str(tiny_checkpoint), str(image)], env)
     assert len(logged) == 1, logged  # logged once
     assert f"{want} intra-op thread " in logged[0] and "passive waiting" in logged[0]
     assert probe == {"torch": want, "wait": "PASSIVE"}
+
+
+def test_quick_commands_log_the_policy_only_with_verbose_and_long_ones_always(tiny_checkpoint: Path,
+                                                                            synth_data: Path) -> None:
+    image = next((synth_data / "Images").glob("*.png"))
+    _, logged = _cli(["predict", "--checkpoint", str(tiny_checkpoint), str(image)], {})
+    assert logged == []  # a one-image answer prints only the answer
+    _, logged = _cli(["evaluate", "--model", str(tiny_checkpoint), "--data", str(synth_data), "--split", "all",
+                      "--out", str(synth_data.parent / "ev_threads")], {"FETALPLANES_THREADS": "1"})
+    assert len(logged) == 1 and logged[0].startswith("INFO threads: 1 intra-op thread")
 
 
 # Bounds: ORT and torch take a C int and ORT starts one OS thread each, so a huge count is refused

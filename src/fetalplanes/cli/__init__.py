@@ -32,10 +32,16 @@ app = typer.Typer(
 # written into the environment, for OpenMP to read when torch loads. Inside another program
 # (a test's CliRunner, a notebook) the host's process-wide settings are left alone.
 _OWNS_PROCESS = False
+# Commands that run long or serve: their thread policy is logged at INFO (a hospital engineer
+# reads it in the service's or the node's log); the quick ones log it at DEBUG (`-v`), so a
+# one-image `predict` or a refused file prints only its answer or its one-line error.
+_LOG_THREADS = {"train", "demo", "evaluate", "explain", "bench", "stream", "serve", "dicom-node", "dicomweb",
+                "reproduce"}
 
 
 @app.callback()
 def _setup(
+    ctx: typer.Context,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="Intra-op threads for torch and ONNX Runtime (default: $FETALPLANES_THREADS, "
@@ -57,7 +63,8 @@ def _setup(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from fetalplanes.runtime.threads import apply_process_policy, choose_policy
 
-    apply_process_policy(choose_policy(threads), None if _OWNS_PROCESS else {})
+    apply_process_policy(choose_policy(threads), None if _OWNS_PROCESS else {},
+                         logging.INFO if ctx.invoked_subcommand in _LOG_THREADS else logging.DEBUG)
 
 
 def _register() -> None:

@@ -297,6 +297,8 @@ def _record_json(rec: dict[str, Any], ins: Inputs, class_names) -> dict[str, Any
     answer = rec.get("answer")
     if answer is not None:  # read `state` before `label`: the map explains the top class whatever the answer
         out.update(state=answer.state, abstain=answer.abstain, ood=answer.to_dict()["ood"])
+        if answer.state == "out_of_distribution":  # as `predict`: no plane for a rejected input
+            out["nearest_plane"], out["label"] = out.get("label"), None
     if "loc" in rec:
         out["localization"] = {"mask": rec["mask"], **rec["loc"]}
     if "occlusion" in rec:

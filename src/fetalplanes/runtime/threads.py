@@ -179,9 +179,11 @@ def choose_policy(threads: int | None = None, environ: Mapping[str, str] | None 
     return ThreadPolicy(cores - taken, wait, f"the usable cores not busy at start-up: {others:.1f} busy", cores)
 
 
-def apply_process_policy(policy: ThreadPolicy, environ: MutableMapping[str, str] | None = None) -> ThreadPolicy:
+def apply_process_policy(policy: ThreadPolicy, environ: MutableMapping[str, str] | None = None,
+                         level: int = logging.INFO) -> ThreadPolicy:
     """Make ``policy`` this process's: its variables set in ``environ`` (default ``os.environ``)
-    for OpenMP to read when torch loads, and the policy returned by :func:`process_policy`.
+    for OpenMP to read when torch loads, and the policy returned by :func:`process_policy`;
+    logged once at ``level``.
 
     Only the process's owner calls this (the CLI entry point), before torch is imported: once
     OpenMP has loaded, its wait policy can no longer change, so then only ONNX Runtime sessions and
@@ -192,7 +194,7 @@ def apply_process_policy(policy: ThreadPolicy, environ: MutableMapping[str, str]
     env.update(policy.environment())
     _applied = policy
     late = "torch" in sys.modules
-    log.info("threads: %s%s", policy.describe(),
+    log.log(level, "threads: %s%s", policy.describe(),
              " (torch was already loaded: its wait policy is the host's)" if late else "")
     return policy
 
