@@ -24,7 +24,7 @@ import logging
 import os
 import stat
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
@@ -342,15 +342,17 @@ def screen_files(
     *,
     skip_bad: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode: Callable[[Path], object] | None = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """(readable paths, [(file, reason)] for the unreadable ones), each file decoded once (its first
-    frame, as :func:`load_image`); the bad ones handled by :func:`report_bad_files`."""
+    frame, as :func:`load_image`, or by ``decode``, which raises ``ImageLoadError``); the bad ones
+    handled by :func:`report_bad_files`."""
     good: list[Path] = []
     bad: list[tuple[str, str]] = []
     for item in paths:
         path = Path(item)
         try:
-            load_image(path, max_pixels=max_pixels)
+            decode(path) if decode is not None else load_image(path, max_pixels=max_pixels)
         except ImageLoadError as exc:
             bad.append(bad_entry(exc, path))
         else:

@@ -240,19 +240,7 @@ def explain(
 def _screen(samples: Sequence[Sample], frame: int, skip_bad: bool) -> tuple[list[Path], list[tuple[str, str]]]:
     """``core.io.screen_files``'s rule (all bad inputs listed at once, or skipped with ``skip_bad``)
     applied to the frame that will be explained, so a missing frame is caught before any map."""
-    from fetalplanes.core.io import report_bad_files
-
-    good: list[Path] = []
-    bad: list[tuple[str, str]] = []
-    for path in (s.path for s in samples):
-        try:
-            _frame_image(path, frame)
-        except ImageLoadError as exc:
-            bad.append(bad_entry(exc, path))
-        else:
-            good.append(path)
-    report_bad_files(bad, len(good) + len(bad), skip_bad)
-    return good, bad
+    return screen_files([s.path for s in samples], skip_bad=skip_bad, decode=lambda p: _frame_image(p, frame))
 
 
 def _frame_image(path: Path, frame: int):  # noqa: ANN202 - (PIL image, the file's frame count)
