@@ -25,10 +25,20 @@ import time
 from pathlib import Path
 
 
-def cli(*args: str) -> None:
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "fetalplanes", *args]
     print("$ fetalplanes " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
+    proc = subprocess.run(cmd, check=False, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(proc.stderr)
+    if check and proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, stderr=proc.stderr)
+    return proc
+
+
+def _refusal(stderr: str) -> str | None:
+    """The gate's own one-line refusal from `export --int8`'s stderr (None: not a gate refusal)."""
+    line = next((ln for ln in stderr.splitlines() if "int8 model refused:" in ln), None)
+    return line.split("int8 model refused:", 1)[1].split("; nothing written")[0].strip() if line else None
 
 
 def int8_gate(report: dict) -> dict | None:
@@ -51,7 +61,7 @@ def write_stamped(args: argparse.Namespace, rows: list[dict]) -> None:
 
     from fetalplanes.core.atomic import write_json
 
-    gate = int8_gate(json.loads((args.out / "export.json").read_text()))
+    gate = args.refused or int8_gate(json.loads((args.out / "export.json").read_text()))
     command = "python benchmarks/demo_formats.py " + " ".join(sys.argv[1:])
     result = {"command": command, "synthetic": True, "max_drop": args.max_drop, "rows": rows, "int8_gate": gate}
     from fetalplanes.runtime.threads import available_cores
@@ -72,10 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     if not ckpt.is_file() or not data.is_dir():
         ap.error(f"{args.run}: no demo run there (expected {ckpt} and {data}); run `make demo` first")
     fp32, int8 = args.out / "model.onnx", args.out / "model.int8.onnx"
-    cli("export", "--checkpoint", str(ckpt), "--out", str(fp32), "--int8", "--calibration", str(data),
-        "--int8-out", str(int8), "--max-drop", str(args.max_drop), "--report", str(args.out / "export.json"))
+    proc = cli("export", "--checkpoint", str(ckpt), "--out", str(fp32), "--int8", "--calibration", str(data),
+               "--int8-out", str(int8), "--max-drop", str(args.max_drop), "--report", str(args.out / "export.json"),
+               check=False)
+    # The int8 gate may refuse this model (that is its job): then the table has the fp32 rows and
+    # says why there is no int8 row.
+    reason = _refusal(proc.stderr) if proc.returncode else None
+    if proc.returncode and reason is None:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, stderr=proc.stderr)
+    args.refused = {"passed": False, "refusal": reason} if reason else None
+    if reason:
+        cli("export", "--checkpoint", str(ckpt), "--out", str(fp32), "--report", str(args.out / "export.json"))
+    formats = [("checkpoint (.ckpt)", ckpt), ("ONNX fp32", fp32)] + ([] if reason else [("ONNX int8 (QDQ)", int8)])
     rows = []
-    for name, model in (("checkpoint (.ckpt)", ckpt), ("ONNX fp32", fp32), ("ONNX int8 (QDQ)", int8)):
+    for name, model in formats:
         out = args.out / f"eval_{model.name.replace('.', '_')}"
         t0 = time.perf_counter()
         cli("evaluate", "--model", str(model), "--data", str(data), "--out", str(out), "--n-boot", str(args.n_boot))

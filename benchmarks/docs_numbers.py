@@ -159,7 +159,9 @@ def render_formats(r: dict[str, Any]) -> str:
                      f"({x['top1_low']:.3f}-{x['top1_high']:.3f}) | {x['top2']:.3f} | {x['f1_macro']:.3f} "
                      f"| {x['evaluate_s']:.1f} |")
     gate = r.get("int8_gate") or {}
-    if gate:
+    if gate.get("refusal"):
+        lines += ["", f"int8 gate (`--max-drop {r['max_drop']}`): refused this model, so no int8 row: {gate['refusal']}."]
+    elif gate:
         lines += ["", f"int8 gate (`--max-drop {r['max_drop']}`): {'passed' if gate.get('passed') else 'failed'} "
                   f"on {gate.get('n')} held-out calibration images: fp32 {gate.get('fp32_top1'):.3f}, "
                   f"int8 {gate.get('int8_top1'):.3f}, agreement {gate.get('agreement'):.3f}."]
