@@ -1,8 +1,9 @@
 """Fast on a box it shares (issue 23): training throughput and `predict` wall time, alone and
 beside other CPU-bound work, under each thread policy (``fetalplanes.runtime.threads``).
 
-For each policy (``WAIT[:THREADS]``; ``spin`` = the libraries' defaults, what the product did
-before issue 23; ``passive`` = the product's default now):
+For each policy (``WAIT[:THREADS]``: ``spin:2`` = two threads whatever the load and the
+libraries' spin-waiting, what the product did before issue 23; ``passive`` = the product's
+default now, threads from the cores not busy at start-up and passive waiting):
 
 - demo training throughput: img/s of a fixed number of training steps of the demo's model
   (``configs/demo.yaml``: Lite0 + CBAM + MLP, 128 px, batch 16, AdamW; random tensors, so only

@@ -63,7 +63,7 @@ PARTS: dict[str, Part] = {
                       "--out", str(WORK / "formats"), "--json", "benchmarks/results/demo_formats.json"),),
                     "seed 0's model as .ckpt, ONNX fp32, ONNX int8 (docs/deploy.md); needs part demo"),
     "contention": Part(((PY, "benchmarks/bench_contention.py", "--run", str(WORK / "demo_seeds" / "seed-0"),
-                         "--model", str(WORK / "formats" / "model.onnx"), "--out",
+                         "--model", str(WORK / "formats" / "model.onnx"), "--policies", "spin:2,passive", "--out",
                          "benchmarks/results/bench_contention.json"),),
                        "training and `predict` alone and beside other CPU work, per thread policy "
                        "(README, docs/deploy.md); needs parts demo and formats"),
@@ -174,8 +174,9 @@ def render_contention(r: dict[str, Any]) -> str:
     from bench_contention import table
 
     m = r["provenance"]
-    return "\n".join([table(r), "", f"`spin` = the libraries' defaults (the product before issue 23, "
-                      f"`FETALPLANES_WAIT=spin`); `passive` = the product's default now. {r['steps']} training steps "
+    return "\n".join([table(r), "", f"`spin:2` = the product before issue 23 (two threads whatever the load, the "
+                      f"libraries' spin-waiting; `FETALPLANES_WAIT=spin FETALPLANES_THREADS=2`); `passive` = "
+                      f"the product's default now (threads from the cores not busy at start-up, passive waiting). {r['steps']} training steps "
                       f"of batch 16 per cell; `predict` median of {r['repeats']} runs (start-up included). Load "
                       f"average {r['machine']['load_before']:.2f} before the run. Produced by `{r['command']}` "
                       f"({_by(r)}; {m['cores']} cores)."])
