@@ -67,17 +67,23 @@ def _wait(pred, timeout: float = 30) -> bool:  # noqa: ANN001
     return bool(pred())
 
 
+def _node(predictor, tmp_path: Path):  # noqa: ANN202 - (FakePacs, Journal, Pipeline, StorageSCP), started but the PACS
+    """A node (journal, pipeline, SCP) forwarding to a fake PACS on loopback; the PACS is not started."""
+    pacs = FakePacs(free_port())
+    journal = Journal(tmp_path / "journal")
+    pipeline = Pipeline(predictor, journal, [parse_forward(f"PACS@127.0.0.1:{pacs.port}")], backoff_s=0.2)
+    scp = StorageSCP(journal, pipeline, port=free_port())
+    pipeline.start()
+    scp.start()
+    return pacs, journal, pipeline, scp
+
+
 def test_receive_classify_queue_while_pacs_down_then_deliver_once(stub_predictor, dicom_us: Path, tmp_path: Path) -> None:
     bad = pydicom.dcmread(dicom_us / "US1_UNCR.dcm")
     bad.PixelData = bad.PixelData[:100]
     bad.SOPInstanceUID = bad.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
     bad.save_as(tmp_path / "bad.dcm", enforce_file_format=True)
-    pacs = FakePacs(free_port())
-    journal = Journal(tmp_path / "journal")
-    pipeline = Pipeline(stub_predictor, journal, [parse_forward(f"PACS@127.0.0.1:{pacs.port}")], backoff_s=0.2)
-    scp = StorageSCP(journal, pipeline, port=free_port())
-    pipeline.start()
-    scp.start()
+    pacs, journal, pipeline, scp = _node(stub_predictor, tmp_path)
     try:
         files = [dicom_us / "US1_UNCR.dcm", dicom_us / "dbdicom_0020.DCM", tmp_path / "bad.dcm", dicom_us / "US1_UNCR.dcm"]
         statuses = _send(scp.port, files)
@@ -110,13 +116,8 @@ def test_a_resent_failed_instance_is_processed_again_and_a_resent_done_one_is_no
 
     stub_predictor.predict = predict_failing_first
     uid = str(pydicom.dcmread(dicom_us / "US1_UNCR.dcm", stop_before_pixels=True).SOPInstanceUID)
-    pacs = FakePacs(free_port())
+    pacs, journal, pipeline, scp = _node(stub_predictor, tmp_path)
     pacs.start()
-    journal = Journal(tmp_path / "journal")
-    pipeline = Pipeline(stub_predictor, journal, [parse_forward(f"PACS@127.0.0.1:{pacs.port}")], backoff_s=0.2)
-    scp = StorageSCP(journal, pipeline, port=free_port())
-    pipeline.start()
-    scp.start()
     try:
         assert _send(scp.port, [dicom_us / "US1_UNCR.dcm"]) == [(0, "")]
         assert _wait(lambda: journal.state(uid) == "failed")
