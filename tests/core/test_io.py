@@ -522,3 +522,31 @@ def test_real_images_load(folder: str) -> None:
 def test_core_io_does_not_import_torch() -> None:
     code = "import sys, fetalplanes.core.io; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --------------------------------------------------------------------------- decoder errors vs. bugs
+
+
+@pytest.mark.parametrize("target", ["check_size", "scale_float", "_from_int32"])
+def test_a_bug_in_this_projects_code_is_not_reported_as_a_corrupt_file(monkeypatch, target: str) -> None:
+    """Only Pillow's calls are guarded: an exception from the project's own code (the size check,
+    the intensity rule) propagates as itself, instead of becoming 'corrupt or truncated TIFF data'."""
+    import fetalplanes.core.io as io_module
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in fetalplanes")
+
+    monkeypatch.setattr(io_module, target, broken)
+    mode_data = {"check_size": gray8(), "scale_float": gray8().astype(np.float32) / 255,
+                 "_from_int32": gray8().astype(np.int32)}[target]
+    data = encode(Image.fromarray(mode_data), "TIFF")
+    with pytest.raises(TypeError, match="a bug in fetalplanes"):
+        load_image(data, name="x.tif")
+
+
+def test_pillows_own_failures_still_name_the_file() -> None:
+    """The narrowed guards still cover every Pillow call: a truncated PNG, a frame that cannot be
+    decoded, a conversion Pillow refuses."""
+    data = encode(Image.fromarray(gray8(32, 32)), "PNG")
+    with pytest.raises(ImageLoadError, match=r"cut\.png: corrupt or truncated PNG data"):
+        load_image(data[: len(data) // 2], name="cut.png")

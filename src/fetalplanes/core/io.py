@@ -25,7 +25,7 @@ import os
 import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from io import BytesIO
 from pathlib import Path
 from typing import Union
@@ -169,6 +169,9 @@ def _load(
 def _pillow_errors(label: str, fmt: str, max_pixels: int, frame: int | None = None) -> Iterator[None]:
     """Turn every Pillow failure inside the block into an ImageLoadError naming `label` (and `frame`).
 
+    Only calls into Pillow go inside the block, so any exception there is the decoder's verdict
+    on the file; this project's own code runs outside it, where a bug shows as a bug.
+
     Pillow's own bomb guard only warns between MAX_IMAGE_PIXELS and twice that; it is made
     an error here, locally, because changing warning filters or MAX_IMAGE_PIXELS globally
     would affect every other user of Pillow in the process.
@@ -212,15 +215,24 @@ class PilFrames:
 
     def frame(self, index: int) -> Image.Image:
         frame = index if self.count > 1 else None
-        with _pillow_errors(self.label, self.fmt, self.max_pixels, frame):
-            image = self._image
+        image = self._image
+        # Only Pillow's own calls sit inside the guards: an exception from this project's code
+        # (the size check, the budget, the mode rule) is a refusal or a bug, never "corrupt data".
+        with self._decoding(frame):
             if index:
                 image.seek(index)
-            check_size(*image.size, self.label, self.max_pixels, frame)  # header size, before decoding
-            if self.budget is not None:
-                self.budget.charge(*image.size, self.label, frame)
+            size = image.size
+        check_size(*size, self.label, self.max_pixels, frame)  # header size, before decoding
+        if self.budget is not None:
+            self.budget.charge(*size, self.label, frame)
+        with self._decoding(frame):
             image.load()
-            return _finish(image if self.count == 1 else image.copy(), self.label)
+            image = image if self.count == 1 else image.copy()
+        _orient(image)
+        return _normalise_mode(image, self.label, lambda: self._decoding(frame))
+
+    def _decoding(self, frame: int | None) -> AbstractContextManager[None]:
+        return _pillow_errors(self.label, self.fmt, self.max_pixels, frame)
 
 
 def _pil_frames(data: bytes, fmt: str, label: str, max_pixels: int, first_only: bool,
@@ -229,42 +241,47 @@ def _pil_frames(data: bytes, fmt: str, label: str, max_pixels: int, first_only: 
     return [frames.frame(i) for i in range(1 if first_only else len(frames))]
 
 
-def _finish(image: Image.Image, label: str) -> Image.Image:
-    """Apply EXIF orientation, then bring the mode into the documented set."""
+def _orient(image: Image.Image) -> None:
+    """Apply the EXIF orientation in place."""
     # Browsers honour EXIF orientation; without this, overlays drawn on our pixels would be
     # rotated relative to the image the clinician sees.
     try:
         ImageOps.exif_transpose(image, in_place=True)
-    except Exception as exc:  # damaged EXIF must not make intact pixels unreadable
+    except Exception as exc:  # Pillow's EXIF parser on damaged tags: intact pixels stay readable
         logger.debug("ignoring unreadable EXIF orientation: %s", exc)
-    return _normalise_mode(image, label)
 
 
-def _normalise_mode(image: Image.Image, label: str) -> Image.Image:
-    """Modes into {'L', 'LA', 'I;16', 'RGB', 'RGBA'}, by the intensity rule (core.intensity)."""
+def _normalise_mode(image: Image.Image, label: str,
+                    decoding: Callable[[], AbstractContextManager[None]]) -> Image.Image:
+    """Modes into {'L', 'LA', 'I;16', 'RGB', 'RGBA'}, by the intensity rule (core.intensity).
+
+    ``decoding()`` guards Pillow's conversions (a mode Pillow cannot convert is the file's fault);
+    the numpy rules after them run unguarded."""
     mode = image.mode
     if mode in _KEPT_MODES:
         return image
-    if mode in ("P", "PA"):
-        has_alpha = mode == "PA" or "transparency" in image.info
-        return image.convert("RGBA" if has_alpha else "RGB")
-    if mode == "1":
-        return image.convert("L")
-    if mode in ("I;16B", "I;16L", "I;16N"):
-        # Other byte orders of 16-bit gray: same values, native 'I;16' mode.
-        return Image.fromarray(np.asarray(image).astype(np.uint16))
+    with decoding():
+        if mode in ("P", "PA"):
+            has_alpha = mode == "PA" or "transparency" in image.info
+            return image.convert("RGBA" if has_alpha else "RGB")
+        if mode == "1":
+            return image.convert("L")
+        if mode in ("RGBa", "La"):
+            return image.convert("RGBA")
+        if mode not in ("I;16B", "I;16L", "I;16N", "I", "F"):
+            return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
+        values = np.asarray(image)
     if mode == "I":
-        return _from_int32(image)
+        return _from_int32(values, image)
     if mode == "F":
-        return Image.fromarray(scale_float(np.asarray(image), label))
-    if mode in ("RGBa", "La"):
-        return image.convert("RGBA")
-    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
+        return Image.fromarray(scale_float(values, label))
+    # Other byte orders of 16-bit gray: same values, native 'I;16' mode.
+    return Image.fromarray(values.astype(np.uint16))
 
 
-def _from_int32(image: Image.Image) -> Image.Image:
-    """Pillow's 32-bit integer mode: 16-bit data stays 16-bit; wider data is scaled by its bits."""
-    values = np.asarray(image)
+def _from_int32(values: np.ndarray, image: Image.Image) -> Image.Image:
+    """Pillow's 32-bit integer mode (``values``, read from ``image``): 16-bit data stays 16-bit;
+    wider data is scaled by its bits."""
     tag = getattr(image, "tag_v2", None)
     declared = tag.get(258) if tag is not None else None  # TIFF BitsPerSample
     bits = int(declared[0] if isinstance(declared, tuple) else declared) if declared else None
