@@ -181,3 +181,41 @@ def test_a_torch_predictor_refuses_a_huge_count_in_one_line() -> None:
     spec = ModelSpec(name="t", task="planes", class_names=("a", "b"), architecture={})
     with pytest.raises(UserError, match="threads 2147483648: expected an integer from 1 to"):
         TorchPredictor.from_model(torch.nn.Linear(2, 2), spec, threads=2**31)
+
+
+def test_a_process_that_applied_no_policy_never_samples_the_cores(monkeypatch) -> None:
+    """A library user's program (no CLI entry point) owns its CPU: the policy comes from its
+    environment or the usable cores, without a /proc/stat sample per call."""
+    monkeypatch.setattr(policy_mod, "_applied", None)
+    monkeypatch.delenv("FETALPLANES_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+    def sampled(*args, **kwargs):
+        raise AssertionError("busy_cores was sampled")
+
+    monkeypatch.setattr(policy_mod, "busy_cores", sampled)
+    p = policy_mod.process_policy()
+    assert p.threads == available_cores() and p.source == "one per usable core"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert policy_mod.process_policy().threads == 1
+
+
+_HELP_PROBE = """
+import sys, fetalplanes.runtime.threads as t
+real = t.busy_cores
+def counted(*args):
+    print("SAMPLED", file=sys.stderr)
+    return real(*args)
+t.busy_cores = counted
+from fetalplanes.cli import main
+sys.argv = ["fetalplanes", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("argv, sampled", [(["stream", "--help"], False), (["predict", "no.png", "--model", "no.onnx"], True)])
+def test_cli_help_does_not_sample_the_cores(argv: list[str], sampled: bool) -> None:
+    """`fetalplanes CMD --help` runs nothing, so it pays no core sample; a real command does."""
+    proc = subprocess.run([sys.executable, "-c", _HELP_PROBE, *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "FETALPLANES_THREADS": "", "OMP_NUM_THREADS": ""})
+    assert ("SAMPLED" in proc.stderr) is sampled, proc.stderr[-500:]

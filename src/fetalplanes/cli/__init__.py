@@ -61,6 +61,10 @@ def _setup(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler], force=True)
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if _OWNS_PROCESS and "--help" in sys.argv[1:]:
+        # `fetalplanes CMD --help` runs nothing: no thread policy, no 50 ms core sample. (Click
+        # parses the command's own options, --help among them, only after this callback.)
+        return
     from fetalplanes.runtime.threads import apply_process_policy, choose_policy
 
     apply_process_policy(choose_policy(threads), None if _OWNS_PROCESS else {},

@@ -157,9 +157,9 @@ def _positive_int(value: str, name: str) -> int:
 
 
 def choose_policy(threads: int | None = None, environ: Mapping[str, str] | None = None,
-                  busy: Callable[[], float | None] = busy_cores) -> ThreadPolicy:
+                  busy: Callable[[], float | None] | None = None) -> ThreadPolicy:
     """The policy for ``threads`` (the ``--threads`` option; None: from the environment, else the
-    usable cores that ``busy()`` does not find busy). Raises ``UserError`` naming the variable and
+    usable cores that ``busy()``, default :func:`busy_cores`, does not find busy). Raises ``UserError`` naming the variable and
     what it expects when ``FETALPLANES_THREADS``, ``OMP_NUM_THREADS`` or ``FETALPLANES_WAIT`` is
     malformed."""
     env = os.environ if environ is None else environ
@@ -172,7 +172,7 @@ def choose_policy(threads: int | None = None, environ: Mapping[str, str] | None 
     for name in (ENV_THREADS, "OMP_NUM_THREADS"):
         if env.get(name, "").strip():
             return ThreadPolicy(_positive_int(env[name], name), wait, name, cores)
-    others = busy() if cores > 1 else None
+    others = (busy or busy_cores)() if cores > 1 else None
     if others is None:
         return ThreadPolicy(cores, wait, "one per usable core", cores)
     taken = min(cores - 1, int(others + 0.5))  # a core counts as taken when others keep it half busy
@@ -200,5 +200,11 @@ def apply_process_policy(policy: ThreadPolicy, environ: MutableMapping[str, str]
 
 
 def process_policy() -> ThreadPolicy:
-    """The policy applied to this process, or (when none was) the one its environment gives, not applied."""
-    return _applied if _applied is not None else choose_policy()
+    """The policy applied to this process, or (when none was) the one its environment gives, not
+    applied: there the host program owns the CPU, so the cores are not sampled (no 50 ms
+    ``/proc/stat`` read per call, e.g. per ONNX Runtime session a library user builds)."""
+    return _applied if _applied is not None else choose_policy(busy=_not_sampled)
+
+
+def _not_sampled() -> None:
+    return None
