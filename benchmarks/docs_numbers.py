@@ -53,6 +53,21 @@ class Part:
     what: str
 
 
+EXPLAIN_SEEDS = (0, 1, 2)
+# Every setting of core.cam_methods.COMPARE_CONFIGS but occlusion: ~10-30x a CAM's cost per image
+# (docs/explain.md's history table), which would double this command's time.
+EXPLAIN_CONFIGS = "cam_layer:gradcam;stage:-2:gradcam;stage:-3:layercam;gradientshap;integratedgradients"
+EXPLAIN_IMAGES = 12  # per seed, the first N of its validation split: the rule's minimum sample
+
+
+def _compare(seed: int) -> tuple[str, ...]:
+    run = WORK / "demo_seeds" / f"seed-{seed}"
+    return (PY, "-m", "fetalplanes", "explain", "--compare",
+            "--checkpoint", str(run / "run" / "checkpoints" / "best.ckpt"), "--data", str(run / "data"),
+            "--split", "val", "--limit", str(EXPLAIN_IMAGES), "--configs", EXPLAIN_CONFIGS,
+            "--out", str(WORK / "explain" / f"seed-{seed}"))
+
+
 PARTS: dict[str, Part] = {
     "params": Part(((PY, "benchmarks/params.py", "--out", "benchmarks/results/params.json"),),
                    "parameter counts of every preset (README preset table)"),
@@ -67,6 +82,12 @@ PARTS: dict[str, Part] = {
                          "benchmarks/results/bench_contention.json"),),
                        "training and `predict` alone and beside other CPU work, per thread policy "
                        "(README, docs/deploy.md); needs parts demo and formats"),
+    "explain": Part((*(_compare(seed) for seed in EXPLAIN_SEEDS),
+                     (PY, "benchmarks/explain_select.py",
+                      *(str(WORK / "explain" / f"seed-{seed}" / "compare.json") for seed in EXPLAIN_SEEDS),
+                      "--json", "benchmarks/results/explain_selection.json")),
+                    "`explain --compare` on the validation split of the 3 demo models, then the default-map rule "
+                    "(docs/explain.md); needs part demo"),
 }
 
 
@@ -182,6 +203,38 @@ def render_contention(r: dict[str, Any]) -> str:
                       f"({_by(r)}; {m['cores']} cores)."])
 
 
+def render_explain(r: dict[str, Any]) -> str:
+    seeds = sorted(r["per_seed"], key=lambda t: t["train_seed"])
+    f3 = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    head = " | ".join(f"seed {t['train_seed']}: sanity / energy / PG" for t in seeds)
+    lines = [f"| map | {head} | eligible (every sanity median <= {r['rule_limit']:.1f}) | mean energy share "
+             "| mean pointing game | s/img (median) |", "|---|" + "---|" * (len(seeds) + 4)]
+    chosen = (r.get("chosen") or {}).get("label")
+    for c in r["candidates"]:
+        cells = []
+        for t in seeds:
+            row = next((x for x in t["rows"] if x["label"] == c["label"]), None)
+            flag = " FLAGGED" if row and row["flagged"] else ""
+            cells.append("-" if row is None else f"{f3(row['max_sanity_median'])}{flag} / {f3(row['energy_share'])} "
+                         f"/ {f3(row['pointing_game'])}")
+        secs = [x["seconds_per_image"] for t in seeds for x in t["rows"]
+                if x["label"] == c["label"] and x["seconds_per_image"] is not None]
+        label = f"**{c['label']} (chosen)**" if c["label"] == chosen else c["label"]
+        speed = f"{statistics.median(secs):.2f}" if secs else "n/a"
+        lines.append(f"| {label} | {' | '.join(cells)} | {'yes' if c['eligible'] else 'no'} | {f3(c['energy_share'])} "
+                     f"| {f3(c['pointing_game'])} | {speed} |")
+    shipped = sorted({str(t["shipped_default"]) for t in seeds})
+    agree = chosen is not None and shipped == [chosen]
+    lines += ["", f"Verdict: {r['verdict']}.", "",
+              f"The demo models ship {' / '.join(shipped)}: "
+              + ("the rule's choice." if agree else "NOT the rule's choice on today's code (see the verdict)."),
+              "", f"{len(seeds)} demo models (training seeds {', '.join(str(t['train_seed']) for t in seeds)}), the first "
+              f"{seeds[0]['n_images']} images of each one's {seeds[0]['split']} split; sanity = the largest median "
+              f"Spearman over the randomizations (FLAGGED at 0.5 or above), energy = energy share, PG = pointing game; "
+              f"s/img = one map's time, idle box. Produced by `{r['command']}` ({_by(r)})."]
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class Region:
     """A generated region: its results JSON (under benchmarks/results) and renderer."""
@@ -195,6 +248,7 @@ REGIONS: dict[str, Region] = {
     "params": Region("params.json", render_params),
     "formats": Region("demo_formats.json", render_formats),
     "contention": Region("bench_contention.json", render_contention),
+    "explain-selection": Region("explain_selection.json", render_explain),
 }
 
 

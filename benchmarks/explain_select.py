@@ -17,13 +17,29 @@ import json
 from pathlib import Path
 
 
+def seed_rows(table: dict) -> dict:
+    """One ``compare.json``, reduced to what the docs quote per map."""
+    rows = []
+    for r in table["rows"]:
+        sanity = r.get("sanity") or {}
+        rows.append({"label": r["label"], "seconds_per_image": r.get("seconds_per_image"),
+                     "pointing_game": ((r.get("pointing_game") or {}).get("model") or {}).get("mean"),
+                     "energy_share": ((r.get("energy_share") or {}).get("model") or {}).get("mean"),
+                     "max_sanity_median": sanity.get("max_median"), "flagged": sanity.get("flagged")})
+    return {"train_seed": table.get("train_seed"), "split": table.get("split"), "n_images": table.get("n_images"),
+            "shipped_default": table.get("shipped_default"), "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tables", nargs="+", help="compare.json files, one per training seed")
     ap.add_argument("--json", default="benchmarks/results/explain_selection.json")
     args = ap.parse_args()
 
-    from fetalplanes.explain.selection import select_default
+    from _provenance import stamp
+
+    from fetalplanes.core.atomic import write_json
+    from fetalplanes.explain.selection import MARGIN, SURVIVAL_RHO, select_default
 
     tables = [json.loads(Path(p).read_text()) for p in args.tables]
     out = select_default(tables)
@@ -34,8 +50,10 @@ def main() -> None:
     for c in out["candidates"]:
         print(f"| {c['label']} | {'yes' if c['eligible'] else 'no'} | {f3(c['energy_share'])} | {f3(c['pointing_game'])} "
               f"| {f3(c['worst_margin'])} | {'; '.join(c['reasons']) or '-'} |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"tables": args.tables, **out}, indent=2))
+    command = "python benchmarks/docs_numbers.py run explain"
+    result = {"command": command, "tables": args.tables, "per_seed": [seed_rows(t) for t in tables],
+              "rule_limit": SURVIVAL_RHO - MARGIN, **out}
+    write_json(args.json, stamp(result, ["benchmarks/explain_select.py"]))
     print(f"\n-> {args.json}")
 
 
