@@ -20,8 +20,7 @@ import pytest
 def cli_app():
     from fetalplanes import cli
 
-    if not cli.app.registered_commands:
-        cli._register()
+    cli._register()  # idempotent: every group once, whatever other tests registered
     return cli.app
 
 

@@ -117,8 +117,7 @@ def _cli():
     # here would leave the shared app without the others for tests that run later.
     from fetalplanes import cli
 
-    if not cli.app.registered_commands:
-        cli._register()
+    cli._register()  # idempotent: every group once, whatever other tests registered
     return cli.app
 
 

@@ -100,8 +100,7 @@ def test_calibrate_cli_dry_run_keeps_checkpoint(tiny_checkpoint: Path, synth_dat
 
     from fetalplanes import cli
 
-    if not cli.app.registered_commands:  # every group, not only calibrate (see tests/cli/test_user_errors)
-        cli._register()
+    cli._register()  # idempotent: every group once, whatever other tests registered
     app = cli.app
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(tiny_checkpoint, ckpt)

@@ -72,10 +72,14 @@ def _setup(
 
 
 def _register() -> None:
+    """Add every command group present in this checkout to ``app``; idempotent, and a group whose
+    commands are already there (added by its own ``register``) is not added twice."""
+    present = {getattr(c.callback, "__module__", None) for c in app.registered_commands}
     for name in COMMAND_MODULES:
-        if importlib.util.find_spec(f"fetalplanes.cli.{name}") is None:
-            continue  # a command group not present in this checkout
-        importlib.import_module(f"fetalplanes.cli.{name}").register(app)
+        module = f"fetalplanes.cli.{name}"
+        if module in present or importlib.util.find_spec(module) is None:
+            continue  # registered already, or a command group not present in this checkout
+        importlib.import_module(module).register(app)
 
 
 def main() -> None:
