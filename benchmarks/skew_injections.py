@@ -241,7 +241,8 @@ def classify(rc: int | None, output: str) -> tuple[str, str | None, str | None]:
 
 
 def run_pytest(repo: Path, selection: tuple[str, ...], timeout: float) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(repo / "src"), "HF_HUB_OFFLINE": "1",
+    # COLUMNS: pytest cuts its summary lines (the failing assertion) to the terminal's width.
+    env = {**os.environ, "PYTHONPATH": str(repo / "src"), "HF_HUB_OFFLINE": "1", "COLUMNS": "400",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     cmd = [sys.executable, "-m", "pytest", *PYTEST_ARGS, f"--basetemp={repo.parent / 'pytest'}", *selection]
     t0 = time.perf_counter()
@@ -327,9 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     baseline = None
     if not a.no_baseline:
         baseline = {"selection": list(union(chosen)), **run_baseline(union(chosen), a.timeout)}
-        print(f"baseline ({' '.join(baseline['selection'])}): {baseline['outcome']} in {baseline['seconds']:.0f} s",
-              flush=True)
-        if baseline["outcome"] != "missed":  # 'missed' = every test passed
+        baseline["passed"] = baseline["outcome"] == "missed"  # nothing to miss: every test passed
+        print(f"baseline ({' '.join(baseline['selection'])}): {'passed' if baseline['passed'] else baseline['outcome']}"
+              f" in {baseline['seconds']:.0f} s ({baseline['last_line']})", flush=True)
+        if not baseline["passed"]:
             print(f"the un-injected baseline does not pass ({baseline['first_failure']}: {baseline['message']}); "
                   "fix it before counting catches", file=sys.stderr)
             return 1
