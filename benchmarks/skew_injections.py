@@ -219,7 +219,8 @@ def inject(repo: Path, inj: Injection) -> None:
 
 
 # ------------------------------------------------------------------------------ running pytest
-_SUMMARY = re.compile(r"^(FAILED|ERROR) (\S+)(?: - (.*))?$", re.M)
+# A node id may hold spaces (parametrize ids), so it ends at the first " - " (pytest's separator).
+_SUMMARY = re.compile(r"^(FAILED|ERROR) (.+?)(?: - (.*))?$", re.M)
 
 
 def classify(rc: int | None, output: str) -> tuple[str, str | None, str | None]:
@@ -237,6 +238,8 @@ def classify(rc: int | None, output: str) -> tuple[str, str | None, str | None]:
     if rc == 1 and hits:
         kind, node, message = hits[0]
         return ("caught" if kind == "FAILED" else "caught (set-up error)"), node, (message or "")[:300]
+    if rc == 1:  # pytest's exit code 1: tests ran and some failed, whatever the summary looked like
+        return "caught", None, "no FAILED/ERROR summary line found"
     return f"pytest exit {rc}", None, None
 
 

@@ -52,6 +52,8 @@ def test_pytest_outcomes_are_told_apart() -> None:
     """A failing test is a catch; a collection (import) error is not; all passing is a miss."""
     failed = "F\n=== short test summary info ===\nFAILED tests/test_skew.py::test_x - AssertionError: 1 != 2\n"
     assert si.classify(1, failed) == ("caught", "tests/test_skew.py::test_x", "AssertionError: 1 != 2")
+    spaced = "FAILED tests/serve/test_api.py::test_u[16-bit grey] - assert 0.5 == 0.4\n"
+    assert si.classify(1, spaced)[1:] == ("tests/serve/test_api.py::test_u[16-bit grey]", "assert 0.5 == 0.4")
     setup = "E\nERROR tests/test_skew.py::test_y - RuntimeError: boom\n"
     assert si.classify(1, setup)[0] == "caught (set-up error)"
     collect = "ERROR tests/test_skew.py - ImportError: cannot import name 'x'\n!!! Interrupted: 1 error during collection"
