@@ -342,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     for inj in chosen:
         r = {**asdict(inj), "selection": list(inj.selection), **run_one(inj, a.timeout)}
         rows.append(r)
-        print(f"{inj.name}: {r['outcome']} {r['first_failure'] or ''} ({r['seconds']:.0f} s)", flush=True)
+        print(f"{inj.name}: {r['outcome']} {r['first_failure'] or ''} ({r['seconds']:.0f} s) {(r['message'] or '')[:160]}",
+              flush=True)
     wall = time.perf_counter() - t_start
     print()
     print(table(rows))

@@ -173,11 +173,14 @@ def test_calibration_is_fit_on_the_validation_split_only(tiny_checkpoint: Path, 
     ckpt.parent.mkdir(parents=True)
     shutil.copy(tiny_checkpoint, ckpt)
     result = calibrate_on_data(ckpt, synth_data, tmp_path / "cal")
-    # T is the one the recorded validation images' own logits give (not the test split's, whatever its size).
+    # T is fit on the recorded validation images' own logits (not the test split's, whatever its
+    # size): the fit's data (its T-free NLL at T = 1) and its result are recomputed from them. The
+    # tiny model's T sits near the search bound (T_BOUNDS), so T alone would tell the splits apart weakly.
     spec = read_spec(ckpt)
     val = choose_split(load_source(synth_data, spec.task, spec.class_names), spec, "val").samples
     logits = sample_logits(load_predictor(ckpt), val)
     fit = calibrate_logits(logits, np.array([s.label for s in val]))
+    assert result["val"]["nll_before"] == pytest.approx(fit["val"]["nll_before"], rel=1e-6)
     assert result["temperature"] == pytest.approx(fit["temperature"], rel=1e-6)
     assert result["abstain_threshold"] == pytest.approx(fit["abstain_threshold"], abs=1e-9)
     record = ImageRecord.from_training(read_spec(ckpt).training)
