@@ -5,6 +5,9 @@ temperature; evaluate's confidences dropped it; stream resized with NEAREST; RGB
 the green channel) and two were caught only by chance (bicubic resize at inference only; T fit
 on the test split). Each test here fails for one of those kinds (docs/metrics.md lists them).
 A temperature far from 1 is set on purpose: with T = 1 a path that forgets it cannot be told apart.
+``benchmarks/skew_injections.py`` re-injects 15 such skews and counts which the tests catch; the
+flat-metadata test (a spec whose mean and std differ), the training-mode hand-over and the fitted
+T recomputed from the validation logits were added after its first run missed or only just caught them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from PIL import Image
 from fetalplanes.core.io import load_image
 from fetalplanes.core.postprocess import softmax
 from fetalplanes.core.preprocess import preprocess
+from fetalplanes.core.spec import Preprocessing
 from fetalplanes.runtime import load_predictor
 from fetalplanes.runtime.artifact import onnx_metadata, read_spec, spec_to_metadata, update_spec
 
@@ -106,13 +110,44 @@ def test_stream_scores_frames_as_the_predictor_does(hot_models, tmp_path: Path) 
     np.testing.assert_allclose([float(r["raw_confidence"]) for r in rows], want, atol=1e-4)
 
 
-def test_onnx_flat_metadata_is_the_spec(hot_models) -> None:
-    meta, spec = onnx_metadata(hot_models["onnx"]), read_spec(hot_models["onnx"])
-    flat = {k: v for k, v in spec_to_metadata(spec).items()}
-    for key, value in flat.items():
-        assert meta.get(key) == value, key
+def test_onnx_flat_metadata_is_the_spec(hot_models, tmp_path: Path) -> None:
+    """The flat keys other tools read (``mean``, ``std``, ``image_size`` ...) say what the spec
+    says, each checked against the spec's own field, on a spec whose mean and std differ from each
+    other and per channel (Lite0's mean = std = 0.5 would hide a key holding the other)."""
+    path = tmp_path / "model.onnx"
+    shutil.copy(hot_models["onnx"], path)
+    size = read_spec(path).preprocessing.image_size
+    update_spec(path, preprocessing=Preprocessing(image_size=size, mean=(0.45, 0.5, 0.55), std=(0.2, 0.25, 0.3)))
+    meta, spec = onnx_metadata(path), read_spec(path)
+    pre = spec.preprocessing
+    assert pre.mean == (0.45, 0.5, 0.55) and pre.std == (0.2, 0.25, 0.3)
+    assert json.loads(meta["mean"]) == list(pre.mean) and json.loads(meta["std"]) == list(pre.std)
+    assert int(meta["image_size"]) == pre.image_size and int(meta["channels"]) == pre.channels
     assert json.loads(meta["class_names"]) == list(spec.class_names)
-    assert int(meta["image_size"]) == spec.preprocessing.image_size
+    assert (meta["task"], meta["name"]) == (spec.task, spec.name)
+    # A tool normalising by the flat keys feeds the model what the runtime feeds it.
+    image = load_image(_non_square(tmp_path / "wide.png"))
+    grey = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+    mean, std = (np.asarray(json.loads(meta[k]), dtype=np.float32)[:, None, None] for k in ("mean", "std"))
+    np.testing.assert_allclose((grey[None] - mean) / std, preprocess(image, pre), atol=1e-5)
+    for key, value in spec_to_metadata(spec).items():
+        assert meta.get(key) == value, key
+
+
+def test_a_model_handed_over_in_training_mode_answers_as_its_file(hot_models, synth_data: Path) -> None:
+    """``TorchPredictor.from_model`` (a model in memory, e.g. right after training, which leaves it
+    in training mode) answers exactly as the checkpoint file: dropout off, BatchNorm's running statistics."""
+    from fetalplanes.models.checkpoint import load_model
+    from fetalplanes.models.torch_backend import TorchPredictor
+
+    files = sorted((synth_data / "Images").glob("*.png"))[:6]
+    model, spec = load_model(hot_models["ckpt"])
+    from_memory = TorchPredictor.from_model(model.train(), spec)
+    want = [r.prediction.probabilities for r in load_predictor(hot_models["ckpt"]).predict(files)]
+    got = [r.prediction.probabilities for r in from_memory.predict(files)]
+    assert len(got) == len(want) == 6
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-5)
 
 
 def test_colour_input_becomes_its_itu_r_601_luma(hot_models, tmp_path: Path) -> None:
@@ -129,12 +164,25 @@ def test_colour_input_becomes_its_itu_r_601_luma(hot_models, tmp_path: Path) -> 
 
 def test_calibration_is_fit_on_the_validation_split_only(tiny_checkpoint: Path, synth_data: Path, tmp_path: Path) -> None:
     from fetalplanes.data.provenance import ImageRecord
-    from fetalplanes.evaluation.calibration import calibrate_on_data
+    from fetalplanes.data.sources import load_source
+    from fetalplanes.data.splits import choose_split
+    from fetalplanes.evaluation.calibration import calibrate_logits, calibrate_on_data
+    from fetalplanes.evaluation.predict import sample_logits
 
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
     ckpt.parent.mkdir(parents=True)
     shutil.copy(tiny_checkpoint, ckpt)
     result = calibrate_on_data(ckpt, synth_data, tmp_path / "cal")
+    # T is fit on the recorded validation images' own logits (not the test split's, whatever its
+    # size): the fit's data (its T-free NLL at T = 1) and its result are recomputed from them. The
+    # tiny model's T sits near the search bound (T_BOUNDS), so T alone would tell the splits apart weakly.
+    spec = read_spec(ckpt)
+    val = choose_split(load_source(synth_data, spec.task, spec.class_names), spec, "val").samples
+    logits = sample_logits(load_predictor(ckpt), val)
+    fit = calibrate_logits(logits, np.array([s.label for s in val]))
+    assert result["val"]["nll_before"] == pytest.approx(fit["val"]["nll_before"], rel=1e-6)
+    assert result["temperature"] == pytest.approx(fit["temperature"], rel=1e-6)
+    assert result["abstain_threshold"] == pytest.approx(fit["abstain_threshold"], abs=1e-9)
     record = ImageRecord.from_training(read_spec(ckpt).training)
     assert result["selection"]["val"]["split"] == "val"
     assert result["val"]["n"] == record.n("val") == result["selection"]["val"]["n_scored"]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import shutil
+from pathlib import Path
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from fetalplanes.core.frames import Frame
@@ -30,3 +35,33 @@ def test_without_a_gate_the_most_confident_frame_is_best() -> None:
     t.add(_frame(0), sure, sure, 0.01)
     t.add(_frame(1), fair, fair, 0.01)
     assert t.best["a"][1].index == 0 and t.rows[0]["state"] == "plane" and t.rows[0]["ood_score"] == ""
+
+
+def test_stream_applies_the_models_gate_as_the_predictor_does(onnx_model: Path, tmp_path: Path) -> None:
+    """`stream` end to end: each frame's OOD score and state in frames.csv are the Predictor's for
+    that frame, with the gate's threshold moved to the middle of the clip's scores so that both
+    verdicts occur; a rejected frame is never a best frame."""
+    pytest.importorskip("av")
+    from fetalplanes.deploy.stream import StreamConfig, open_frames, run_stream, write_phantom_video
+    from fetalplanes.runtime import load_predictor
+    from fetalplanes.runtime.artifact import read_spec, update_spec
+
+    video = write_phantom_video(tmp_path / "clip.mp4", n_frames=12, size=(96, 80))
+    images = [f.image for f in open_frames(video)[0]]
+    model = tmp_path / "model.onnx"
+    shutil.copy(onnx_model, model)
+    spec = read_spec(model)
+    assert spec.has_ood_gate
+    scores = [r.prediction.ood_score for r in load_predictor(model).predict(images)]
+    update_spec(model, ood={**spec.ood, "threshold": float(np.median(scores))})
+    want = [r.prediction for r in load_predictor(model).predict(images)]
+    assert {p.state == "out_of_distribution" for p in want} == {True, False}  # both verdicts occur
+
+    summary = run_stream(StreamConfig(video, model, tmp_path / "out", smooth="none"))
+    with open(tmp_path / "out" / "frames.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["state"] for r in rows] == [p.state for p in want]
+    np.testing.assert_allclose([float(r["ood_score"]) for r in rows], [p.ood_score for p in want], rtol=1e-4, atol=1e-5)
+    assert summary["frames_out_of_distribution"] == sum(p.ood for p in want)
+    rejected = {i for i, p in enumerate(want) if p.ood}
+    assert all(best["frame"] not in rejected for best in summary["best_frames"].values())

@@ -85,6 +85,32 @@ def test_png_prediction_matches_offline_inference(client, backend, phantom, tiny
         assert body["probabilities"][name] == pytest.approx(p, abs=1e-5)
 
 
+def _upload_of_mode(gray: np.ndarray, kind: str) -> Image.Image:
+    """``gray`` as a 16-bit grey (grey16), grey + alpha or RGBA image (alpha: a left-to-right ramp)."""
+    alpha = np.broadcast_to(np.linspace(0, 255, gray.shape[1]).astype(np.uint8), gray.shape)
+    if kind == "grey16":
+        return Image.fromarray(gray.astype(np.uint16) * 257)  # the same grey levels at 16 bits
+    if kind == "grey_alpha":
+        return Image.fromarray(np.stack([gray, alpha], -1), mode="LA")
+    return Image.fromarray(np.stack([gray, gray[::-1], np.roll(gray, 9, 1), alpha], -1), mode="RGBA")
+
+
+@pytest.mark.parametrize("kind", ["grey16", "grey_alpha", "rgba"])
+def test_uploads_of_every_mode_are_answered_as_the_predictor_answers_the_file(client, backend, phantom, kind) -> None:
+    """The service feeds an upload to the model through the Predictor's one preprocessing: 16-bit
+    grey scaled by its bit depth (not clipped at 255), transparent pixels over black (not the colour
+    hidden under them). A second conversion in the service (e.g. Pillow's convert('L')) differs."""
+    data = encode(_upload_of_mode(np.asarray(Image.open(phantom).convert("L")), kind), "PNG")
+    body = post_one(client, f"scan-{kind}.png", data).json()
+    [want] = [r.prediction for r in backend.predict(data)]
+    assert body["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)
+    # The check has teeth: the same upload converted by Pillow alone gets another answer, by
+    # more than ten times the tolerance above (the tiny test model is not very sensitive).
+    [other] = [r.prediction for r in backend.predict([Image.open(BytesIO(data)).convert("L")])]
+    gap = max(abs(other.probabilities[c] - p) for c, p in want.probabilities.items())
+    assert gap > 1e-4
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "DICOM"])
 def test_jpeg_and_dicom(client, backend, phantom, fmt: str) -> None:
     gray = Image.open(phantom).convert("L")
