@@ -38,11 +38,16 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/fetalplanes demo --out runs/demo
 
+# -n auto: one pytest worker per core (pytest-xdist); --random-order: modules, and the tests in
+# each, in a shuffled order (pytest-random-order; the seed is printed at the top, and
+# `--random-order-seed=N` replays it). Every run checks that no test depends on another's leftovers.
+PYTEST_RUN := $(BIN)/python -m pytest -q -n auto --random-order
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST_RUN)
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not browser"
+	$(PYTEST_RUN) -m "not slow and not browser"
 
 # Refresh the lock after changing dependencies in pyproject.toml (one command; commit the result).
 lock:
