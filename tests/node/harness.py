@@ -207,9 +207,15 @@ def wait_for(predicate: Any, timeout: float, step: float = 0.25) -> bool:
 
 
 def journal_states(journal: Path) -> dict[str, str]:
+    """The states of a journal a live node is writing, read WITHOUT ``Journal(root)``: its
+    constructor deletes leftover temporary files (a crashed node's half-writes), and run beside a
+    live node it deleted that node's in-flight writes, failing an instance under load."""
+    import threading
+
     from fetalplanes.node.journal import Journal
 
-    j = Journal(journal)
+    j = object.__new__(Journal)  # the reader's fields only; no start-up clean-up
+    j.root, j.folder, j._lock = Path(journal), Path(journal) / "instances", threading.Lock()
     return {u: j.state(u) or "" for u in j.uids()}
 
 

@@ -118,7 +118,11 @@ def _last_epoch(ckpt: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_unbroken_run(synth_data: Path, tmp_path: Path):
+def test_sigkill_then_resume_matches_unbroken_run(synth_data: Path, tmp_path: Path, monkeypatch):
+    # One thread for all three runs: the default count follows the cores free at start-up, and two
+    # runs with different counts round their reductions differently (a parallel suite's other
+    # worker decides it), which is not what resuming is about.
+    monkeypatch.setenv("FETALPLANES_THREADS", "1")
     args = ["--data", str(synth_data), "--max-epochs", "4", "--seed", "3", *FAST]
     unbroken, broken = tmp_path / "a", tmp_path / "b"
     run_cli("train", "--out", str(unbroken), *args)
