@@ -30,7 +30,6 @@ A full run prints one markdown table and writes ``benchmarks/results/skew_inject
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import py_compile
 import re
@@ -330,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     baseline = None
     if not a.no_baseline:
-        baseline = {"selection": list(union(chosen)), **run_baseline(union(chosen), a.timeout)}
+        selection = union(chosen)
+        baseline = {"selection": list(selection), **run_baseline(selection, a.timeout)}
         baseline["passed"] = baseline["outcome"] == "missed"  # nothing to miss: every test passed
         print(f"baseline ({' '.join(baseline['selection'])}): {'passed' if baseline['passed'] else baseline['outcome']}"
               f" in {baseline['seconds']:.0f} s ({baseline['last_line']})", flush=True)
@@ -353,11 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from _provenance import stamp
 
+        from fetalplanes.core.atomic import write_json
+
         res = {"command": "python benchmarks/skew_injections.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "pytest_args": list(PYTEST_ARGS), "baseline": baseline, "injections": rows,
                "caught": sum(is_caught(r["outcome"]) for r in rows), "n": len(rows), "wall_s": round(wall, 1)}
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(stamp(res, ["benchmarks/skew_injections.py"]), indent=2) + "\n")
+        write_json(out, stamp(res, ["benchmarks/skew_injections.py"]))
         print(f"wrote {out}")
     return 0
 
