@@ -207,16 +207,32 @@ def wait_for(predicate: Any, timeout: float, step: float = 0.25) -> bool:
 
 
 def journal_states(journal: Path) -> dict[str, str]:
-    """The states of a journal a live node is writing, read WITHOUT ``Journal(root)``: its
-    constructor deletes leftover temporary files (a crashed node's half-writes), and run beside a
-    live node it deleted that node's in-flight writes, failing an instance under load."""
-    import threading
-
+    """The states of a journal a live node is writing, read as a monitor does: ``writer=False``
+    takes no lock and deletes nothing (the node's in-flight writes stay its own)."""
     from fetalplanes.node.journal import Journal
 
-    j = object.__new__(Journal)  # the reader's fields only; no start-up clean-up
-    j.root, j.folder, j._lock = Path(journal), Path(journal) / "instances", threading.Lock()
+    j = Journal(journal, writer=False)
     return {u: j.state(u) or "" for u in j.uids()}
+
+
+_JOURNAL_HOLDER = """
+import sys, time
+from fetalplanes.node.journal import Journal
+j = Journal(sys.argv[1])
+(j.path("1.9") / ".received.json.live.tmp").parent.mkdir(parents=True, exist_ok=True)
+(j.path("1.9") / ".received.json.live.tmp").write_bytes(b"in flight")  # a write under way
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def hold_journal(root: Path) -> subprocess.Popen:
+    """A process that holds ``root`` for writing (one in-flight temporary file in it) until killed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", _JOURNAL_HOLDER, str(root)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
 
 
 # ----------------------------------------------------------------------------- scenarios
@@ -283,7 +299,7 @@ def scenario_c(model: Path, out: Path, orthanc: Any) -> dict[str, Any]:
     fetch_srs(orthanc, found, out / "sr")
     from fetalplanes.node.journal import Journal
 
-    j = Journal(out / "journal")
+    j = Journal(out / "journal", writer=False)
     return {"sent": sent, "queued": queued, "states_while_down": states_down,
             "attempts": {u: j.delivery(u)["attempts"] for u in j.uids()},
             "states": journal_states(out / "journal"), "sr": found}

@@ -36,7 +36,8 @@ def pull_study(model: str | os.PathLike[str], url: str, study: str, journal_dir:
 
     Returns a summary: instances found, journaled, refused (one line each), failed, delivered,
     undelivered, and the SR SOP Instance UIDs. Raises :class:`DicomWebError` when the study
-    cannot be searched.
+    cannot be searched, and :class:`~fetalplanes.node.journal.JournalError` when another process
+    (a running node) holds ``journal_dir``.
     """
     from dicomweb_client.api import DICOMwebClient
 
@@ -47,8 +48,12 @@ def pull_study(model: str | os.PathLike[str], url: str, study: str, journal_dir:
         found = client.search_for_instances(study_instance_uid=study)
     except Exception as exc:  # requests errors, HTTP 4xx/5xx
         raise DicomWebError(f"{url}: QIDO-RS for study {study} failed ({type(exc).__name__}: {_first_line(exc)})") from None
-    journal = Journal(journal_dir)
-    pipeline = Pipeline(load_predictor(model, threads=threads), journal, [stow])
+    with Journal(journal_dir) as journal:  # JournalError when a running node holds the folder
+        return _pull(client, study, found, journal, Pipeline(load_predictor(model, threads=threads), journal, [stow]))
+
+
+def _pull(client: Any, study: str, found: list[dict[str, Any]], journal: Journal,
+          pipeline: Pipeline) -> dict[str, Any]:
     uids, refused = [], []
     for item in found:
         sop_class = _tag(item, "00080016")

@@ -22,6 +22,13 @@ Layout (one folder per instance)::
                                    /delivery.json    attempts, next try, targets reached
                                    /delivered.json   every target reached
                                    /failed.json      no result can be made (one-line reason)
+    ROOT/.writer.lock                                one writing process at a time (its PID inside)
+
+One process writes a journal: a :class:`Journal` opened for writing takes an exclusive lock on
+``ROOT/.writer.lock`` (``flock``; the kernel drops it when the process ends, even by SIGKILL),
+and only that process deletes the temporary files a crashed writer left behind. A second
+process (another node, a ``dicomweb`` pull on the same folder) gets a one-line JournalInUse; a
+monitor reads with ``Journal(root, writer=False)``, which takes no lock and deletes nothing.
 """
 
 from __future__ import annotations
@@ -30,23 +37,37 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["Journal", "JournalError", "STATES"]
+from fetalplanes.core.errors import UserError
+
+__all__ = ["Journal", "JournalError", "JournalInUse", "STATES"]
 
 log = logging.getLogger(__name__)
 
 STATES = ("received", "processed", "delivered", "failed")
 # A UID is digits and dots, at most 64 characters (PS3.5 9.1); anything else never becomes a path.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+LOCK_NAME = ".writer.lock"
+
+# Journals this process holds for writing: resolved root -> [lock file descriptor, open Journals].
+# flock belongs to an open file, so a second Journal of the same root in this process shares the
+# hold (the first one's start-up clean-up already ran; its in-flight writes are not stale).
+_HOLDS: dict[Path, list[int]] = {}
+_HOLDS_LOCK = threading.Lock()
 
 
 class JournalError(OSError):
     """The journal cannot be written (disk full, permissions): the C-STORE must not be acknowledged."""
+
+
+class JournalInUse(JournalError, UserError):
+    """Another process holds the journal for writing (one line naming the folder and its PID)."""
 
 
 def _durable_write(path: Path, data: bytes) -> None:
@@ -89,16 +110,80 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-class Journal:
-    """The journal under ``root`` (created when missing). Thread-safe for one process."""
+def _hold(root: Path) -> None:
+    """Take (or share, within this process) the writer lock of ``root``; the first holder deletes
+    the temporary files of a crashed writer. JournalInUse when another process holds it."""
+    key = root.resolve()
+    with _HOLDS_LOCK:
+        if key in _HOLDS:
+            _HOLDS[key][1] += 1
+            return
+        fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        if sys.platform != "win32":
+            import fcntl
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise JournalInUse(f"{root}: the journal is held by another process (PID {holder}: a running "
+                                   "dicom-node or dicomweb pull); one process writes a journal, give this one "
+                                   "another --journal folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _HOLDS[key] = [fd, 1]
+        for stale in (key / "instances").glob("*/.*.tmp"):  # a write cut short by a crash: never trusted
+            stale.unlink(missing_ok=True)
+
+
+def _release(root: Path) -> None:
+    key = root.resolve()
+    with _HOLDS_LOCK:
+        held = _HOLDS.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del _HOLDS[key]
+            os.close(held[0])  # drops the flock
+
+
+class Journal:
+    """The journal under ``root``. Thread-safe for one process.
+
+    ``writer=True`` (the node, a ``dicomweb`` pull): creates the folder when missing and holds
+    the writer lock until :meth:`close` (or the process ends); raises :class:`JournalInUse` (a
+    JournalError and a UserError) when another process holds it. ``writer=False``: a reader
+    beside a live writer (monitoring, tests): no lock, no clean-up, and every transition raises
+    JournalError.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, writer: bool = True) -> None:
         self.root = Path(root)
         self.folder = self.root / "instances"
-        self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        for stale in self.folder.glob("*/.*.tmp"):  # a write cut short by a crash: never trusted
-            stale.unlink(missing_ok=True)
+        self.writer = False
+        if writer:
+            self.folder.mkdir(parents=True, exist_ok=True)  # PermissionError: the CLI's one line
+            _hold(self.root)
+            self.writer = True
+
+    def close(self) -> None:
+        """Release this Journal's share of the writer lock (idempotent)."""
+        if self.writer:
+            self.writer = False
+            _release(self.root)
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _writable(self) -> None:
+        if not self.writer:
+            raise JournalError(f"{self.root}: this Journal was opened read-only (writer=False) or closed")
 
     # ------------------------------------------------------------------ paths and states
     def path(self, uid: str) -> Path:
@@ -124,6 +209,8 @@ class Journal:
         if state is not None and state not in STATES:
             raise ValueError(f"unknown journal state {state!r}; choose one of {list(STATES)}")
         found = []
+        if not self.folder.is_dir():  # a reader of a journal no writer has created yet
+            return []
         for d in self.folder.iterdir():
             if d.name.startswith(".") or not (d / "instance.dcm").is_file():
                 continue
@@ -150,6 +237,7 @@ class Journal:
 
         Raises :class:`JournalError` when the disk refuses the write.
         """
+        self._writable()
         with self._lock:
             d = self.path(uid)
             state = self.state(uid)
@@ -177,6 +265,7 @@ class Journal:
 
     def save_results(self, uid: str, files: dict[str, bytes], outcome: dict[str, Any]) -> None:
         """Store the result files, then ``processed.json`` naming them (so a partial set never counts)."""
+        self._writable()
         d = self.path(uid)
         for name, data in files.items():
             _durable_write(d / "results" / name, data)
@@ -195,15 +284,18 @@ class Journal:
                 **_read_json(self.path(uid) / "delivery.json")}
 
     def record_attempt(self, uid: str, reached: list[str], error: str | None, next_try: float) -> None:
+        self._writable()
         state = self.delivery(uid)
         state.update(attempts=state["attempts"] + 1, reached=sorted(set(reached)), last_error=error,
                      next_try=next_try)
         _write_json(self.path(uid) / "delivery.json", state)
 
     def mark_delivered(self, uid: str, targets: list[str]) -> None:
+        self._writable()
         _write_json(self.path(uid) / "delivered.json", {"targets": targets, "delivered": time.time()})
 
     def mark_failed(self, uid: str, reason: str) -> None:
+        self._writable()
         _write_json(self.path(uid) / "failed.json", {"reason": reason, "failed": time.time()})
 
     def failure(self, uid: str) -> str | None:

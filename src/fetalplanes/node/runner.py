@@ -59,14 +59,21 @@ def start_node(settings: NodeSettings) -> tuple[StorageSCP, Pipeline]:
     import pynetdicom  # noqa: F401
 
     predictor = load_predictor(settings.model, threads=settings.threads)
+    # Held (the writer lock) until the process ends: a worker still finishing when stop() gives
+    # up waiting must not find its journal closed under it.
     journal = Journal(settings.journal)
-    overlay = settings.overlay_factory(predictor) if settings.overlay_factory else None
-    if settings.overlay_factory and not callable(overlay):
-        log.warning("no heat-map Secondary Capture: %s", overlay or "heat maps need a training checkpoint (.ckpt)")
-        overlay = None
-    pipeline = Pipeline(predictor, journal, settings.targets, k=settings.k, backoff_s=settings.retry_s, overlay=overlay)
-    scp = StorageSCP(journal, pipeline, settings.aet, settings.host, settings.port, settings.allowed_callers)
-    scp.start()  # first: a port in use stops the node before any worker runs
+    try:
+        overlay = settings.overlay_factory(predictor) if settings.overlay_factory else None
+        if settings.overlay_factory and not callable(overlay):
+            log.warning("no heat-map Secondary Capture: %s", overlay or "heat maps need a training checkpoint (.ckpt)")
+            overlay = None
+        pipeline = Pipeline(predictor, journal, settings.targets, k=settings.k, backoff_s=settings.retry_s,
+                            overlay=overlay)
+        scp = StorageSCP(journal, pipeline, settings.aet, settings.host, settings.port, settings.allowed_callers)
+        scp.start()  # first: a port in use stops the node before any worker runs
+    except BaseException:
+        journal.close()  # a node that did not start holds nothing
+        raise
     pipeline.start()
     return scp, pipeline
 
