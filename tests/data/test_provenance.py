@@ -90,6 +90,21 @@ def test_mixed_subset_is_refused_and_all_counts_the_seen_images(tmp_path: Path):
     assert sel.summary()["seen_in_training_or_validation"] == 4
 
 
+def test_seen_images_warn_only_when_the_split_asked_for_is_not_train_or_val(tmp_path: Path, caplog):
+    """The OOD gate is fit on the train split and calibration on val: their images are seen by
+    definition, so saying so is INFO; scoring seen images under any other split is a WARNING."""
+    import logging
+
+    index = _data(tmp_path)
+    spec = _spec(index)
+    for split, level in (("train", logging.INFO), ("val", logging.INFO), ("all", logging.WARNING)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fetalplanes.data.splits"):
+            choose_split(index, spec, split)
+        seen = [r for r in caplog.records if "were seen in training" in r.getMessage()]
+        assert [r.levelno for r in seen] == [level], (split, seen)
+
+
 def test_held_out_subset_and_fresh_data_are_external_test_sets(tmp_path: Path):
     index = _data(tmp_path / "run")
     spec = _spec(index)

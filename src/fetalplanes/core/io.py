@@ -180,8 +180,6 @@ def _pillow_errors(label: str, fmt: str, max_pixels: int, frame: int | None = No
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             yield
-        except ImageLoadError:
-            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             expected = f"at most {max_pixels:,} pixels"
             raise ImageLoadError(label, f"too many pixels ({exc})", expected, frame) from None

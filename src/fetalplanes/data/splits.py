@@ -308,7 +308,9 @@ def choose_split(index: DatasetIndex, spec: ModelSpec, split: str) -> Selection:
             sel.notes.append(f"{sel.patients_seen} scored patient(s) also have images in training or validation "
                              "(an image-level split: patients leak)")
     if seen and seen["any"]:
-        log.warning("%s: %s", index.root, sel.seen_text())
+        # Asked-for train/val images are seen by definition (the OOD gate is fit on them,
+        # calibration on val): said at INFO; anything else that scores seen images is a warning.
+        (log.info if split in SEEN_PARTS else log.warning)("%s: %s", index.root, sel.seen_text())
     log.info("%s: scoring %d of %d images: %s", index.root, len(samples), len(index), RULES[rule].format(split=split))
     return sel
 
