@@ -14,6 +14,7 @@ from typing import Any
 from fetalplanes.core import atomic
 from fetalplanes.data.synth import synthesize
 from fetalplanes.deploy.profile import _cpuinfo
+from fetalplanes.explain.compare import label
 from fetalplanes.explain.pipeline import explain
 from fetalplanes.explain.priors import lines
 from fetalplanes.explain.selection import check_shipped
@@ -90,7 +91,7 @@ def explanation_fields(checkpoint: str | Path, data: str | Path, out: str | Path
     res = explain(checkpoint, out, data=data, split="test", sanity=True)
     cmp, sanity = (res["localization"] or {}).get("priors") or {}, res["sanity"] or {}
     fields: dict[str, Any] = {"explain_report": str(Path(out) / "index.html"),
-                              "explain_method": f"{res['method']} @ {res['layer']}"}
+                              "explain_method": label(res["method"], res["layer"])}  # compare's row name
     if cmp.get("n"):
         for score in ("pointing_game", "energy_share"):
             fields[f"test_{score}"] = {k: cmp[score][k] for k in ("model", "uniform", "centre")}

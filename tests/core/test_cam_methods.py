@@ -45,3 +45,23 @@ def test_training_config_section_is_the_same_schema() -> None:
         load_config("demo", {"explain.foo": 1})
     with pytest.raises(UsageError, match=r"explain\.aug_smooth: .*boolean.*'maybe'"):
         load_config("demo", {"explain.aug_smooth": "maybe"})
+
+
+def test_an_attribution_stores_the_input_as_its_layer_and_refuses_cam_options() -> None:
+    """An input attribution has no feature map: the stored section says 'input', and a config
+    that sets a CAM layer or augmentation smoothing beside it is refused, naming the field."""
+    from fetalplanes.training.config import load_config
+
+    assert HeatMapSettings(method="GradientSHAP").layer == "input"
+    assert HeatMapSettings(method="occlusion", layer="input").to_dict() == {
+        "method": "occlusion", "layer": "input", "aug_smooth": False}
+    assert HeatMapSettings(method="gradcam").layer == "cam_layer"  # CAMs keep their default
+    # A CAM asked of a model whose default is an attribution explains its declared CAM layer.
+    assert HeatMapSettings(method="gradientshap").cam_layer == "cam_layer"
+    assert HeatMapSettings(method="layercam", layer="stage:-3").cam_layer == "stage:-3"
+    with pytest.raises(UsageError, match=r"layer 'stage:-2' applies to CAM methods only; 'gradientshap'"):
+        HeatMapSettings(method="gradientshap", layer="stage:-2")
+    with pytest.raises(UsageError, match=r"aug_smooth applies to CAM methods only"):
+        HeatMapSettings(method="integratedgradients", aug_smooth=True)
+    with pytest.raises(UsageError, match=r"invalid config .*explain: layer .stage:-3. applies to CAM methods only"):
+        load_config("demo", {"explain.method": "gradientshap", "explain.layer": "stage:-3"})

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from fetalplanes.core.errors import BadFilesError
+from fetalplanes.training.config import load_config
 
 
 def _cli():
@@ -53,10 +54,12 @@ def test_folder_of_images_with_masks_next_to_them(tiny_checkpoint: Path, synth_d
     assert len(occluded) == 1 and (out / occluded[0]["occlusion"]["overlay"]).is_file()
     # No --method/--layer: the checkpoint's own explain settings (the demo config's) are used.
     settings = json.loads((out / "explanations.json").read_text())
-    assert (settings["method"], settings["layer"]) == ("gradcam", "stage:-2")
+    shipped = load_config("demo").explain
+    assert (settings["method"], settings["layer"]) == (shipped.method, shipped.layer)
     loc = json.loads((out / "localization.json").read_text())
-    assert loc["n_with_mask"] == 3 and set(loc["maps"]) == {"gradcam", "gradcam (occlusion subset)", "occlusion"}
-    pg = loc["maps"]["gradcam"]["pointing_game"]
+    name = shipped.method
+    assert loc["n_with_mask"] == 3 and set(loc["maps"]) == {name, f"{name} (occlusion subset)", "occlusion"}
+    pg = loc["maps"][name]["pointing_game"]
     assert 0.0 <= pg["hit_rate"] <= 1.0 and 0.0 < pg["chance_uniform"] < 1.0
     html = (out / "index.html").read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the report must not reach the network"

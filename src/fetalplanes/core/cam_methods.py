@@ -65,8 +65,9 @@ class HeatMapSettings:
 
     ``method``: a name of :data:`METHOD_NAMES` (lower-cased; UsageError listing the valid ones
     otherwise). ``layer``: 'cam_layer' (the model's declared CAM layer), 'stage:N', a dotted
-    module name or 'a,b' (CAMs only). ``aug_smooth``: average over pytorch-grad-cam's test-time
-    augmentations (CAMs only). Pick them on the VALIDATION split: ``fetalplanes explain
+    module name or 'a,b' (CAMs only; an attribution method stores :data:`INPUT_LAYER` and
+    refuses any other layer). ``aug_smooth``: average over pytorch-grad-cam's test-time
+    augmentations (CAMs only; UsageError when set for an attribution). Pick them on the VALIDATION split: ``fetalplanes explain
     --compare --split val`` per training seed, then ``explain.selection.select_default``
     (docs/explain.md).
     """
@@ -80,6 +81,15 @@ class HeatMapSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", check_method(self.method))
+        if METHOD_FAMILY[self.method] == ATTRIBUTION:
+            # An attribution explains the input: a feature-map layer or grad-cam's augmentation
+            # smoothing set beside it is a config mistake, said at load time, not ignored.
+            if self.layer not in ("cam_layer", INPUT_LAYER):
+                raise UsageError(f"layer {self.layer!r} applies to CAM methods only; {self.method!r} "
+                                 f"attributes the input pixels (leave the layer out or write {INPUT_LAYER!r})")
+            if self.aug_smooth:
+                raise UsageError(f"aug_smooth applies to CAM methods only, not to {self.method!r}")
+            object.__setattr__(self, "layer", INPUT_LAYER)  # what is stored says what is explained
 
     @classmethod
     def from_spec(cls, spec: ModelSpec | Any) -> HeatMapSettings:
@@ -91,6 +101,12 @@ class HeatMapSettings:
         return cls(method=str(section.get("method") or default.method),
                    layer=str(section.get("layer") or default.layer),
                    aug_smooth=bool(section.get("aug_smooth", default.aug_smooth)))
+
+    @property
+    def cam_layer(self) -> str:
+        """The layer a CAM method explains by default: the stored one, or 'cam_layer' (the model's
+        declared CAM layer) when the stored method is an attribution (its layer is the input)."""
+        return "cam_layer" if self.layer == INPUT_LAYER else self.layer
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored as ``spec.explain``."""

@@ -1,9 +1,10 @@
-"""Explanations clinicians can check: CAM heat maps, overlays, localization scores, HTML report.
+"""Explanations clinicians can check: CAM heat maps and input attributions, overlays, localization
+scores, HTML report.
 
 Public API (used by the CLI and the web service)::
 
-    from fetalplanes.explain import CamResult, compute_cam, overlay, overlay_png, METHODS
-    result = compute_cam(model, spec, pil_image)  # the checkpoint's explain settings
+    from fetalplanes.explain import CamResult, compute_map, overlay, overlay_png, METHODS
+    result = compute_map(model, spec, pil_image)  # the checkpoint's explain settings, CAM or attribution
     png = overlay_png(pil_image, result, spec)
 
 ``CamResult`` and the overlay functions are torch-free; ``compute_cam``, ``METHODS``,

@@ -206,7 +206,7 @@ def compute_cam(
     """
     defaults = HeatMapSettings.from_spec(spec)
     method = defaults.method if method is None else method
-    layer = defaults.layer if layer is None else layer
+    layer = defaults.cam_layer if layer is None else layer
     aug_smooth = defaults.aug_smooth if aug_smooth is None else aug_smooth
     cam_cls = get_method(method)
     modules = cam_target_layers(model, layer)

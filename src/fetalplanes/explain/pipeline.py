@@ -195,7 +195,7 @@ def explain(
         check_options(method, layer, aug_smooth)
         layer, aug_smooth = INPUT_LAYER, False
     else:
-        layer = defaults.layer if layer is None else layer
+        layer = defaults.cam_layer if layer is None else layer
         aug_smooth = defaults.aug_smooth if aug_smooth is None else aug_smooth
         cam_target_layers(model, layer)  # ... and on a bad layer or target before any image
     if occlusion and method == "occlusion":
