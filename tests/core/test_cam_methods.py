@@ -65,3 +65,13 @@ def test_an_attribution_stores_the_input_as_its_layer_and_refuses_cam_options() 
         HeatMapSettings(method="integratedgradients", aug_smooth=True)
     with pytest.raises(UsageError, match=r"invalid config .*explain: layer .stage:-3. applies to CAM methods only"):
         load_config("demo", {"explain.method": "gradientshap", "explain.layer": "stage:-3"})
+
+
+def test_a_model_file_from_before_the_refusal_loads_as_its_attribution() -> None:
+    """Files trained with ``--set explain.method=gradientshap`` on a config whose layer was
+    ``stage:-2`` stored both; the layer was ignored then, and the file must still load (explain,
+    the service's heat maps and the node's overlay read it)."""
+    old = _spec(explain={"method": "GradientSHAP", "layer": "stage:-2", "aug_smooth": True})
+    assert HeatMapSettings.from_spec(old) == HeatMapSettings(method="gradientshap")
+    assert HeatMapSettings.from_spec(old).to_dict() == {"method": "gradientshap", "layer": "input",
+                                                        "aug_smooth": False}

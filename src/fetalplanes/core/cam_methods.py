@@ -67,9 +67,9 @@ class HeatMapSettings:
     otherwise). ``layer``: 'cam_layer' (the model's declared CAM layer), 'stage:N', a dotted
     module name or 'a,b' (CAMs only; an attribution method stores :data:`INPUT_LAYER` and
     refuses any other layer). ``aug_smooth``: average over pytorch-grad-cam's test-time
-    augmentations (CAMs only; UsageError when set for an attribution). Pick them on the VALIDATION split: ``fetalplanes explain
-    --compare --split val`` per training seed, then ``explain.selection.select_default``
-    (docs/explain.md).
+    augmentations (CAMs only; UsageError when set for an attribution). Pick them on the
+    VALIDATION split: ``fetalplanes explain --compare --split val`` per training seed, then
+    ``explain.selection.select_default`` (docs/explain.md).
     """
 
     # Read by pydantic when the class is a field of a training config: unknown keys are refused.
@@ -94,12 +94,16 @@ class HeatMapSettings:
     @classmethod
     def from_spec(cls, spec: ModelSpec | Any) -> HeatMapSettings:
         """A model's settings (``spec.explain``); defaults (Grad-CAM at ``cam_layer``) for a file
-        written before the section existed."""
+        written before the section existed. A file written before attributions refused CAM
+        options (e.g. GradientSHAP beside the demo's ``stage:-2``) loads as the attribution:
+        those options were ignored then too."""
         # Spec format 1.0 kept the section in the training summary; ModelSpec.from_dict migrates it.
         section = getattr(spec, "explain", None) or ((getattr(spec, "training", None) or {}).get("explain")) or {}
         default = cls()
-        return cls(method=str(section.get("method") or default.method),
-                   layer=str(section.get("layer") or default.layer),
+        method = check_method(str(section.get("method") or default.method))
+        if METHOD_FAMILY[method] == ATTRIBUTION:
+            return cls(method=method)
+        return cls(method=method, layer=str(section.get("layer") or default.layer),
                    aug_smooth=bool(section.get("aug_smooth", default.aug_smooth)))
 
     @property
