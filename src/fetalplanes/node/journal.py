@@ -124,9 +124,11 @@ def _hold(root: Path) -> None:
 
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as exc:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
+                if not isinstance(exc, BlockingIOError):  # e.g. no locks on this filesystem: said as itself
+                    raise
                 raise JournalInUse(f"{root}: the journal is held by another process (PID {holder}: a running "
                                    "dicom-node or dicomweb pull); one process writes a journal, give this one "
                                    "another --journal folder") from None
