@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from fetalplanes.core.cam_methods import COMPARE_CONFIGS
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ("README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")))
@@ -55,9 +57,9 @@ class Part:
 
 DEMO_SEEDS = 3  # training seeds 0, 1, 2 of part demo; part explain reads the same three models
 EXPLAIN_SEEDS = tuple(range(DEMO_SEEDS))
-# Every setting of core.cam_methods.COMPARE_CONFIGS but occlusion: ~10-30x a CAM's cost per image
+# Every setting of `explain --compare`'s default set but occlusion: ~10-30x a CAM's cost per image
 # (docs/explain.md's history table), which would double this command's time.
-EXPLAIN_CONFIGS = "cam_layer:gradcam;stage:-2:gradcam;stage:-3:layercam;gradientshap;integratedgradients"
+EXPLAIN_CONFIGS = ";".join(c for c in COMPARE_CONFIGS.split(";") if c != "occlusion")
 EXPLAIN_IMAGES = 12  # per seed, the first N of its validation split: the rule's minimum sample
 
 
@@ -211,15 +213,12 @@ def render_explain(r: dict[str, Any]) -> str:
     lines = [f"| map | {head} | eligible (every sanity median <= {r['rule_limit']:.1f}) | mean energy share "
              "| mean pointing game | s/img (median) |", "|---|" + "---|" * (len(seeds) + 4)]
     chosen = (r.get("chosen") or {}).get("label")
+    by_label = [{x["label"]: x for x in t["rows"]} for t in seeds]  # one row per map and seed
     for c in r["candidates"]:
-        cells = []
-        for t in seeds:
-            row = next((x for x in t["rows"] if x["label"] == c["label"]), None)
-            flag = " FLAGGED" if row and row["flagged"] else ""
-            cells.append("-" if row is None else f"{f3(row['max_sanity_median'])}{flag} / {f3(row['energy_share'])} "
-                         f"/ {f3(row['pointing_game'])}")
-        secs = [x["seconds_per_image"] for t in seeds for x in t["rows"]
-                if x["label"] == c["label"] and x["seconds_per_image"] is not None]
+        rows = [rows_of.get(c["label"]) for rows_of in by_label]
+        cells = ["-" if row is None else f"{f3(row['max_sanity_median'])}{' FLAGGED' if row['flagged'] else ''} / "
+                 f"{f3(row['energy_share'])} / {f3(row['pointing_game'])}" for row in rows]
+        secs = [row["seconds_per_image"] for row in rows if row and row["seconds_per_image"] is not None]
         label = f"**{c['label']} (chosen)**" if c["label"] == chosen else c["label"]
         speed = f"{statistics.median(secs):.2f}" if secs else "n/a"
         lines.append(f"| {label} | {' | '.join(cells)} | {'yes' if c['eligible'] else 'no'} | {f3(c['energy_share'])} "
